@@ -1,0 +1,90 @@
+"""Broker topology: exchange, routing keys, binding keys and queue names.
+
+Targeting happens at the broker. Every sidecar binds its own queue to exactly four
+routing keys -- its pod, its workload, its namespace, everyone -- so an event published
+under one of those keys reaches exactly the sidecars it names and no other. Keys are
+literal (no wildcards in sidecar bindings), which is why a dot inside a pod name cannot
+make one pod's key match another's: namespaces and workload kinds never contain dots,
+so the position of every field is fixed.
+
+See docs/protocol.md for the full description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The one durable topic exchange that carries refresh events and acks.
+EXCHANGE = "refreshbus"
+EXCHANGE_TYPE = "topic"
+
+#: Durable queue shared by all operator replicas; receives every ack.
+OPERATOR_ACK_QUEUE = "refreshbus.operator.acks"
+#: Binding key of the operator's ack queue.
+ACK_BINDING = "ack.#"
+
+#: How long (ms) the broker keeps a sidecar's queue after its last consumer went away.
+#: Long enough to ride out a broker or pod network blip, short enough that the queues of
+#: deleted pods do not pile up.
+SIDECAR_QUEUE_EXPIRES_MS = 30 * 60 * 1000
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod")
+
+
+@dataclass(frozen=True, slots=True)
+class PodIdentity:
+    """Who a sidecar is, as far as routing is concerned."""
+
+    namespace: str
+    pod: str
+    workload_kind: str
+    workload_name: str
+
+    @property
+    def instance(self) -> str:
+        """Stable ``<namespace>/<pod>`` string used in acks and logs."""
+        return f"{self.namespace}/{self.pod}"
+
+
+def pod_key(namespace: str, pod: str) -> str:
+    """Routing key that reaches the sidecar of one pod."""
+    return f"refresh.pod.{namespace}.{pod}"
+
+
+def workload_key(namespace: str, kind: str, name: str) -> str:
+    """Routing key that reaches every sidecar of one workload (Deployment, ...)."""
+    return f"refresh.workload.{namespace}.{kind.lower()}.{name}"
+
+
+def namespace_key(namespace: str) -> str:
+    """Routing key that reaches every sidecar in a namespace."""
+    return f"refresh.namespace.{namespace}"
+
+
+#: Routing key that reaches every sidecar on the bus.
+BROADCAST_KEY = "refresh.all"
+
+
+def ack_key(namespace: str, pod: str) -> str:
+    """Routing key a sidecar publishes its acks under."""
+    return f"ack.{namespace}.{pod}"
+
+
+def sidecar_queue(identity: PodIdentity) -> str:
+    """Name of the queue a sidecar consumes from: one per pod."""
+    return f"refreshbus.sidecar.{identity.namespace}.{identity.pod}"
+
+
+def sidecar_bindings(identity: PodIdentity) -> tuple[str, ...]:
+    """The binding keys of a sidecar's queue: its pod, workload, namespace, everyone."""
+    return (
+        pod_key(identity.namespace, identity.pod),
+        workload_key(identity.namespace, identity.workload_kind, identity.workload_name),
+        namespace_key(identity.namespace),
+        BROADCAST_KEY,
+    )
+
+
+def sidecar_queue_arguments() -> dict[str, int]:
+    """Arguments of a sidecar queue (``x-expires`` cleans up after deleted pods)."""
+    return {"x-expires": SIDECAR_QUEUE_EXPIRES_MS}

@@ -1,0 +1,66 @@
+"""Session-wide real infrastructure for every test that needs it.
+
+``broker`` is a real RabbitMQ node and ``cluster`` a real etcd + kube-apiserver, both
+started by the project itself (tests/testenv) on free loopback ports and stopped at the
+end. They are started lazily: unit tests pay nothing. There is no skip path: if the
+infrastructure cannot start, every test that needs it errors with the reason, under
+CI=true or not.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from refreshbus_testenv.broker import Broker
+from refreshbus_testenv.controlplane import ControlPlane
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A real RabbitMQ node on loopback; tests may ``stop()``/``start()`` it."""
+    node = Broker(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.destroy()
+
+
+@pytest.fixture
+def running_broker(broker: Broker) -> Broker:
+    """The session broker, restarted first if an earlier test left it stopped."""
+    if not broker.running:
+        broker.pid = None
+        broker.start()
+    return broker
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real kube-apiserver (RBAC, admission chain, SA token issuer) with the CRDs installed."""
+    plane = ControlPlane(tmp_path_factory.mktemp("k8s"))
+    try:
+        plane.start()
+        plane.apply_crds()
+        yield plane
+    finally:
+        plane.destroy()
+
+
+@pytest.fixture
+def namespace(cluster: ControlPlane) -> Iterator[str]:
+    """A fresh namespace with its ``default`` ServiceAccount (no controller manager runs
+    here to create it), deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("-n", name, "create", "serviceaccount", "default")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
