@@ -1,0 +1,88 @@
+"""The pod-level contract shared by the operator (injector, target resolution) and the
+sidecar: annotation names users write, the sidecar container's name, the environment
+variables the injector sets and the sidecar reads, and the shared-volume layout.
+
+Kept here, next to the wire protocol, because both sides must agree on every name and
+neither may import the other.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "refreshbus.io/"
+
+# -- annotations on a workload's pod template (documented in docs/annotations.md) --------
+#: "true" opts the pod in: the sidecar is injected.
+ANN_INJECT: Final = PREFIX + "inject"
+#: Comma-separated ConfigMap names the sidecar manages.
+ANN_CONFIGMAPS: Final = PREFIX + "configmaps"
+#: Comma-separated Secret names the sidecar manages.
+ANN_SECRETS: Final = PREFIX + "secrets"
+#: Signal to send on reload, e.g. "SIGHUP".
+ANN_SIGNAL: Final = PREFIX + "signal"
+#: Regular expression matched against a process's command line to find the app.
+ANN_PROCESS: Final = PREFIX + "process"
+#: Local URL to call on reload, e.g. "http://127.0.0.1:8080/-/reload".
+ANN_RELOAD_URL: Final = PREFIX + "reload-url"
+#: HTTP method for reload-url (default POST).
+ANN_RELOAD_METHOD: Final = PREFIX + "reload-method"
+#: URL that must answer 2xx after a reload for it to count as a success.
+ANN_HEALTH_URL: Final = PREFIX + "health-url"
+#: "true": refresh whenever a managed ConfigMap/Secret changes.
+ANN_AUTO_REFRESH: Final = PREFIX + "auto-refresh"
+#: Overrides <app> in the Spring-style instance id "<app>:<pod>".
+ANN_APP: Final = PREFIX + "app"
+#: Set by the injector on pods it mutated (idempotency marker).
+ANN_INJECTED: Final = PREFIX + "injected"
+
+#: Name of the injected sidecar container; the operator counts a pod as opted in only
+#: when a container of this name is in its spec.
+SIDECAR_CONTAINER: Final = "refreshbus-sidecar"
+
+# -- sidecar environment (set by the injector; read only by refreshbus_sidecar.config) ---
+ENV_NAMESPACE: Final = "REFRESHBUS_NAMESPACE"
+ENV_POD_NAME: Final = "REFRESHBUS_POD_NAME"
+ENV_POD_UID: Final = "REFRESHBUS_POD_UID"
+ENV_APP: Final = "REFRESHBUS_APP"
+ENV_WORKLOAD_KIND: Final = "REFRESHBUS_WORKLOAD_KIND"
+ENV_WORKLOAD_NAME: Final = "REFRESHBUS_WORKLOAD_NAME"
+ENV_CONFIGMAPS: Final = "REFRESHBUS_CONFIGMAPS"
+ENV_SECRETS: Final = "REFRESHBUS_SECRETS"
+ENV_TARGET_DIR: Final = "REFRESHBUS_TARGET_DIR"
+ENV_ACTION: Final = "REFRESHBUS_ACTION"  # signal | http | none
+ENV_SIGNAL: Final = "REFRESHBUS_SIGNAL"
+ENV_PROCESS: Final = "REFRESHBUS_PROCESS"
+ENV_RELOAD_URL: Final = "REFRESHBUS_RELOAD_URL"
+ENV_RELOAD_METHOD: Final = "REFRESHBUS_RELOAD_METHOD"
+ENV_RELOAD_TIMEOUT: Final = "REFRESHBUS_RELOAD_TIMEOUT"
+ENV_HEALTH_URL: Final = "REFRESHBUS_HEALTH_URL"
+ENV_BROKER_URLS: Final = "REFRESHBUS_BROKER_URLS"
+ENV_BROKER_URLS_FILE: Final = "REFRESHBUS_BROKER_URLS_FILE"
+ENV_KUBECONFIG: Final = "REFRESHBUS_KUBECONFIG"
+ENV_HEALTH_PORT: Final = "REFRESHBUS_HEALTH_PORT"
+ENV_LOG_LEVEL: Final = "REFRESHBUS_LOG_LEVEL"
+
+#: Where the shared volume is mounted in the sidecar by default.
+DEFAULT_TARGET_DIR: Final = "/refreshbus"
+#: Default port of the sidecar's /readyz, /livez and /metrics endpoints.
+DEFAULT_HEALTH_PORT: Final = 9464
+
+
+def source_dir_name(kind: str, name: str) -> str:
+    """Sub-directory of the shared volume that holds one source's files, e.g.
+    ``configmap-app-config``; the kind prefix keeps a ConfigMap and a Secret of the
+    same name apart."""
+    return f"{kind.lower()}-{name}"
+
+
+def split_names(value: str | None) -> tuple[str, ...]:
+    """Parse a comma-separated annotation/env value into names (blanks dropped, order kept, no duplicates)."""
+    if not value:
+        return ()
+    seen: dict[str, None] = {}
+    for part in value.split(","):
+        name = part.strip()
+        if name:
+            seen.setdefault(name, None)
+    return tuple(seen)
