@@ -9,13 +9,14 @@ CI=true or not.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from refreshbus_testenv.broker import Broker
-from refreshbus_testenv.controlplane import ControlPlane
+from refreshbus_testenv.controlplane import ControlPlane, ExistingCluster
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +41,15 @@ def running_broker(broker: Broker) -> Broker:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """A real kube-apiserver (RBAC, admission chain, SA token issuer) with the CRDs installed."""
-    plane = ControlPlane(tmp_path_factory.mktemp("k8s"))
+    """A real kube-apiserver (RBAC, admission chain, SA token issuer) with the CRDs installed.
+
+    With REFRESHBUS_EXISTING_CLUSTER=1 (``make e2e-kind``) the cluster in $KUBECONFIG is
+    used instead of starting one.
+    """
+    if os.environ.get("REFRESHBUS_EXISTING_CLUSTER") == "1":
+        plane: ControlPlane = ExistingCluster(os.environ["KUBECONFIG"])
+    else:
+        plane = ControlPlane(tmp_path_factory.mktemp("k8s"))
     try:
         plane.start()
         plane.apply_crds()

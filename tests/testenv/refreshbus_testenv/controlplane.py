@@ -148,6 +148,15 @@ class ControlPlane:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
+    def kubeconfig_for_token(self, token: str, name: str) -> str:
+        """Write a kubeconfig that authenticates with a bearer token only (e.g. a
+        ServiceAccount's), to see the cluster exactly as that identity does."""
+        path = self.workdir / f"kubeconfig-{name}"
+        config = json.loads(Path(self.kubeconfig).read_text())
+        config["users"] = [{"name": "admin", "user": {"token": token}}]
+        path.write_text(json.dumps(config, indent=2))
+        return str(path)
+
     def get_json(self, *args: str) -> Any:
         """``kubectl get ... -o json`` parsed."""
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
@@ -202,3 +211,35 @@ class ControlPlane:
                 return
             time.sleep(0.2)
         raise InfraError("kube-apiserver never created the default namespace")
+
+
+class ExistingCluster(ControlPlane):
+    """A cluster someone else runs (kind, for users with Docker), named by $KUBECONFIG.
+
+    Same interface as :class:`ControlPlane`, so the suites that take the ``cluster``
+    fixture run unchanged; only bring-up and tear-down differ (there are none).
+    """
+
+    def __init__(self, kubeconfig: str) -> None:
+        super().__init__(Path(kubeconfig).parent)
+        self._kubeconfig = kubeconfig
+
+    @property
+    def kubeconfig(self) -> str:
+        return self._kubeconfig
+
+    @property
+    def server(self) -> str:
+        out = self.kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}")
+        return out.stdout.strip()
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.bin_dir = ensure_binaries(["kubectl"])
+        if self.kubectl("version", check=False).returncode != 0:
+            raise InfraError(f"the cluster in {self.kubeconfig} does not answer")
+
+    def stop(self) -> None:
+        """Leave the user's cluster alone."""
+
+    def destroy(self) -> None:
+        """Leave the user's cluster alone."""

@@ -60,7 +60,7 @@ def spawn(
     """Start a process in its own session (so its whole group can be stopped), output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(argv),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -69,6 +69,12 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
         )
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+#: Processes started here, so they are reaped (and not reported as leaked) when stopped.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def stop_group(pid: int, timeout: float = 15.0) -> None:
@@ -81,15 +87,28 @@ def stop_group(pid: int, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not _alive(pid):
+                _reap(pid)
                 return
             time.sleep(0.05)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    proc = _CHILDREN.pop(pid, None)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
 
 
 def _alive(pgid: int) -> bool:
     """Whether any non-zombie process is left in the group (zombies count as gone:
     in a container nothing may reap them, and they hold no ports or files)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pgid, os.WNOHANG)
+    proc = _CHILDREN.get(pgid)
+    if proc is not None:
+        proc.poll()
+    else:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pgid, os.WNOHANG)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()

@@ -1,0 +1,89 @@
+# refreshbus — developer entry points. `make help` lists them.
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+K8S_VERSION ?= v1.34.4
+export K8S_VERSION
+# Debian packages the tests and the demo run for real.
+APT_PACKAGES := rabbitmq-server nginx openssl procps
+PYTEST_ARGS ?=
+
+##@ General
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Setup
+
+.PHONY: deps
+deps: system-deps $(BIN)/.installed k8s-bins ## Install everything the tests need (idempotent)
+
+.PHONY: system-deps
+system-deps: ## Install Debian packages (RabbitMQ, nginx, openssl) if missing
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# Debian starts a system-wide RabbitMQ and nginx on install; the tests run their own.
+	@SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	 $$SUDO service rabbitmq-server stop >/dev/null 2>&1 || true; \
+	 $$SUDO service nginx stop >/dev/null 2>&1 || true
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U 'pip>=25.1'
+	$(BIN)/pip install -q -e '.[sidecar,operator]' --group test --group lint
+	touch $@
+
+.PHONY: k8s-bins
+k8s-bins: ## Build kube-apiserver, etcd, kubectl $(K8S_VERSION) from the Go module proxy (cached)
+	bash hack/build-k8s-binaries.sh kube-apiserver etcd kubectl
+
+##@ Development
+
+.PHONY: lint
+lint: $(BIN)/.installed ## ruff, mypy (core packages), import-linter layering contracts
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: test
+test: deps lint ## THE test command: install what is needed, lint, run every test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: $(BIN)/.installed ## Unit tests only (no broker, no API server)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test-integration
+test-integration: deps ## Integration and end-to-end tests (real RabbitMQ + kube-apiserver)
+	$(BIN)/pytest -m "integration or e2e" $(PYTEST_ARGS)
+
+##@ Local cluster
+
+.PHONY: cluster-up
+cluster-up: deps ## Start etcd + kube-apiserver + RabbitMQ on loopback, install the CRDs
+	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv up
+
+.PHONY: cluster-down
+cluster-down: ## Stop what cluster-up started
+	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv down
+
+.PHONY: cluster-status
+cluster-status: ## Is the local cluster up?
+	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv status
+
+##@ kind (for users with Docker; cannot run on machines without a Docker engine)
+
+.PHONY: e2e-kind
+e2e-kind: $(BIN)/.installed ## Run the end-to-end suite against the cluster in $$KUBECONFIG (e.g. kind)
+	@test -n "$$KUBECONFIG" || { echo "set KUBECONFIG to a reachable cluster (e.g. kind create cluster)"; exit 2; }
+	REFRESHBUS_EXISTING_CLUSTER=1 $(BIN)/pytest -m e2e $(PYTEST_ARGS)
