@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
+from refreshbus_wire.destination import expand, matches
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "configrefreshes.refreshbus.io.yaml"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+DOCS = REPO / "docs" / "configrefresh.md"
 
 Schema = dict[str, Any]
 
@@ -178,3 +180,23 @@ def test_example_is_a_commented_configrefresh(path: Path) -> None:
     assert doc["kind"] == "ConfigRefresh"
     assert "namespace" not in doc["metadata"], "examples apply to the namespace the user chooses"
     assert set(doc["spec"]) <= {"sources", "target", "action", "deadlineSeconds"}
+
+
+def destination_table() -> list[tuple[str, str, str, bool]]:
+    """Rows of the worked-examples table in docs/configrefresh.md: (given, expanded, id, match)."""
+    row = re.compile(r"^\| `([^`]+)` \| `([^`]+)` \| `([^`]+)` \| (yes|no)\b")
+    rows = [m.groups() for line in DOCS.read_text().splitlines() if (m := row.match(line))]
+    return [(given, expanded, instance, verdict == "yes") for given, expanded, instance, verdict in rows]
+
+
+def test_docs_destination_table_is_not_empty() -> None:
+    assert len(destination_table()) >= 10
+
+
+@pytest.mark.parametrize(("given", "expanded", "instance", "match"), destination_table())
+def test_docs_destination_examples_agree_with_the_shared_matcher(
+    schema: Schema, given: str, expanded: str, instance: str, match: bool
+) -> None:
+    assert re.fullmatch(destination_regex(schema), given), "the CRD accepts the documented pattern"
+    assert expand(given) == expanded
+    assert matches(given, instance) is match
