@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 
+from refreshbus_wire.pods import ANN_APP
+
 SEPARATOR = ":"
 
 #: Labels tried, in order, for the ``<app>`` part of an instance id.
@@ -26,9 +28,16 @@ def instance_id(app: str, pod: str) -> str:
     return f"{app}{SEPARATOR}{pod}"
 
 
-def app_name(labels: Mapping[str, str], workload_name: str | None, pod_name: str) -> str:
-    """Derive ``<app>`` for a pod: its ``app.kubernetes.io/name`` label, else its ``app``
-    label, else the name of the workload that owns it, else the pod name itself."""
+def app_name(
+    labels: Mapping[str, str], workload_name: str | None, pod_name: str,
+    annotations: Mapping[str, str] | None = None,
+) -> str:
+    """Derive ``<app>`` for a pod: its ``refreshbus.io/app`` annotation, else its
+    ``app.kubernetes.io/name`` label, else its ``app`` label, else the name of the
+    workload that owns it, else the pod name itself."""
+    override = (annotations or {}).get(ANN_APP)
+    if override:
+        return override
     for label in APP_LABELS:
         value = labels.get(label)
         if value:

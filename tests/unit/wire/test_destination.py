@@ -76,6 +76,7 @@ def test_app_name_prefers_the_recommended_label_then_app_then_workload() -> None
     assert app_name({"app": "legacy"}, "orders-deploy", "p") == "legacy"
     assert app_name({}, "orders-deploy", "p") == "orders-deploy"
     assert app_name({}, None, "lonely-pod") == "lonely-pod"
+    assert app_name({"app": "legacy"}, "d", "p", {"refreshbus.io/app": "chosen"}) == "chosen"
 
 
 segments = st.from_regex(r"[a-z0-9-]{1,8}", fullmatch=True)
