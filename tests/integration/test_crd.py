@@ -169,6 +169,14 @@ def setting(path: str, value: Any) -> Callable[[Obj], None]:
     return edit
 
 
+def both(*edits: Callable[[Obj], None]) -> Callable[[Obj], None]:
+    def edit(spec: Obj) -> None:
+        for one in edits:
+            one(spec)
+
+    return edit
+
+
 def http(**overrides: Any) -> Callable[[Obj], None]:
     return setting("action", {"http": {"port": 8080, "path": "/-/reload"} | overrides})
 
@@ -362,6 +370,11 @@ REJECTED: list[Any] = [
         http(timeoutSeconds=61),
         "spec.action.http.timeoutSeconds in body should be less than or equal to 60",
         id="http-timeout-61",
+    ),
+    pytest.param(
+        both(http(), setting("deadlineSeconds", 5)),  # the http timeoutSeconds defaults to 5
+        'spec: Invalid value: "object": deadlineSeconds must be greater than action.http.timeoutSeconds',
+        id="deadline-not-longer-than-http-timeout",
     ),
     pytest.param(
         setting("action", {"http": {"path": "/-/reload"}}),
