@@ -62,6 +62,28 @@ ENV_BROKER_URLS_FILE: Final = "REFRESHBUS_BROKER_URLS_FILE"
 ENV_KUBECONFIG: Final = "REFRESHBUS_KUBECONFIG"
 ENV_HEALTH_PORT: Final = "REFRESHBUS_HEALTH_PORT"
 ENV_LOG_LEVEL: Final = "REFRESHBUS_LOG_LEVEL"
+# Tuning knobs (optional; the sidecar's defaults suit most pods). Added for issue 3.
+#: Upper bound (seconds) of the random delay before fetching after an event (spreads a
+#: fleet-wide refresh over time so the API server sees no burst).
+ENV_FETCH_JITTER: Final = "REFRESHBUS_FETCH_JITTER"
+#: First and last delay (seconds) between broker reconnect attempts (doubling in between).
+ENV_RECONNECT_INITIAL: Final = "REFRESHBUS_RECONNECT_INITIAL"
+ENV_RECONNECT_MAX: Final = "REFRESHBUS_RECONNECT_MAX"
+#: AMQP heartbeat (seconds) the sidecar asks for.
+ENV_HEARTBEAT: Final = "REFRESHBUS_HEARTBEAT"
+#: Seconds between level-triggered re-syncs from the API (0: only at start/reconnect/events).
+ENV_RESYNC_INTERVAL: Final = "REFRESHBUS_RESYNC_INTERVAL"
+#: Octal file mode for Secret keys (default 0440) and ConfigMap keys (default 0644).
+ENV_SECRET_MODE: Final = "REFRESHBUS_SECRET_MODE"
+ENV_CONFIGMAP_MODE: Final = "REFRESHBUS_CONFIGMAP_MODE"
+#: Seconds to wait for REFRESHBUS_HEALTH_URL to answer 2xx after a reload.
+ENV_HEALTH_TIMEOUT: Final = "REFRESHBUS_HEALTH_TIMEOUT"
+#: Bind address of the health/metrics server (default 0.0.0.0; "" with port 0 disables it).
+ENV_HEALTH_BIND: Final = "REFRESHBUS_HEALTH_BIND"
+#: CA bundle for amqps:// broker URLs (default: the system's trust store).
+ENV_BROKER_CA_FILE: Final = "REFRESHBUS_BROKER_CA_FILE"
+#: Comma-separated directories watched in `watch` mode.
+ENV_WATCH_DIRS: Final = "REFRESHBUS_WATCH_DIRS"
 
 #: Where the shared volume is mounted in the sidecar by default.
 DEFAULT_TARGET_DIR: Final = "/refreshbus"

@@ -1,0 +1,188 @@
+"""The broker side: one pika BlockingConnection, driven by the caller's loop.
+
+Single-threaded on purpose: the caller blocks in :meth:`Bus.wait` (the socket, via
+``process_data_events(time_limit=...)``), deliveries are queued in :attr:`Bus.pending`
+and handled between waits, acks go out with publisher confirms, and deliveries are
+acknowledged to the broker only after their ack was confirmed (at-least-once; the
+refresher is idempotent by event id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from refreshbus_wire.events import CONTENT_TYPE, Ack, encode
+from refreshbus_wire.routing import (
+    EXCHANGE,
+    EXCHANGE_TYPE,
+    PodIdentity,
+    ack_key,
+    sidecar_bindings,
+    sidecar_queue,
+    sidecar_queue_arguments,
+)
+
+from refreshbus_sidecar.logs import mask_url
+
+log = logging.getLogger("refreshbus.sidecar.bus")
+
+#: Everything pika raises when the broker or the network goes away.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    pika.exceptions.AMQPError,
+    OSError,
+)
+
+#: Unacknowledged deliveries the broker may push before we ack (refreshes are handled one by one).
+PREFETCH = 16
+
+
+class BusError(RuntimeError):
+    """No broker could be reached (or the topology could not be declared)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    tag: int
+    body: bytes
+    routing_key: str
+    redelivered: bool
+
+
+class Backoff:
+    """Reconnect delays: ``initial``, doubling up to ``maximum``, each with +-20 % jitter."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+class Bus:
+    """A consumer of this pod's queue that also publishes the pod's acks."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        identity: PodIdentity,
+        *,
+        heartbeat: int = 30,
+        ca_file: Path | None = None,
+    ) -> None:
+        self.urls = list(urls)
+        self.identity = identity
+        self.heartbeat = heartbeat
+        self.ca_file = ca_file
+        self.queue = sidecar_queue(identity)
+        self.pending: deque[Delivery] = deque()
+        self.connected_to: str | None = None
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.is_open
+
+    def connect(self) -> None:
+        """Try every broker URL once, in random order; declare topology and start consuming.
+
+        Raises:
+            BusError: no URL worked (the message lists why, with passwords masked).
+        """
+        self.close()
+        urls = list(self.urls)
+        random.shuffle(urls)
+        errors: list[str] = []
+        for url in urls:
+            try:
+                self._open(url)
+                self.connected_to = mask_url(url)
+                return
+            except BROKER_ERRORS as exc:
+                errors.append(f"{mask_url(url)}: {_describe(exc)}")
+                self.close()
+        raise BusError("; ".join(errors) or "no broker URLs")
+
+    def _open(self, url: str) -> None:
+        params = pika.URLParameters(url)
+        params.heartbeat = self.heartbeat
+        params.blocked_connection_timeout = 60
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        params.stack_timeout = 10
+        params.client_properties = {"connection_name": f"refreshbus-sidecar {self.identity.instance}"}
+        if params.ssl_options is not None and self.ca_file is not None:
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+            params.ssl_options = pika.SSLOptions(context, server_hostname=params.host)
+        self._conn = pika.BlockingConnection(params)
+        channel = self._conn.channel()
+        channel.exchange_declare(EXCHANGE, exchange_type=EXCHANGE_TYPE, durable=True)
+        channel.queue_declare(self.queue, durable=True, arguments=sidecar_queue_arguments())
+        for key in sidecar_bindings(self.identity):
+            channel.queue_bind(self.queue, EXCHANGE, routing_key=key)
+        channel.confirm_delivery()
+        channel.basic_qos(prefetch_count=PREFETCH)
+        channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+        self._channel = channel
+
+    def _on_message(self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver,
+                    _properties: pika.BasicProperties, body: bytes) -> None:
+        self.pending.append(Delivery(
+            tag=method.delivery_tag, body=body, routing_key=method.routing_key,
+            redelivered=bool(method.redelivered)))
+
+    def wait(self, timeout: float) -> None:
+        """Block on the socket for up to ``timeout`` seconds (heartbeats, deliveries)."""
+        assert self._conn is not None
+        self._conn.process_data_events(time_limit=timeout)
+
+    def publish_ack(self, ack: Ack) -> None:
+        """Publish an ack and wait for the broker's confirm (raises on nack or disconnect)."""
+        assert self._channel is not None
+        self._channel.basic_publish(
+            EXCHANGE,
+            ack_key(ack.namespace, ack.pod),
+            encode(ack),
+            pika.BasicProperties(
+                content_type=CONTENT_TYPE, delivery_mode=2, message_id=ack.id,
+                correlation_id=ack.event_id, type="ack"),
+        )
+
+    def settle(self, tag: int) -> None:
+        """Acknowledge a delivery to the broker (it is done with: handled or dropped)."""
+        assert self._channel is not None
+        self._channel.basic_ack(tag)
+
+    def close(self) -> None:
+        """Close quietly; unacknowledged deliveries go back to the queue."""
+        self.pending.clear()
+        conn, self._conn, self._channel = self._conn, None, None
+        self.connected_to = None
+        if conn is not None and conn.is_open:
+            with contextlib.suppress(*BROKER_ERRORS):
+                conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    refused = pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError
+    if isinstance(exc, refused):
+        return f"access refused (check the broker user and password): {text}"
+    return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,263 @@
+"""Atomic delivery into the shared volume, the way kubelet's AtomicWriter does it.
+
+Layout of one source directory ``<target>/<source_dir_name(kind, name)>/``::
+
+    ..2026_11_21_00_45_54.1234567/   the current version (one file per key)
+    ..2026_11_21_00_40_01.7654321/   the previous version, kept for inspection/rollback
+    ..data -> ..2026_11_21_00_45_54.1234567
+    app.conf -> ..data/app.conf       one visible symlink per key
+
+An update writes a new timestamped directory beside the current one, points a temporary
+symlink at it and ``rename(2)``\\ s it over ``..data`` -- one atomic step, so a reader
+sees either the old files or the new ones, never a half-written file or a missing key.
+Several sources are prepared first (all new directories written), then swapped one
+after the other, then the caller reloads the app once. Any error while preparing
+removes what was written and leaves every current version untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refreshbus_wire.pods import source_dir_name
+
+DATA_DIR = "..data"
+DATA_TMP = "..data_tmp"
+#: Valid ConfigMap/Secret key (the API server enforces the same rule).
+_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+class DeliveryError(RuntimeError):
+    """Writing the new config failed; the previous config is still in place."""
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """The content of one ConfigMap or Secret, ready to be written."""
+
+    kind: str
+    name: str
+    files: Mapping[str, bytes]
+    mode: int
+    resource_version: str | None = None
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.kind, self.name, self.files)
+
+    @property
+    def dirname(self) -> str:
+        return source_dir_name(self.kind, self.name)
+
+
+def content_hash(kind: str, name: str, files: Mapping[str, bytes]) -> str:
+    """``sha256:<hex>`` over the source's identity and every key and value (order-independent)."""
+    digest = hashlib.sha256(f"{kind}\0{name}\0".encode())
+    for key in sorted(files):
+        value = files[key]
+        digest.update(f"{key}\0{len(value)}\0".encode())
+        digest.update(value)
+    return "sha256:" + digest.hexdigest()
+
+
+def combined_hash(hashes: Iterable[str]) -> str:
+    """One hash for a set of sources (what acks report as ``configHash``)."""
+    digest = hashlib.sha256()
+    for value in sorted(hashes):
+        digest.update(value.encode() + b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+def payload_from_object(obj: Mapping[str, Any], kind: str, mode: int) -> Payload:
+    """Decode a ConfigMap (``data`` + ``binaryData``) or Secret (``data``, base64) from the API.
+
+    Raises:
+        DeliveryError: an invalid key or undecodable value.
+    """
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    files: dict[str, bytes] = {}
+    try:
+        if kind == "Secret":
+            for key, value in (obj.get("data") or {}).items():
+                files[key] = base64.b64decode(value, validate=True)
+            for key, value in (obj.get("stringData") or {}).items():  # never returned by GET; harmless
+                files[key] = str(value).encode()
+        else:
+            for key, value in (obj.get("data") or {}).items():
+                files[key] = str(value).encode()
+            for key, value in (obj.get("binaryData") or {}).items():
+                files[key] = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DeliveryError(f"{kind} {name}: undecodable value: {exc}") from None
+    for key in files:
+        if not _KEY_RE.match(key) or key.startswith("..") or key in {".", DATA_DIR}:
+            raise DeliveryError(f"{kind} {name}: key {key!r} cannot be a file name")
+    return Payload(kind=kind, name=name, files=files, mode=mode, resource_version=meta.get("resourceVersion"))
+
+
+class Store:
+    """The shared volume: one kubelet-style directory per source."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._hashes: dict[str, str] = {}
+
+    def source_dir(self, kind: str, name: str) -> Path:
+        return self.root / source_dir_name(kind, name)
+
+    def current_hash(self, kind: str, name: str) -> str | None:
+        """Hash of what is on disk now (read once, then remembered), None if nothing is."""
+        dirname = source_dir_name(kind, name)
+        if dirname in self._hashes:
+            return self._hashes[dirname]
+        data = self.source_dir(kind, name) / DATA_DIR
+        if not data.is_dir():
+            return None
+        files: dict[str, bytes] = {}
+        try:
+            for entry in os.scandir(data):
+                if entry.is_file():
+                    with open(entry.path, "rb") as fh:
+                        files[entry.name] = fh.read()
+        except OSError:
+            return None
+        self._hashes[dirname] = content_hash(kind, name, files)
+        return self._hashes[dirname]
+
+    def apply(self, payloads: Iterable[Payload]) -> list[Payload]:
+        """Write every payload whose content differs from what is on disk, as one change.
+
+        Returns the payloads that were written (empty: nothing changed, do not reload).
+
+        Raises:
+            DeliveryError: nothing became visible; the previous config is intact.
+        """
+        changed = [p for p in payloads if self.current_hash(p.kind, p.name) != p.hash]
+        if not changed:
+            return []
+        prepared: list[tuple[Payload, Path]] = []
+        try:
+            for payload in changed:
+                prepared.append((payload, self._prepare(payload)))
+        except OSError as exc:
+            for _, tsdir in prepared:
+                shutil.rmtree(tsdir, ignore_errors=True)
+            raise DeliveryError(_describe(exc, "writing the new config")) from None
+        swapped: list[tuple[Payload, str | None]] = []
+        try:
+            for payload, tsdir in prepared:
+                swapped.append((payload, self._swap(payload, tsdir)))
+        except OSError as exc:
+            for payload, previous in reversed(swapped):  # put the old versions back
+                with contextlib.suppress(OSError):
+                    if previous is not None:
+                        self._point_data(self.root / payload.dirname, previous)
+                    else:
+                        (self.root / payload.dirname / DATA_DIR).unlink()
+                self._hashes.pop(payload.dirname, None)
+            for _, tsdir in prepared:  # none of them is current any more
+                shutil.rmtree(tsdir, ignore_errors=True)
+            raise DeliveryError(_describe(exc, "swapping in the new config")) from None
+        for payload, tsdir in prepared:
+            self._hashes[payload.dirname] = payload.hash
+            self._finish(payload, tsdir)
+        return changed
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _prepare(self, payload: Payload) -> Path:
+        """Write the new version into a fresh hidden timestamped directory."""
+        sdir = self.root / payload.dirname
+        sdir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime())
+        tsdir = Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=sdir))
+        try:
+            for key, value in payload.files.items():
+                fd = os.open(tsdir / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    view = memoryview(value)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fchmod(fd, payload.mode)
+                finally:
+                    os.close(fd)
+            os.chmod(tsdir, 0o755)
+        except OSError:
+            shutil.rmtree(tsdir, ignore_errors=True)
+            raise
+        return tsdir
+
+    def _swap(self, payload: Payload, tsdir: Path) -> str | None:
+        """Atomically point ``..data`` at the new version; returns the previous target."""
+        sdir = self.root / payload.dirname
+        data = sdir / DATA_DIR
+        previous = os.readlink(data) if data.is_symlink() else None
+        self._point_data(sdir, tsdir.name)
+        return previous
+
+    @staticmethod
+    def _point_data(sdir: Path, target: str) -> None:
+        tmp = sdir / DATA_TMP
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.rename(tmp, sdir / DATA_DIR)
+
+    def _finish(self, payload: Payload, tsdir: Path) -> None:
+        """Visible per-key symlinks, stale ones removed, versions older than the previous deleted.
+
+        Best effort: by now the swap has happened, so errors here are not delivery errors.
+        """
+        sdir = self.root / payload.dirname
+        with contextlib.suppress(OSError):
+            for key in payload.files:
+                link = sdir / key
+                if link.is_symlink() and os.readlink(link) == f"{DATA_DIR}/{key}":
+                    continue
+                tmp = sdir / f"..{key}.tmp"
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                os.symlink(f"{DATA_DIR}/{key}", tmp)
+                os.rename(tmp, link)
+            for entry in os.scandir(sdir):
+                if (entry.is_symlink() and not entry.name.startswith("..")
+                        and entry.name not in payload.files
+                        and os.readlink(entry.path).startswith(DATA_DIR + "/")):
+                    os.unlink(entry.path)
+        with contextlib.suppress(OSError):
+            current = tsdir.name
+            versions = sorted(
+                (e for e in os.scandir(sdir)
+                 if e.name.startswith("..") and e.name not in {DATA_DIR, DATA_TMP}
+                 and e.is_dir(follow_symlinks=False)),
+                key=lambda e: e.stat(follow_symlinks=False).st_mtime_ns,
+            )
+            older = [e for e in versions if e.name != current]
+            for entry in older[:-1]:  # keep the newest non-current one: the previous version
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _describe(exc: OSError, doing: str) -> str:
+    what = {
+        errno.ENOSPC: "disk full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{doing} failed: {what}{where}; the previous config is still in place"

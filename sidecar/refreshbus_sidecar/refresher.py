@@ -1,0 +1,260 @@
+"""The refresh logic, free of any broker code: event -> fetch -> write -> reload -> ack.
+
+Idempotent twice over: an event id already handled successfully is acked ``unchanged``
+without touching anything, and content whose hash is already on disk is neither
+written nor reloaded. Level-triggered: :meth:`Refresher.sync` reconciles every managed
+source with the API at start-up, after every reconnect and periodically, whether or not
+an event arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from refreshbus_wire.events import Ack, AckResult, Action, RefreshEvent, Scope, Timings, new_id
+from refreshbus_wire.routing import PodIdentity
+
+from refreshbus_sidecar import reload as reload_mod
+from refreshbus_sidecar.config import Settings
+from refreshbus_sidecar.delivery import DeliveryError, Payload, Store, combined_hash, payload_from_object
+from refreshbus_sidecar.kubeapi import ApiError
+from refreshbus_sidecar.metrics import Metrics
+
+log = logging.getLogger("refreshbus.sidecar")
+
+#: Delays (seconds) between fetch attempts while handling one event: about 4 s in all,
+#: short enough to keep the broker connection's heartbeats serviced.
+FETCH_RETRY_DELAYS = (0.2, 0.4, 0.8, 1.2, 1.5)
+
+
+class Fetcher(Protocol):
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]: ...
+
+
+class SyncError(RuntimeError):
+    """A fetch, write or reload failed; the text is what goes into a failed ack."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: AckResult
+    config_hash: str | None
+    written_ms: float | None = None
+    reloaded_ms: float | None = None
+    error: str | None = None
+
+
+def addressed_to(event: RefreshEvent, me: PodIdentity) -> bool:
+    """Whether an event's target names this pod (the broker should never route others here)."""
+    t = event.target
+    if t.scope is Scope.ALL:
+        return True
+    if t.namespace != me.namespace:
+        return False
+    if t.scope is Scope.NAMESPACE:
+        return True
+    if t.scope is Scope.POD:
+        return t.name == me.pod
+    return t.name == me.workload_name and (t.kind or "").lower() == me.workload_kind.lower()
+
+
+def rv_older(got: str | None, want: str | None) -> bool:
+    """Whether resourceVersion ``got`` is older than ``want`` (both must be etcd revisions)."""
+    if not got or not want or not got.isdigit() or not want.isdigit():
+        return False
+    return int(got) < int(want)
+
+
+class Refresher:
+    """Applies the managed ConfigMaps/Secrets to the shared volume and reloads the app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: Fetcher,
+        store: Store,
+        metrics: Metrics,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        retry_delays: tuple[float, ...] = FETCH_RETRY_DELAYS,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.store = store
+        self.metrics = metrics
+        self.sleep = sleep
+        self.retry_delays = retry_delays
+        self.identity = settings.identity
+        #: Written to disk but the last reload of it failed: the next sync/event retries it.
+        self.reload_pending = False
+        self.ready = False
+        self._done: OrderedDict[str, str | None] = OrderedDict()  # event id -> config hash
+
+    # -- events ------------------------------------------------------------------------
+
+    def handle(self, event: RefreshEvent, received_at: datetime, t0: float) -> Ack:
+        """Handle one refresh event addressed to this pod and build its ack.
+
+        Never raises for anything the event, the API, the disk or the app can do.
+        """
+        extra = {"event_id": event.id}
+        if event.id in self._done:
+            log.info("duplicate event: already applied, nothing to do", extra=extra)
+            outcome = Outcome(AckResult.UNCHANGED, self._done[event.id])
+        else:
+            outcome = self._apply_event(event, t0)
+            if outcome.result is not AckResult.FAILED:
+                self._remember(event.id, outcome.config_hash)
+        self.metrics.inc("refreshbus_sidecar_refreshes_total", result=outcome.result.value)
+        level = logging.WARNING if outcome.result is AckResult.FAILED else logging.INFO
+        log.log(level, "refresh %s%s", outcome.result.value,
+                f": {outcome.error}" if outcome.error else "",
+                extra={**extra, "config_hash": outcome.config_hash, "written_ms": outcome.written_ms,
+                       "reloaded_ms": outcome.reloaded_ms})
+        return Ack(
+            id=new_id(),
+            event_id=event.id,
+            namespace=self.identity.namespace,
+            pod=self.identity.pod,
+            result=outcome.result,
+            received_at=received_at,
+            config_hash=outcome.config_hash,
+            timings=Timings(written_ms=outcome.written_ms, reloaded_ms=outcome.reloaded_ms),
+            error=outcome.error,
+        )
+
+    def _apply_event(self, event: RefreshEvent, t0: float) -> Outcome:
+        managed = set(self.settings.sources)
+        refs: list[tuple[str, str, str | None]] = []
+        for source in event.sources:
+            if source.namespace != self.identity.namespace or (source.kind.value, source.name) not in managed:
+                return Outcome(AckResult.FAILED, None, error=(
+                    f"{source.ref} is not managed by this pod's sidecar (it manages "
+                    f"{', '.join(f'{k}/{n}' for k, n in self.settings.sources)})"))
+            refs.append((source.kind.value, source.name, source.resource_version))
+        if self.settings.fetch_jitter > 0:
+            self.sleep(random.uniform(0, self.settings.fetch_jitter))
+        try:
+            payloads = [self._fetch(kind, name, rv) for kind, name, rv in refs]
+        except SyncError as exc:
+            return Outcome(AckResult.FAILED, self._hash_on_disk(refs), error=str(exc))
+        return self._write_and_reload(payloads, self._action_for(event.action), t0, reload=True)
+
+    def _remember(self, event_id: str, config_hash: str | None) -> None:
+        self._done[event_id] = config_hash
+        while len(self._done) > 1024:
+            self._done.popitem(last=False)
+
+    # -- level-triggered sync -----------------------------------------------------------
+
+    def sync(self, why: str) -> Outcome:
+        """Bring every managed source up to date with the API, reloading if anything changed.
+
+        At the very first sync, sources that were not on disk at all are written without
+        a reload (the app has not read them yet). Raises nothing; see the outcome.
+        """
+        t0 = time.monotonic()
+        first_time = any(self.store.current_hash(k, n) is None for k, n in self.settings.sources)
+        try:
+            payloads = [self._fetch(kind, name, None, retry=False) for kind, name in self.settings.sources]
+        except SyncError as exc:
+            self.metrics.inc("refreshbus_sidecar_sync_errors_total")
+            log.warning("sync (%s) failed: %s", why, exc)
+            return Outcome(AckResult.FAILED, None, error=str(exc))
+        outcome = self._write_and_reload(payloads, self._action_for(None), t0, reload=not first_time)
+        if outcome.result is not AckResult.FAILED or outcome.written_ms is not None:
+            if not self.ready:
+                log.info("initial config written", extra={"config_hash": outcome.config_hash})
+            self.ready = True
+            self.metrics.set("refreshbus_sidecar_ready", 1)
+        if outcome.result is AckResult.OK:
+            log.info("sync (%s) applied a change", why, extra={"config_hash": outcome.config_hash})
+        return outcome
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _fetch(self, kind: str, name: str, want_rv: str | None, retry: bool = True) -> Payload:
+        delays = self.retry_delays if retry else ()
+        mode = self.settings.secret_mode if kind == "Secret" else self.settings.configmap_mode
+        last = ""
+        for attempt in range(len(delays) + 1):
+            if attempt:
+                self.sleep(delays[attempt - 1])
+            try:
+                obj = self.api.get(kind, self.identity.namespace, name)
+            except ApiError as exc:
+                last = str(exc)
+                continue
+            got_rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if rv_older(got_rv, want_rv):
+                last = (f"{kind} {name}: API server still has resourceVersion {got_rv}, "
+                        f"the event expects {want_rv}")
+                continue
+            try:
+                return payload_from_object(obj, kind, mode)
+            except DeliveryError as exc:
+                raise SyncError(str(exc)) from None
+        raise SyncError(last)
+
+    def _write_and_reload(self, payloads: list[Payload], action: reload_mod.ReloadAction, t0: float,
+                          reload: bool) -> Outcome:
+        config_hash = combined_hash(p.hash for p in payloads)
+        try:
+            changed = self.store.apply(payloads)
+        except DeliveryError as exc:
+            self.metrics.inc("refreshbus_sidecar_sync_errors_total")
+            return Outcome(AckResult.FAILED, self._hash_on_disk([(p.kind, p.name, None) for p in payloads]),
+                           error=str(exc))
+        written_ms = (time.monotonic() - t0) * 1000
+        if changed:
+            log.info("wrote %s", ", ".join(f"{p.kind}/{p.name}" for p in changed),
+                     extra={"config_hash": config_hash})
+        if not changed and not self.reload_pending:
+            return Outcome(AckResult.UNCHANGED, config_hash)
+        if not reload:
+            return Outcome(AckResult.OK, config_hash, written_ms=written_ms)
+        started = time.monotonic()
+        try:
+            done = reload_mod.run(action)
+        except reload_mod.ReloadError as exc:
+            self.reload_pending = True
+            self.metrics.inc("refreshbus_sidecar_reloads_total", result="failure")
+            return Outcome(AckResult.FAILED, config_hash, written_ms=written_ms,
+                           error=f"config written, but the reload failed: {exc}")
+        finally:
+            self.metrics.observe_reload(time.monotonic() - started)
+        self.reload_pending = False
+        self.metrics.inc("refreshbus_sidecar_reloads_total", result="success")
+        log.info("reloaded: %s", done)
+        return Outcome(AckResult.OK, config_hash, written_ms=written_ms,
+                       reloaded_ms=(time.monotonic() - t0) * 1000)
+
+    def _hash_on_disk(self, refs: list[tuple[str, str, str | None]]) -> str | None:
+        hashes = [self.store.current_hash(kind, name) for kind, name, _ in refs]
+        return None if any(h is None for h in hashes) else combined_hash(h for h in hashes if h)
+
+    def _action_for(self, override: Action | None) -> reload_mod.ReloadAction:
+        pod = self.settings.reload
+        base = reload_mod.ReloadAction(
+            type=pod.type, signal=pod.signal, process=pod.process, url=pod.url, method=pod.method,
+            timeout=pod.timeout, health_url=pod.health_url, health_timeout=pod.health_timeout)
+        if override is None:
+            return base
+        if override.type == "none":
+            return reload_mod.ReloadAction(type="none", health_url=pod.health_url,
+                                           health_timeout=pod.health_timeout)
+        if override.type == "signal":
+            return reload_mod.ReloadAction(
+                type="signal", signal=override.signal or pod.signal, process=pod.process,
+                health_url=pod.health_url, health_timeout=pod.health_timeout)
+        return reload_mod.ReloadAction(
+            type="http", url=f"http://127.0.0.1:{override.port}{override.path}",
+            method=override.method or pod.method, timeout=override.timeout_seconds or pod.timeout,
+            health_url=pod.health_url, health_timeout=pod.health_timeout)
