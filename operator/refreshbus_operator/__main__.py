@@ -1,0 +1,167 @@
+"""``refreshbus-operator``: the command line of the refreshbus operator."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+
+from refreshbus_operator import settings
+
+DESCRIPTION = """\
+The refreshbus operator. It watches ConfigRefresh objects (refreshbus.io/v1alpha1), resolves
+the pods they target, publishes one refresh event per round on RabbitMQ (exchange
+"refreshbus", publisher confirms), collects the sidecars' acks from the durable queue
+"refreshbus.operator.acks" and writes the per-pod outcome into the object's status. With
+auto-refresh on, it also watches the ConfigMaps/Secrets managed by workloads annotated
+refreshbus.io/auto-refresh: "true" and creates a ConfigRefresh when their content changes.
+
+Kubernetes access: in-cluster service account, else $KUBECONFIG / ~/.kube/config.
+Every option can also be set as an environment variable REFRESHBUS_OPERATOR_<NAME>
+(e.g. REFRESHBUS_OPERATOR_NAMESPACES="a b", REFRESHBUS_OPERATOR_METRICS_PORT=9465);
+broker URLs come from REFRESHBUS_BROKER_URLS (comma-separated, failover list) or the file
+named by REFRESHBUS_BROKER_URLS_FILE. A flag wins over the environment.
+"""
+
+EPILOG = """\
+examples:
+  refreshbus-operator --standalone --namespace shop --broker-url amqp://user:pw@rabbitmq:5672/%2F
+  refreshbus-operator --all-namespaces --peering refreshbus --liveness http://0.0.0.0:8080/healthz
+
+HA: run two or more replicas with --peering NAME (the KopfPeering object from
+crds/kopf-peering.yaml); the one with the highest --priority (random when not given)
+acts, the others stand by and take over when it stops renewing its keep-alive.
+Documentation: docs/operator.md.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="refreshbus-operator",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        metavar="NS",
+        help="serve only this namespace (repeatable; default: all namespaces)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace (default)")
+    p.add_argument(
+        "--broker-url",
+        dest="broker_urls",
+        action="append",
+        metavar="URL",
+        help="AMQP URL of a RabbitMQ node (repeatable: a failover list)",
+    )
+    peer = p.add_mutually_exclusive_group()
+    peer.add_argument(
+        "--standalone",
+        action="store_true",
+        default=None,
+        help="no peering: act alone (one replica, strategy Recreate)",
+    )
+    peer.add_argument(
+        "--peering",
+        dest="peering_name",
+        metavar="NAME",
+        help="take part in kopf peering NAME (HA: only the highest priority acts)",
+    )
+    p.add_argument("--priority", type=int, help="peering priority (default: random, must differ per replica)")
+    p.add_argument(
+        "--liveness",
+        dest="liveness_endpoint",
+        metavar="URL",
+        help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    p.add_argument("--metrics-port", type=int, help="Prometheus metrics port (0 disables; default 9465)")
+    p.add_argument("--log-format", choices=["json", "plain"], help="log format (default json)")
+    p.add_argument("-v", "--verbose", action="store_true", default=None, help="debug logging")
+    p.add_argument(
+        "--status-flush-interval",
+        type=float,
+        metavar="SECONDS",
+        help="minimum time between two status PATCHes of one ConfigRefresh (default 0.2)",
+    )
+    p.add_argument(
+        "--no-auto-refresh",
+        dest="auto_refresh",
+        action="store_false",
+        default=None,
+        help="do not watch ConfigMaps/Secrets of auto-refresh workloads",
+    )
+    p.add_argument(
+        "--ttl-seconds-after-finished",
+        type=int,
+        metavar="SECONDS",
+        help="delete finished auto-created ConfigRefreshes after this long (default 3600)",
+    )
+    p.add_argument(
+        "--history-limit",
+        type=int,
+        metavar="N",
+        help="keep at most N finished auto-created ConfigRefreshes per workload (default 5)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = settings.from_env(
+            namespaces=args.namespaces,
+            broker_urls=args.broker_urls,
+            standalone=args.standalone,
+            peering_name=args.peering_name,
+            priority=args.priority,
+            liveness_endpoint=args.liveness_endpoint,
+            metrics_port=args.metrics_port,
+            log_format=args.log_format,
+            verbose=args.verbose,
+            status_flush_interval=args.status_flush_interval,
+            auto_refresh=args.auto_refresh,
+            ttl_seconds_after_finished=args.ttl_seconds_after_finished,
+            history_limit=args.history_limit,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"refreshbus-operator: {exc}", file=sys.stderr)
+        return 2
+    if args.all_namespaces:
+        config = dataclasses.replace(config, namespaces=())
+    if not config.broker_urls:
+        print("refreshbus-operator: no broker URL (--broker-url or REFRESHBUS_BROKER_URLS)", file=sys.stderr)
+        return 2
+    config = dataclasses.replace(config, priority=config.effective_priority())
+
+    import kopf
+
+    import refreshbus_operator.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(
+        verbose=config.verbose,
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="object",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    kopf.run(
+        standalone=config.standalone if config.peering_name is None else False,
+        peering_name=config.peering_name,
+        priority=config.priority,
+        liveness_endpoint=config.liveness_endpoint,
+        clusterwide=config.clusterwide,
+        namespaces=config.namespaces,
+        memo=kopf.Memo(config=config),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

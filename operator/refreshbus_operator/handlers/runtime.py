@@ -1,0 +1,24 @@
+"""Start-up and clean-up: the engine (broker threads, rounds) lives in ``memo.engine``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from refreshbus_operator import runtime
+
+
+@kopf.on.startup()
+async def start_engine(memo: kopf.Memo, **_: Any) -> None:
+    await runtime.start(memo)
+
+
+@kopf.on.cleanup()
+async def stop_engine(memo: kopf.Memo, **_: Any) -> None:
+    await runtime.stop(memo)
+
+
+@kopf.on.probe(id="broker")
+def broker_probe(memo: kopf.Memo, **_: Any) -> dict[str, bool]:
+    return runtime.probe(memo)

@@ -1,0 +1,59 @@
+"""Prometheus metrics of the operator (served on ``--metrics-port``, default 9465).
+
+Names are prefixed ``refreshbus_operator_``; see docs/operator.md for the list.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+REFRESHES = Counter(
+    "refreshbus_operator_refreshes_total",
+    "Refresh rounds finished, by final phase (Succeeded, PartiallyFailed, Failed, TimedOut).",
+    ["result"],
+)
+REFRESH_LATENCY = Histogram(
+    "refreshbus_operator_refresh_duration_seconds",
+    "End-to-end time of a refresh round: start (targets resolved) to final phase.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
+)
+ACK_LATENCY = Histogram(
+    "refreshbus_operator_ack_latency_seconds",
+    "Time from publishing a refresh event to receiving one pod's ack.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+ACKS = Counter(
+    "refreshbus_operator_acks_total",
+    "Acks consumed, by what happened to them: folded, duplicate, unknown_event, late, not_target, malformed.",
+    ["outcome"],
+)
+POD_RESULTS = Counter(
+    "refreshbus_operator_pod_results_total",
+    "Per-pod results folded into status (ok, unchanged, failed, timeout).",
+    ["result"],
+)
+PUBLISHED = Counter(
+    "refreshbus_operator_published_messages_total", "Refresh messages confirmed by the broker."
+)
+PUBLISH_RETRIES = Counter(
+    "refreshbus_operator_publish_retries_total", "Publish attempts repeated because of broker trouble."
+)
+BROKER_CONNECTED = Gauge(
+    "refreshbus_operator_broker_connected",
+    "1 while the connection is open (role: publisher or consumer).",
+    ["role"],
+)
+STATUS_PATCHES = Counter("refreshbus_operator_status_patches_total", "PATCHes of ConfigRefresh status.")
+API_REQUESTS = Counter(
+    "refreshbus_operator_api_requests_total", "Kubernetes API requests made by refreshbus code.", ["verb"]
+)
+IN_FLIGHT = Gauge("refreshbus_operator_refreshes_in_flight", "Refresh rounds not final yet.")
+AUTO_REFRESHES = Counter(
+    "refreshbus_operator_auto_refreshes_total", "ConfigRefreshes created by auto-refresh."
+)
+
+
+def serve(port: int) -> None:
+    """Start the metrics HTTP endpoint (no-op for port 0)."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,52 @@
+"""Process-wide objects, created at kopf start-up and kept in ``memo``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from refreshbus_operator import metrics
+from refreshbus_operator.kube import Kube
+from refreshbus_operator.lifecycle import Engine
+from refreshbus_operator.settings import Config
+
+log = logging.getLogger(__name__)
+
+
+async def start(memo: Any) -> None:
+    config: Config = memo["config"]
+    kube = Kube()
+    engine = Engine(config, kube)
+    await engine.start()
+    memo["kube"] = kube
+    memo["engine"] = engine
+    if config.metrics_port and not memo.get("metrics_started"):
+        metrics.serve(config.metrics_port)
+        memo["metrics_started"] = True
+    if config.auto_refresh:
+        from refreshbus_operator.autorefresh import AutoRefresher
+
+        auto = AutoRefresher(config, kube)
+        await auto.start()
+        memo["auto"] = auto
+    log.info(
+        "refreshbus operator started (namespaces: %s, brokers: %d)",
+        ", ".join(config.namespaces) or "all",
+        len(config.broker_urls),
+    )
+
+
+async def stop(memo: Any) -> None:
+    auto = memo.get("auto")
+    if auto is not None:
+        await auto.stop()
+    engine: Engine | None = memo.get("engine")
+    if engine is not None:
+        await engine.stop()
+
+
+def probe(memo: Any) -> dict[str, bool]:
+    engine: Engine | None = memo.get("engine")
+    if engine is None:
+        return {"publisher": False, "consumer": False}
+    return {"publisher": engine.publisher.connected, "consumer": engine.consumer.connected}

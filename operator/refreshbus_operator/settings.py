@@ -1,0 +1,172 @@
+"""The operator's one typed configuration, and the kopf settings derived from it.
+
+Every knob has an environment variable (``REFRESHBUS_OPERATOR_*``; the Helm chart sets
+these) and most have a CLI flag (``refreshbus-operator --help``); a flag wins over the
+environment. :func:`configure_kopf` is the ``@kopf.on.startup`` hook that turns the
+config into kopf's own settings: persistence under ``refreshbus.io`` instead of
+``kopf.zalando.org``, Kubernetes Events posting, peering priority.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from refreshbus_operator import GROUP
+
+ENV_PREFIX = "REFRESHBUS_OPERATOR_"
+#: Same variable the sidecar reads (refreshbus_wire.pods.ENV_BROKER_URLS).
+ENV_BROKER_URLS = "REFRESHBUS_BROKER_URLS"
+ENV_BROKER_URLS_FILE = "REFRESHBUS_BROKER_URLS_FILE"
+
+#: Label put on ConfigRefreshes created by auto-refresh: ``<kind>.<workload name>``.
+AUTO_REFRESH_LABEL = f"{GROUP}/auto-refresh-for"
+#: Annotation holding a finished round's bookkeeping needed to resume after a restart.
+ROUND_ANNOTATION = f"{GROUP}/round"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the operator can be told. Defaults are production defaults."""
+
+    broker_urls: tuple[str, ...] = ()
+    #: Namespaces to serve; empty means every namespace (cluster-wide).
+    namespaces: tuple[str, ...] = ()
+    standalone: bool = False
+    peering_name: str | None = None
+    priority: int | None = None
+    liveness_endpoint: str | None = None
+    metrics_port: int = 9465
+    log_format: str = "json"  # json | plain
+    verbose: bool = False
+    #: Minimum seconds between two status PATCHes of one ConfigRefresh (acks are batched).
+    status_flush_interval: float = 0.2
+    #: After a restart, wait this long for acks still in the queue before re-publishing.
+    resume_grace: float = 2.0
+    #: How long an ack for an event id this replica does not know is kept before dropping.
+    unknown_ack_grace: float = 10.0
+    publish_retry_initial: float = 0.2
+    publish_retry_max: float = 5.0
+    ack_prefetch: int = 1000
+    auto_refresh: bool = True
+    #: Quiet time after the last change of a watched ConfigMap/Secret before refreshing.
+    auto_refresh_debounce: float = 1.0
+    #: Finished auto-created ConfigRefreshes are deleted this long after completion.
+    ttl_seconds_after_finished: int = 3600
+    #: ... and at most this many finished ones are kept per workload.
+    history_limit: int = 5
+    gc_interval: float = 60.0
+    #: Set on Kubernetes Events as reportingInstance (pod name in-cluster).
+    instance: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "refreshbus-operator"))
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    def effective_priority(self) -> int:
+        """Peering priority: the configured one, else a random one (replicas must differ)."""
+        return self.priority if self.priority is not None else random.randint(1, 32767)
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.replace("\n", ",").replace(" ", ",").split(",") if p.strip())
+
+
+_FIELDS: dict[str, type] = {
+    "namespaces": tuple,
+    "standalone": bool,
+    "peering_name": str,
+    "priority": int,
+    "liveness_endpoint": str,
+    "metrics_port": int,
+    "log_format": str,
+    "verbose": bool,
+    "status_flush_interval": float,
+    "resume_grace": float,
+    "unknown_ack_grace": float,
+    "publish_retry_initial": float,
+    "publish_retry_max": float,
+    "ack_prefetch": int,
+    "auto_refresh": bool,
+    "auto_refresh_debounce": float,
+    "ttl_seconds_after_finished": int,
+    "history_limit": int,
+    "gc_interval": float,
+    "instance": str,
+}
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Build the config from ``REFRESHBUS_OPERATOR_<FIELD>`` variables, then ``overrides``
+    (CLI values; ``None`` means "not given")."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, kind in _FIELDS.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None or raw == "":
+            continue
+        try:
+            if kind is tuple:
+                values[name] = _split(raw)
+            elif kind is bool:
+                values[name] = _bool(raw)
+            else:
+                values[name] = kind(raw)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+    urls: tuple[str, ...] = ()
+    if env.get(ENV_BROKER_URLS):
+        urls = _split(env[ENV_BROKER_URLS])
+    elif env.get(ENV_BROKER_URLS_FILE):
+        with open(env[ENV_BROKER_URLS_FILE], encoding="utf-8") as fh:
+            urls = _split(fh.read())
+    if urls:
+        values["broker_urls"] = urls
+    for key, value in overrides.items():
+        if value is None or value == ():
+            continue
+        values[key] = tuple(value) if isinstance(value, list) else value
+    config = Config(**values)
+    if config.log_format not in {"json", "plain"}:
+        raise ValueError(f"log format must be json or plain, got {config.log_format!r}")
+    if config.status_flush_interval < 0:
+        raise ValueError("status flush interval must be >= 0")
+    return config
+
+
+def apply_kopf_settings(settings: kopf.OperatorSettings, config: Config) -> None:
+    """Point kopf's own bookkeeping at our API group and set posting/peering."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # We post our own, meaningful Events (events.py); kopf's per-handler ones are noise.
+    settings.posting.enabled = False
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "refreshbus-operator"
+    settings.posting.reporting_instance = config.instance
+    settings.peering.priority = config.effective_priority()
+    settings.peering.stealth = True
+    # Watches reconnect on their own; keep a bounded server-side timeout so a silently dead
+    # connection is noticed.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    settings.execution.max_workers = 8
+
+
+@kopf.on.startup()
+def configure_kopf(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Runs first at start-up: kopf's settings from :class:`Config` (in ``memo.config``)."""
+    apply_kopf_settings(settings, memo["config"])
