@@ -29,6 +29,9 @@ WEBHOOK_NAME = "inject.refreshbus.io"
 class InjectionConfig:
     """Everything the injector can be told. Defaults are production defaults."""
 
+    #: Serve the webhook from the operator process (the chart turns it on; off by default so
+    #: an operator started without the webhook's Service, Secret and port keeps working).
+    enabled: bool = False
     #: Sidecar image (the chart pins it to the release's tag).
     sidecar_image: str = "ghcr.io/refreshbus/sidecar:0.1.0"
     image_pull_policy: str = "IfNotPresent"
@@ -70,6 +73,8 @@ class InjectionConfig:
 
 
 def _convert(kind: Any, raw: str) -> Any:
+    if kind in (bool, "bool"):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
     if kind in (int, "int"):
         return int(raw)
     if kind in (tuple, "tuple[str, ...]"):
