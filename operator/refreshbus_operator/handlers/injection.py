@@ -1,0 +1,101 @@
+"""kopf registrations for sidecar injection: the webhook server's life (when enabled) and
+the per-workload sidecar RBAC. Logic lives in refreshbus_operator.injection and
+refreshbus_operator.sidecar_rbac.
+
+Workloads are followed with ``@kopf.on.event``: nothing is written onto the user's
+Deployment (no kopf annotations, no finalizer); every event reconciles idempotently, and
+the listing at start-up re-reconciles everything (level-triggered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from refreshbus_operator import sidecar_rbac
+from refreshbus_operator.injection import config as injection_config
+from refreshbus_operator.kube import Kube
+
+_MEMO_CONFIG = "injection_config"
+_MEMO_SERVER = "injection_server"
+_MEMO_KUBE = "injection_kube"
+
+
+def _kube(memo: kopf.Memo) -> Kube:
+    if memo.get(_MEMO_KUBE) is None:
+        memo[_MEMO_KUBE] = Kube()
+    kube: Kube = memo[_MEMO_KUBE]
+    return kube
+
+
+def _config(memo: kopf.Memo) -> injection_config.InjectionConfig:
+    if memo.get(_MEMO_CONFIG) is None:
+        memo[_MEMO_CONFIG] = injection_config.from_env()
+    cfg: injection_config.InjectionConfig = memo[_MEMO_CONFIG]
+    return cfg
+
+
+@kopf.on.startup()
+async def start_injection_webhook(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    cfg = _config(memo)
+    if not cfg.enabled:
+        logger.info("sidecar injection webhook disabled (REFRESHBUS_INJECTION_ENABLED is not true)")
+        return
+    from refreshbus_operator.injection.webhook import WebhookServer
+
+    server = WebhookServer(_kube(memo), cfg)
+    await server.start()
+    memo[_MEMO_SERVER] = server
+
+
+@kopf.on.cleanup()
+async def stop_injection_webhook(memo: kopf.Memo, **_: Any) -> None:
+    server = memo.get(_MEMO_SERVER)
+    if server is not None:
+        await server.stop()
+
+
+async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger) -> None:
+    obj = event.get("object") or {}
+    meta = obj.get("metadata") or {}
+    if not meta.get("name") or obj.get("kind") not in sidecar_rbac.WORKLOAD_KINDS:
+        return
+    kube = _kube(memo)
+    if event.get("type") == "DELETED":
+        await asyncio.to_thread(sidecar_rbac.cleanup, kube, meta["namespace"], obj["kind"], meta["name"])
+        return
+    result = await asyncio.to_thread(sidecar_rbac.reconcile, kube, obj)
+    if result == "applied" and sidecar_rbac.opted_in(obj):
+        cfg = _config(memo)
+        await asyncio.to_thread(
+            sidecar_rbac.ensure_broker_secret,
+            kube,
+            meta["namespace"],
+            cfg.operator_namespace,
+            cfg.broker_secret,
+        )
+    if result in {"applied", "removed"}:
+        logger.info("sidecar RBAC %s", result)
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_sidecar_rbac(
+    event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    await _workload_event(event, memo, logger)
+
+
+@kopf.on.event("apps", "v1", "statefulsets")
+async def statefulset_sidecar_rbac(
+    event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    await _workload_event(event, memo, logger)
+
+
+@kopf.on.event("apps", "v1", "daemonsets")
+async def daemonset_sidecar_rbac(
+    event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    await _workload_event(event, memo, logger)

@@ -1,0 +1,227 @@
+"""Least-privilege API access for injected sidecars, one Role per opted-in workload.
+
+For a Deployment/StatefulSet/DaemonSet whose pod template says
+``refreshbus.io/inject: "true"``, the operator keeps, in the workload's namespace:
+
+* Role ``refreshbus-sidecar-<kind>-<name>``: ``get`` on exactly the ConfigMaps and
+  Secrets the template's ``refreshbus.io/configmaps`` / ``refreshbus.io/secrets`` name
+  (``resourceNames``; no list, no watch -- the sidecar only GETs by name);
+* RoleBinding of the same name, binding it to the pod template's ServiceAccount
+  (``serviceAccountName``, else ``default``): the sidecar uses the pod's own token.
+
+Both carry an ownerReference to the workload (the garbage collector removes them if the
+operator is down when the workload goes) and are deleted by the operator when the
+workload goes or stops opting in. They follow annotation changes.
+
+Design note: the pod's ServiceAccount is kept (changing it would change the app's own
+API rights). Workloads sharing one ServiceAccount therefore share each other's grants;
+give each workload its own ServiceAccount for full isolation (docs/injection.md).
+
+The broker Secret for sidecars is copied from the operator's namespace into each
+namespace with an opted-in workload (a pod can only mount Secrets of its own namespace).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from refreshbus_wire import pods
+
+from refreshbus_operator.kube import ApiError, Kube, q
+
+log = logging.getLogger("refreshbus.sidecar_rbac")
+
+RBAC = "/apis/rbac.authorization.k8s.io/v1"
+PREFIX = "refreshbus-sidecar-"
+MANAGED_BY = {
+    "app.kubernetes.io/managed-by": "refreshbus-operator",
+    "app.kubernetes.io/component": "sidecar-rbac",
+}
+LABEL_KIND = "refreshbus.io/workload-kind"
+LABEL_NAME = "refreshbus.io/workload-name"
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
+
+
+def object_name(kind: str, name: str) -> str:
+    """``refreshbus-sidecar-<kind>-<name>``, shortened with a hash when over 253 chars."""
+    full = f"{PREFIX}{kind.lower()}-{name}"
+    if len(full) <= 253:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:10]
+    return f"{full[:242]}-{digest}"
+
+
+def _label_value(value: str) -> str:
+    if len(value) <= 63:
+        return value
+    return value[:52] + "-" + hashlib.sha256(value.encode()).hexdigest()[:10]
+
+
+def _template(workload: Mapping[str, Any]) -> Mapping[str, Any]:
+    return ((workload.get("spec") or {}).get("template")) or {}
+
+
+def opted_in(workload: Mapping[str, Any]) -> bool:
+    annotations = (_template(workload).get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(pods.ANN_INJECT, "")).strip().lower() in {"true", "yes", "1", "on"}
+
+
+def desired(workload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(Role, RoleBinding) the workload's sidecars need, or None if it does not opt in
+    (or names nothing to read)."""
+    if not opted_in(workload):
+        return None
+    meta = workload["metadata"]
+    kind, name, namespace = workload["kind"], meta["name"], meta["namespace"]
+    template = _template(workload)
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    configmaps = pods.split_names(annotations.get(pods.ANN_CONFIGMAPS))
+    secrets = pods.split_names(annotations.get(pods.ANN_SECRETS))
+    rules = [
+        {"apiGroups": [""], "resources": [resource], "verbs": ["get"], "resourceNames": list(names)}
+        for resource, names in (("configmaps", configmaps), ("secrets", secrets))
+        if names
+    ]
+    if not rules:
+        return None
+    sa = (template.get("spec") or {}).get("serviceAccountName") or "default"
+    role_name = object_name(kind, name)
+    metadata = {
+        "name": role_name,
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, LABEL_KIND: kind, LABEL_NAME: _label_value(name)},
+        "ownerReferences": [
+            {
+                "apiVersion": workload.get("apiVersion", "apps/v1"),
+                "kind": kind,
+                "name": name,
+                "uid": meta["uid"],
+                "blockOwnerDeletion": False,
+            }
+        ],
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata,
+        "rules": rules,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": dict(metadata),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+    }
+    return role, binding
+
+
+def _path(namespace: str, plural: str, name: str | None = None) -> str:
+    base = f"{RBAC}/namespaces/{q(namespace)}/{plural}"
+    return f"{base}/{q(name)}" if name else base
+
+
+def _put(kube: Kube, plural: str, body: dict[str, Any], compare: tuple[str, ...]) -> bool:
+    """Create or update; True if anything was written."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        current = kube.get(_path(namespace, plural, name))
+    except ApiError as exc:
+        if not exc.not_found:
+            raise
+        kube.post(_path(namespace, plural), body)
+        return True
+    if all(current.get(key) == body.get(key) for key in compare) and all(
+        (current["metadata"].get("labels") or {}).get(k) == v for k, v in body["metadata"]["labels"].items()
+    ):
+        return False
+    if plural == "rolebindings" and current.get("roleRef") != body.get("roleRef"):
+        kube.delete(_path(namespace, plural, name))  # roleRef is immutable
+        kube.post(_path(namespace, plural), body)
+        return True
+    updated = {
+        **body,
+        "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+    }
+    kube.request("PUT", _path(namespace, plural, name), body=updated)
+    return True
+
+
+def reconcile(kube: Kube, workload: Mapping[str, Any]) -> str:
+    """Make the sidecar Role/RoleBinding of one workload match its pod template.
+    Returns what happened: "applied", "unchanged" or "removed"/"absent"."""
+    meta = workload["metadata"]
+    wanted = desired(workload)
+    if wanted is None:
+        return "removed" if cleanup(kube, meta["namespace"], workload["kind"], meta["name"]) else "absent"
+    role, binding = wanted
+    changed = _put(kube, "roles", role, ("rules",))
+    changed = _put(kube, "rolebindings", binding, ("roleRef", "subjects")) or changed
+    if changed:
+        log.info(
+            "sidecar RBAC for %s %s/%s: %s",
+            workload["kind"],
+            meta["namespace"],
+            meta["name"],
+            "; ".join(f"{r['resources'][0]}={','.join(r['resourceNames'])}" for r in role["rules"]),
+        )
+    return "applied" if changed else "unchanged"
+
+
+def cleanup(kube: Kube, namespace: str, kind: str, name: str) -> bool:
+    """Delete the workload's sidecar Role and RoleBinding; True if anything was there."""
+    found = False
+    for plural in ("rolebindings", "roles"):
+        try:
+            kube.delete(_path(namespace, plural, object_name(kind, name)))
+            found = True
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+    if found:
+        log.info("removed sidecar RBAC for %s %s/%s", kind, namespace, name)
+    return found
+
+
+def ensure_broker_secret(kube: Kube, namespace: str, source_namespace: str, name: str) -> bool:
+    """Copy the sidecars' broker Secret into ``namespace``; True if written. A missing
+    source is logged, not raised (the chart may not have created it yet)."""
+    if namespace == source_namespace:
+        return False
+    path = f"/api/v1/namespaces/{q(source_namespace)}/secrets/{q(name)}"
+    try:
+        source = kube.get(path)
+    except ApiError as exc:
+        if exc.not_found:
+            log.warning(
+                "broker Secret %s/%s not found; sidecars in %s cannot connect yet",
+                source_namespace,
+                name,
+                namespace,
+            )
+            return False
+        raise
+    data = source.get("data") or {}
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "data": data,
+    }
+    target = f"/api/v1/namespaces/{q(namespace)}/secrets/{q(name)}"
+    try:
+        current = kube.get(target)
+    except ApiError as exc:
+        if not exc.not_found:
+            raise
+        kube.post(f"/api/v1/namespaces/{q(namespace)}/secrets", body)
+        return True
+    if (current.get("data") or {}) == data:
+        return False
+    metadata = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
+    kube.request("PUT", target, body={**body, "metadata": metadata})
+    return True
