@@ -124,6 +124,22 @@ class TestBus:
             self.conn.process_data_events(time_limit=0.05)
         raise AssertionError(f"no ack for event {event_id} (pod {pod}) within {timeout}s; got {self.acks}")
 
+    def wait_acks(self, event_id: str, count: int, timeout: float = 20.0) -> list[Ack]:
+        """Wait until at least ``count`` acks for ``event_id`` arrived; returns them all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            acks = self.acks_for(event_id)
+            if len(acks) >= count:
+                return acks
+            self.conn.process_data_events(time_limit=0.05)
+        raise AssertionError(f"fewer than {count} acks for {event_id} within {timeout}s: {self.acks}")
+
     def close(self) -> None:
         if self.conn.is_open:
             self.conn.close()
+
+    def __enter__(self) -> TestBus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -70,17 +70,38 @@ class Sidecar:
     def ready(self) -> bool:
         return self.probe("/readyz")[0] == 200
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        """Wait for /readyz = 200; fail with the sidecar's log if it dies or never gets there."""
+    @property
+    def consuming(self) -> bool:
+        """Whether the sidecar is connected to the broker (its queue and bindings exist)."""
+        status, body = self.probe("/readyz")
+        try:
+            return status in (200, 503) and bool(json.loads(body).get("broker"))
+        except ValueError:
+            return False
+
+    def wait_ready(self, timeout: float = 15.0, *, consuming: bool = True) -> None:
+        """Wait for /readyz = 200 (and, with ``consuming``, for the broker connection, so that
+        events published from now on reach it); fail with the sidecar's log otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"sidecar exited with {self.proc.returncode}\n{self.logs_tail()}")
-            if self.ready:
+            if self.ready and (not consuming or self.consuming):
                 return
             time.sleep(0.05)
         raise AssertionError(
             f"sidecar not ready after {timeout}s: {self.probe('/readyz')}\n{self.logs_tail()}")
+
+    def wait_consuming(self, timeout: float = 15.0) -> None:
+        """Wait for the broker connection only (for sidecars that cannot become ready)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sidecar exited with {self.proc.returncode}\n{self.logs_tail()}")
+            if self.consuming:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"sidecar not consuming after {timeout}s\n{self.logs_tail()}")
 
     def metrics(self) -> dict[str, float]:
         """Parsed /metrics: ``name{labels}`` -> value."""
@@ -158,7 +179,8 @@ def start_sidecar(
     wait_ready: bool = True,
     timeout: float = 15.0,
 ) -> Sidecar:
-    """Start ``refreshbus-sidecar run`` for ``pod``; by default wait until /readyz says 200.
+    """Start ``refreshbus-sidecar run`` for ``pod``; by default wait until /readyz says 200
+    and the sidecar consumes from its queue.
 
     Args:
         broker_urls: e.g. ``[broker.url("refreshbus-sidecar")]`` (written to a 0600 file).

@@ -1,0 +1,103 @@
+"""The broker going away never costs the app its config, and never leaves a pod stale:
+the sidecar retries with growing delays and reconciles from the API after every connect."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from refreshbus_support import configs
+from refreshbus_support.bus import TestBus, make_event
+from refreshbus_support.pods import create_pod
+from refreshbus_testenv.broker import Broker
+from refreshbus_testenv.controlplane import ControlPlane
+from refreshbus_wire import pods as podc
+from refreshbus_wire.events import AckResult
+
+from .conftest import Apps, Sidecars
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker_restored(running_broker: Broker) -> Iterator[Broker]:
+    """The session broker, guaranteed to be running again after the test."""
+    try:
+        yield running_broker
+    finally:
+        if not running_broker.running:
+            running_broker.pid = None
+            running_broker.start()
+
+
+def routes(body: str) -> dict[str, str]:
+    return {"routes.conf": f'location = / {{ return 200 "{body}\\n"; }}\n'}
+
+
+def test_with_the_broker_down_at_start_the_sidecar_writes_the_config_and_connects_later(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, broker_restored: Broker, tmp_path: Path
+) -> None:
+    configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
+    pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
+    broker_restored.stop()
+
+    sidecar = sidecars.start(pod, wait_ready=False)
+    sidecar.wait_ready(consuming=False)
+
+    assert (sidecar.target_dir / "configmap-settings" / "a").read_text() == "1"
+    assert sidecar.probe("/livez")[0] == 200
+    assert not sidecar.consuming
+    broker_restored.start()
+    sidecar.wait_consuming(timeout=30)
+    with TestBus(broker_restored.url()) as bus:
+        rv = configs.put_configmap(cluster, namespace, "settings", {"a": "2"})
+        event = make_event(namespace, [("ConfigMap", "settings", rv)])
+        bus.publish(event)
+        assert bus.wait_ack(event.id).result is AckResult.OK
+    assert (sidecar.target_dir / "configmap-settings" / "a").read_text() == "2"
+
+
+def test_a_change_missed_while_the_broker_was_down_is_applied_after_it_returns(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, apps: Apps, broker_restored: Broker,
+    tmp_path: Path,
+) -> None:
+    configs.put_configmap(cluster, namespace, "web", routes("v1"))
+    shared = tmp_path / "shared"
+    nginx = apps.nginx(shared / "configmap-web")
+    pod = create_pod(cluster, namespace, "web-0", configmaps=["web"], action={
+        podc.ENV_ACTION: "signal", podc.ENV_PROCESS: nginx.process_pattern})
+    sidecar = sidecars.start(pod, target_dir=shared)
+    master = nginx.pid
+
+    broker_restored.stop()
+    configs.put_configmap(cluster, namespace, "web", routes("v2"))  # no event: the broker is down
+    assert sidecar.probe("/livez")[0] == 200
+    broker_restored.start()
+
+    nginx.wait_for(lambda body: body == "v2\n", timeout=30)  # converged without any event
+    assert nginx.pid == master
+    assert sidecar.metrics()["refreshbus_sidecar_reconnects_total"] >= 1
+
+
+def test_events_queued_while_the_sidecar_was_away_are_handled_after_it_reconnects(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, broker_restored: Broker, bus: TestBus
+) -> None:
+    configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
+    pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
+    sidecar = sidecars.start(pod)
+    sidecar.stop()  # its durable queue stays and collects what is addressed to the pod
+    rv = configs.put_configmap(cluster, namespace, "settings", {"a": "2"})
+    event = make_event(namespace, [("ConfigMap", "settings", rv)])
+    bus.publish(event)
+
+    restarted = sidecars.start(pod, target_dir=sidecar.target_dir)
+
+    ack = bus.wait_ack(event.id)
+    # the start-up sync already applied it, so the queued event finds nothing to do
+    assert ack.result is AckResult.UNCHANGED
+    assert (restarted.target_dir / "configmap-settings" / "a").read_text() == "2"
+    started = time.monotonic()
+    assert restarted.stop() == 0
+    assert time.monotonic() - started < 2
