@@ -40,6 +40,7 @@ def _config(memo: kopf.Memo) -> injection_config.InjectionConfig:
 @kopf.on.startup()
 async def start_injection_webhook(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     cfg = _config(memo)
+    _kube(memo)  # set on the operator-wide memo, which kopf copies into every object's memo
     if not cfg.enabled:
         logger.info("sidecar injection webhook disabled (REFRESHBUS_INJECTION_ENABLED is not true)")
         return
