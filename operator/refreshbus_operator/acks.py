@@ -58,6 +58,8 @@ class AckConsumer:
         self._channel: Any = None
         self._generation = 0
         self.connected = False
+        #: Called (in the consumer thread) after a *re*connect: messages may have been lost.
+        self.on_reconnect: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         self._thread.start()
@@ -127,6 +129,8 @@ class AckConsumer:
         self.connected = True
         metrics.BROKER_CONNECTED.labels(role="consumer").set(1)
         log.info("ack consumer connected to the broker")
+        if generation > 1:
+            self.on_reconnect()
 
     def _drain_settle(self) -> None:
         while True:

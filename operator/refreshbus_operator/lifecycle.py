@@ -141,6 +141,8 @@ class Round:
         self._closing = False
         self._annotated_acks = 0
         self.routing_keys: tuple[str, ...] = ()
+        self._nudging = False
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def event_id(self) -> str:
@@ -401,6 +403,31 @@ class Round:
         )
         self.dirty.set()
 
+    def nudge(self) -> None:
+        """Re-publish the event to the targets that have not answered (once at a time)."""
+        published = self.snapshot.conditions.get("Published")
+        if self.final or self._nudging or published is None or published.status != "True":
+            return
+        if not st.pending_pods(self.snapshot):
+            return
+        self._nudging = True
+        task = asyncio.create_task(self._republish(), name=f"nudge {self.ref.name}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _republish(self) -> None:
+        try:
+            pods = st.pending_pods(self.snapshot)
+            remaining = (self.deadline - now()).total_seconds()
+            if pods and remaining > 0:
+                log.info("%r: broker reconnected, re-publishing to %d pod(s) that have not answered",
+                         self, len(pods))
+                await self.engine.publisher.publish(self._messages(pods), timeout=remaining)
+        except Exception as exc:
+            log.warning("%r: re-publishing failed: %s", self, exc)
+        finally:
+            self._nudging = False
+
     def _call_soon(self, loop: asyncio.AbstractEventLoop, reason: str) -> None:
         loop.call_soon_threadsafe(self.broker_trouble, reason)
 
@@ -507,6 +534,7 @@ class Engine:
             retry_max=config.publish_retry_max,
         )
         self.router.on_change = lambda: self.consumer.set_active(bool(self.router.rounds))
+        self.consumer.on_reconnect = self._reconnected_threadsafe
         self._janitor: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -532,6 +560,17 @@ class Engine:
     def _deliver_threadsafe(self, body: bytes, tag: Tag) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.router.handle, body, tag)
+
+    def _reconnected_threadsafe(self) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._reconnected)
+
+    def _reconnected(self) -> None:
+        """The broker connection was lost and is back: events or acks may have been lost
+        with it (a restarted broker, a dropped connection). Nudge every pod that has not
+        answered yet, with the same event id (idempotent for the sidecars)."""
+        for round_ in list(self.rounds.values()):
+            round_.nudge()
 
     async def _expire_parked(self) -> None:
         while True:

@@ -12,17 +12,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from opharness import FakeSidecar, OperatorProc  # noqa: E402
+from opharness import FakeSidecar, OperatorProc
 
 
 @pytest.fixture
-def start_operator(cluster: Any, running_broker: Any, namespace: str, tmp_path: Path
-                   ) -> Iterator[Callable[..., OperatorProc]]:
+def start_operator(
+    cluster: Any, running_broker: Any, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProc]]:
     """Start ``refreshbus-operator`` processes for the test's namespace; all are stopped after."""
     procs: list[OperatorProc] = []
 
-    def start(*args: str, name: str = "operator", wait: bool = True, env: dict[str, str] | None = None,
-              namespaces: tuple[str, ...] | None = None) -> OperatorProc:
+    def start(
+        *args: str,
+        name: str = "operator",
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+        namespaces: tuple[str, ...] | None = None,
+    ) -> OperatorProc:
         proc = OperatorProc(
             kubeconfig=cluster.kubeconfig,
             broker_urls=[running_broker.url("refreshbus-operator")],

@@ -7,6 +7,7 @@ conftest of each puts this directory on ``sys.path``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,8 +23,7 @@ from typing import Any
 
 import pika
 from refreshbus_testenv.procs import free_port, tail
-from refreshbus_wire import Ack, AckResult, RefreshEvent, Timings, decode, encode, new_id, now
-from refreshbus_wire import routing
+from refreshbus_wire import Ack, AckResult, RefreshEvent, Timings, decode, encode, new_id, now, routing
 
 OPERATOR_BIN = Path(sys.executable).parent / "refreshbus-operator"
 
@@ -70,12 +70,25 @@ class OperatorProc:
             "REFRESHBUS_OPERATOR_PUBLISH_RETRY_MAX": "1",
             **self.env,
         }
-        cmd = [str(OPERATOR_BIN), *self.args, "--metrics-port", str(self.metrics_port), "--log-format", "plain"]
+        cmd = [
+            str(OPERATOR_BIN),
+            *self.args,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--log-format",
+            "plain",
+        ]
         for ns in self.namespaces:
             cmd += ["--namespace", ns]
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         if wait:
             self.wait_started()
         return self
@@ -129,10 +142,8 @@ class OperatorProc:
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 key, _, value = line.rpartition(" ")
-                try:
+                with contextlib.suppress(ValueError):
                     out[key] = float(value)
-                except ValueError:
-                    pass
         return out
 
 
@@ -155,8 +166,14 @@ class FakeSidecar:
     and its four bindings, records every refresh event delivered, and acks as told by
     ``behaviour(event, nth delivery of this event id)``. Reconnects when the broker restarts."""
 
-    def __init__(self, url: str, namespace: str, pod: str, workload: tuple[str, str],
-                 behaviour: Behaviour | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        pod: str,
+        workload: tuple[str, str],
+        behaviour: Behaviour | None = None,
+    ) -> None:
         self.url = url
         self.identity = routing.PodIdentity(namespace, pod, workload[0], workload[1])
         self.behaviour = behaviour or always("ok")
@@ -205,11 +222,23 @@ class FakeSidecar:
         if answer is None:
             return
         result, error = answer
-        ack = Ack(id=new_id(), event_id=event.id, namespace=self.identity.namespace, pod=self.identity.pod,
-                  result=AckResult(result), received_at=now(), config_hash="sha256:fake",
-                  timings=Timings(written_ms=1.0, reloaded_ms=2.0), error=error)
-        channel.basic_publish(routing.EXCHANGE, routing.ack_key(self.identity.namespace, self.identity.pod),
-                              encode(ack), pika.BasicProperties(content_type="application/json"))
+        ack = Ack(
+            id=new_id(),
+            event_id=event.id,
+            namespace=self.identity.namespace,
+            pod=self.identity.pod,
+            result=AckResult(result),
+            received_at=now(),
+            config_hash="sha256:fake",
+            timings=Timings(written_ms=1.0, reloaded_ms=2.0),
+            error=error,
+        )
+        channel.basic_publish(
+            routing.EXCHANGE,
+            routing.ack_key(self.identity.namespace, self.identity.pod),
+            encode(ack),
+            pika.BasicProperties(content_type="application/json"),
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -229,11 +258,17 @@ def publish_raw(url: str, key: str, body: bytes) -> None:
 # -- Kubernetes objects ------------------------------------------------------------------------
 
 
-def deployment(cluster: Any, namespace: str, name: str, labels: Mapping[str, str],
-               annotations: Mapping[str, str] | None = None) -> None:
+def deployment(
+    cluster: Any,
+    namespace: str,
+    name: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str] | None = None,
+) -> None:
     """A Deployment object (no controller runs: it never creates pods by itself)."""
     manifest = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "replicas": 0,
@@ -248,14 +283,22 @@ def deployment(cluster: Any, namespace: str, name: str, labels: Mapping[str, str
 
 
 def configmap(cluster: Any, namespace: str, name: str, data: Mapping[str, str]) -> None:
-    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
-                "data": dict(data)}
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": dict(data),
+    }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
 
 def refresh(cluster: Any, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
-    manifest = {"apiVersion": "refreshbus.io/v1alpha1", "kind": "ConfigRefresh",
-                "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}
+    manifest = {
+        "apiVersion": "refreshbus.io/v1alpha1",
+        "kind": "ConfigRefresh",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": dict(spec),
+    }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
 
@@ -264,12 +307,22 @@ def cfr(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
-def wait_phase(cluster: Any, namespace: str, name: str, phases: Sequence[str] | str, timeout: float = 30.0,
-               operator: OperatorProc | None = None) -> dict[str, Any]:
+def wait_phase(
+    cluster: Any,
+    namespace: str,
+    name: str,
+    phases: Sequence[str] | str,
+    timeout: float = 30.0,
+    operator: OperatorProc | None = None,
+) -> dict[str, Any]:
     wanted = {phases} if isinstance(phases, str) else set(phases)
     try:
-        return wait_for(lambda: (o := cfr(cluster, namespace, name)).get("status", {}).get("phase") in wanted
-                        and o, timeout, f"ConfigRefresh {name} phase in {sorted(wanted)}", interval=0.1)
+        return wait_for(
+            lambda: (o := cfr(cluster, namespace, name)).get("status", {}).get("phase") in wanted and o,
+            timeout,
+            f"ConfigRefresh {name} phase in {sorted(wanted)}",
+            interval=0.1,
+        )
     except AssertionError as exc:
         extra = f"\nstatus: {json.dumps(cfr(cluster, namespace, name).get('status'), indent=1)}"
         if operator is not None:

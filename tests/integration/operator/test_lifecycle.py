@@ -30,33 +30,63 @@ pytestmark = pytest.mark.integration
 ORDERS = {"app": "orders"}
 
 
-def orders_pods(cluster: Any, ns: str, n: int, fake_sidecars: Any, behaviours: dict[int, Any] | None = None,
-                configmaps: tuple[str, ...] = ("app-config",)) -> list[Any]:
+def orders_pods(
+    cluster: Any,
+    ns: str,
+    n: int,
+    fake_sidecars: Any,
+    behaviours: dict[int, Any] | None = None,
+    configmaps: tuple[str, ...] = ("app-config",),
+) -> list[Any]:
     """Deployment ``orders`` with ``n`` running, opted-in pods and a fake sidecar for each."""
     deployment(cluster, ns, "orders", ORDERS)
     fakes = []
     for i in range(n):
-        pod = create_pod(cluster, ns, f"orders-5d8f9c7b6-p{i}", labels=ORDERS,
-                         owner=Owner.replicaset_of("orders"), configmaps=configmaps)
-        fakes.append(fake_sidecars(ns, pod.name, (pod.workload_kind, pod.workload_name),
-                                   (behaviours or {}).get(i)))
+        pod = create_pod(
+            cluster,
+            ns,
+            f"orders-5d8f9c7b6-p{i}",
+            labels=ORDERS,
+            owner=Owner.replicaset_of("orders"),
+            configmaps=configmaps,
+        )
+        fakes.append(
+            fake_sidecars(ns, pod.name, (pod.workload_kind, pod.workload_name), (behaviours or {}).get(i))
+        )
     return fakes
 
 
-def test_workload_refresh_succeeds_with_one_workload_message(cluster, namespace, start_operator, fake_sidecars):
+def test_workload_refresh_succeeds_with_one_workload_message(
+    cluster, namespace, start_operator, fake_sidecars
+):
     configmap(cluster, namespace, "app-config", {"a": "1"})
     fakes = orders_pods(cluster, namespace, 3, fake_sidecars)
     op = start_operator()
-    refresh(cluster, namespace, "r1", {"sources": [{"configMap": {"name": "app-config"}}],
-                                       "target": {"workload": {"kind": "Deployment", "name": "orders"}}})
+    refresh(
+        cluster,
+        namespace,
+        "r1",
+        {
+            "sources": [{"configMap": {"name": "app-config"}}],
+            "target": {"workload": {"kind": "Deployment", "name": "orders"}},
+        },
+    )
     obj = wait_phase(cluster, namespace, "r1", "Succeeded", operator=op)
     status = obj["status"]
-    assert status["counts"] == {"targets": 3, "acked": 3, "succeeded": 3, "unchanged": 0, "failed": 0,
-                                "pending": 0, "skipped": 0}
+    assert status["counts"] == {
+        "targets": 3,
+        "acked": 3,
+        "succeeded": 3,
+        "unchanged": 0,
+        "failed": 0,
+        "pending": 0,
+        "skipped": 0,
+    }
     assert status["observedGeneration"] == obj["metadata"]["generation"]
     assert {r["pod"] for r in status["results"]} == {f.pod for f in fakes}
     assert all(r["result"] == "ok" and r["configHash"] == "sha256:fake" for r in status["results"])
-    assert status["startTime"] and status["completionTime"]
+    assert status["startTime"]
+    assert status["completionTime"]
     for ctype in ("TargetsResolved", "SourcesReady", "Published", "Complete"):
         assert condition(obj, ctype)["status"] == "True", ctype
     assert condition(obj, "Complete")["reason"] == "Succeeded"
@@ -65,38 +95,64 @@ def test_workload_refresh_succeeds_with_one_workload_message(cluster, namespace,
         events = fake.deliveries()
         assert [e.id for e in events] == [status["eventId"]]
         assert events[0].target.scope.value == "workload"
-        assert events[0].sources[0].name == "app-config" and events[0].sources[0].resource_version
+        assert events[0].sources[0].name == "app-config"
+        assert events[0].sources[0].resource_version
     reasons = [e["reason"] for e in events_for(cluster, namespace, "r1")]
-    assert "Started" in reasons and "Succeeded" in reasons
+    assert "Started" in reasons
+    assert "Succeeded" in reasons
 
 
 def test_pods_target_reaches_only_the_named_pods(cluster, namespace, start_operator, fake_sidecars):
     configmap(cluster, namespace, "app-config", {"a": "1"})
     fakes = orders_pods(cluster, namespace, 3, fake_sidecars)
     op = start_operator()
-    refresh(cluster, namespace, "only-one", {"sources": [{"configMap": {"name": "app-config"}}],
-                                             "target": {"pods": [fakes[1].pod, "does-not-exist"]}})
+    refresh(
+        cluster,
+        namespace,
+        "only-one",
+        {
+            "sources": [{"configMap": {"name": "app-config"}}],
+            "target": {"pods": [fakes[1].pod, "does-not-exist"]},
+        },
+    )
     obj = wait_phase(cluster, namespace, "only-one", "Succeeded", operator=op)
     assert obj["status"]["counts"]["targets"] == 1
     assert obj["status"]["skipped"] == [{"pod": "does-not-exist", "reason": "pod not found"}]
     assert len(fakes[1].deliveries()) == 1
     assert fakes[1].deliveries()[0].target.scope.value == "pod"
-    assert fakes[0].deliveries() == [] and fakes[2].deliveries() == []
+    assert fakes[0].deliveries() == []
+    assert fakes[2].deliveries() == []
 
 
-def test_one_failure_gives_partially_failed_with_the_reason(cluster, namespace, start_operator, fake_sidecars):
+def test_one_failure_gives_partially_failed_with_the_reason(
+    cluster, namespace, start_operator, fake_sidecars
+):
     configmap(cluster, namespace, "app-config", {"a": "1"})
-    orders_pods(cluster, namespace, 3, fake_sidecars,
-                {2: always("failed", "reload endpoint returned 500"), 1: always("unchanged")})
+    orders_pods(
+        cluster,
+        namespace,
+        3,
+        fake_sidecars,
+        {2: always("failed", "reload endpoint returned 500"), 1: always("unchanged")},
+    )
     op = start_operator()
-    refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "app-config"}}],
-                                      "target": {"selector": {"matchLabels": ORDERS}}})
+    refresh(
+        cluster,
+        namespace,
+        "r",
+        {"sources": [{"configMap": {"name": "app-config"}}], "target": {"selector": {"matchLabels": ORDERS}}},
+    )
     obj = wait_phase(cluster, namespace, "r", "PartiallyFailed", operator=op)
     status = obj["status"]
-    assert status["counts"]["failed"] == 1 and status["counts"]["succeeded"] == 2
+    assert status["counts"]["failed"] == 1
+    assert status["counts"]["succeeded"] == 2
     assert status["counts"]["unchanged"] == 1
-    assert status["results"][0] == {**status["results"][0], "pod": "orders-5d8f9c7b6-p2", "result": "failed",
-                                    "reason": "reload endpoint returned 500"}
+    assert status["results"][0] == {
+        **status["results"][0],
+        "pod": "orders-5d8f9c7b6-p2",
+        "result": "failed",
+        "reason": "reload endpoint returned 500",
+    }
     assert "orders-5d8f9c7b6-p2: reload endpoint returned 500" in status["message"]
     assert condition(obj, "Complete")["reason"] == "PartiallyFailed"
     assert "PartiallyFailed" in [e["reason"] for e in events_for(cluster, namespace, "r")]
@@ -106,12 +162,26 @@ def test_deadline_times_out_naming_the_silent_pod(cluster, namespace, start_oper
     configmap(cluster, namespace, "app-config", {"a": "1"})
     orders_pods(cluster, namespace, 2, fake_sidecars, {0: silent()})
     op = start_operator()
-    refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "app-config"}}],
-                                      "target": {"destination": "orders"}, "deadlineSeconds": 3})
+    refresh(
+        cluster,
+        namespace,
+        "r",
+        {
+            "sources": [{"configMap": {"name": "app-config"}}],
+            "target": {"destination": "orders"},
+            "deadlineSeconds": 3,
+        },
+    )
     obj = wait_phase(cluster, namespace, "r", "TimedOut", timeout=20, operator=op)
     status = obj["status"]
-    assert status["counts"] == {**status["counts"], "targets": 2, "succeeded": 1, "failed": 1, "pending": 0,
-                                "acked": 1}
+    assert status["counts"] == {
+        **status["counts"],
+        "targets": 2,
+        "succeeded": 1,
+        "failed": 1,
+        "pending": 0,
+        "acked": 1,
+    }
     assert status["results"][0]["pod"] == "orders-5d8f9c7b6-p0"
     assert status["results"][0]["result"] == "timeout"
     assert "no answer within 3s" in status["results"][0]["reason"]
@@ -121,11 +191,19 @@ def test_deadline_times_out_naming_the_silent_pod(cluster, namespace, start_oper
 def test_missing_source_publishes_nothing(cluster, namespace, start_operator, fake_sidecars):
     fakes = orders_pods(cluster, namespace, 1, fake_sidecars)
     op = start_operator()
-    refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "nope"}}],
-                                      "target": {"workload": {"kind": "Deployment", "name": "orders"}}})
+    refresh(
+        cluster,
+        namespace,
+        "r",
+        {
+            "sources": [{"configMap": {"name": "nope"}}],
+            "target": {"workload": {"kind": "Deployment", "name": "orders"}},
+        },
+    )
     obj = wait_phase(cluster, namespace, "r", "Failed", operator=op)
     cond = condition(obj, "SourcesReady")
-    assert cond["status"] == "False" and cond["reason"] == "SourceNotFound"
+    assert cond["status"] == "False"
+    assert cond["reason"] == "SourceNotFound"
     assert "ConfigMap 'nope' not found" in obj["status"]["message"]
     assert "SourceNotFound" in [e["reason"] for e in events_for(cluster, namespace, "r")]
     assert fakes[0].deliveries() == []
@@ -135,8 +213,12 @@ def test_unmanaged_source_publishes_nothing(cluster, namespace, start_operator, 
     configmap(cluster, namespace, "other", {"a": "1"})
     fakes = orders_pods(cluster, namespace, 2, fake_sidecars)
     op = start_operator()
-    refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "other"}}],
-                                      "target": {"selector": {"matchLabels": ORDERS}}})
+    refresh(
+        cluster,
+        namespace,
+        "r",
+        {"sources": [{"configMap": {"name": "other"}}], "target": {"selector": {"matchLabels": ORDERS}}},
+    )
     obj = wait_phase(cluster, namespace, "r", "Failed", operator=op)
     assert condition(obj, "SourcesReady")["reason"] == "SourceNotManaged"
     assert all(f.deliveries() == [] for f in fakes)
@@ -147,12 +229,18 @@ def test_no_targets_and_skipped_pods(cluster, namespace, start_operator):
     create_pod(cluster, namespace, "plain", labels=ORDERS, with_sidecar=False)
     create_pod(cluster, namespace, "starting", labels=ORDERS, configmaps=("app-config",), running=False)
     op = start_operator()
-    refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "app-config"}}],
-                                      "target": {"selector": {"matchLabels": ORDERS}}})
+    refresh(
+        cluster,
+        namespace,
+        "r",
+        {"sources": [{"configMap": {"name": "app-config"}}], "target": {"selector": {"matchLabels": ORDERS}}},
+    )
     obj = wait_phase(cluster, namespace, "r", "Failed", operator=op)
     cond = condition(obj, "TargetsResolved")
-    assert cond["status"] == "False" and cond["reason"] == "NoTargets"
-    assert obj["status"]["counts"]["targets"] == 0 and obj["status"]["counts"]["skipped"] == 2
+    assert cond["status"] == "False"
+    assert cond["reason"] == "NoTargets"
+    assert obj["status"]["counts"]["targets"] == 0
+    assert obj["status"]["counts"]["skipped"] == 2
     reasons = dict((s["pod"], s["reason"]) for s in obj["status"]["skipped"])
     assert reasons["plain"].startswith("no refreshbus sidecar")
     assert reasons["starting"].startswith("not running")
@@ -161,8 +249,15 @@ def test_no_targets_and_skipped_pods(cluster, namespace, start_operator):
 def test_missing_workload(cluster, namespace, start_operator):
     configmap(cluster, namespace, "app-config", {"a": "1"})
     op = start_operator()
-    refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "app-config"}}],
-                                      "target": {"workload": {"kind": "StatefulSet", "name": "ghost"}}})
+    refresh(
+        cluster,
+        namespace,
+        "r",
+        {
+            "sources": [{"configMap": {"name": "app-config"}}],
+            "target": {"workload": {"kind": "StatefulSet", "name": "ghost"}},
+        },
+    )
     obj = wait_phase(cluster, namespace, "r", "Failed", operator=op)
     assert condition(obj, "TargetsResolved")["reason"] == "WorkloadNotFound"
 
@@ -171,12 +266,22 @@ def test_spec_change_after_completion_starts_a_new_round(cluster, namespace, sta
     configmap(cluster, namespace, "app-config", {"a": "1"})
     fakes = orders_pods(cluster, namespace, 2, fake_sidecars)
     op = start_operator()
-    spec = {"sources": [{"configMap": {"name": "app-config"}}], "target": {"selector": {"matchLabels": ORDERS}}}
+    spec = {
+        "sources": [{"configMap": {"name": "app-config"}}],
+        "target": {"selector": {"matchLabels": ORDERS}},
+    }
     refresh(cluster, namespace, "r", spec)
     first = wait_phase(cluster, namespace, "r", "Succeeded", operator=op)["status"]["eventId"]
     refresh(cluster, namespace, "r", {**spec, "deadlineSeconds": 30})
-    obj = wait_for(lambda: (o := cfr(cluster, namespace, "r"))["status"].get("eventId") != first
-                   and o["status"].get("phase") == "Succeeded" and o, 20, "second round")
+    obj = wait_for(
+        lambda: (
+            (o := cfr(cluster, namespace, "r"))["status"].get("eventId") != first
+            and o["status"].get("phase") == "Succeeded"
+            and o
+        ),
+        20,
+        "second round",
+    )
     assert obj["status"]["observedGeneration"] == 2
     for fake in fakes:
         assert [e.id for e in fake.deliveries()] == [first, obj["status"]["eventId"]]
@@ -186,23 +291,42 @@ def test_bad_acks_are_counted_and_ignored(cluster, namespace, running_broker, st
     configmap(cluster, namespace, "app-config", {"a": "1"})
     fakes = orders_pods(cluster, namespace, 2, fake_sidecars, {1: silent()})
     op = start_operator()
-    refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "app-config"}}],
-                                      "target": {"selector": {"matchLabels": ORDERS}}, "deadlineSeconds": 20})
+    refresh(
+        cluster,
+        namespace,
+        "r",
+        {
+            "sources": [{"configMap": {"name": "app-config"}}],
+            "target": {"selector": {"matchLabels": ORDERS}},
+            "deadlineSeconds": 20,
+        },
+    )
     wait_for(lambda: fakes[1].deliveries(), 10, "the event to reach the silent pod")
     event_id = fakes[1].deliveries()[0].id
     url = running_broker.url("refreshbus-sidecar")
 
     def ack(pod: str, event: str) -> bytes:
-        return encode(Ack(id=new_id(), event_id=event, namespace=namespace, pod=pod, result=AckResult.OK,
-                          received_at=now()))
+        return encode(
+            Ack(
+                id=new_id(),
+                event_id=event,
+                namespace=namespace,
+                pod=pod,
+                result=AckResult.OK,
+                received_at=now(),
+            )
+        )
 
     publish_raw(url, ack_key(namespace, "intruder"), ack("intruder", event_id))  # not a target
     publish_raw(url, ack_key(namespace, "x"), b"{not json")  # malformed
     publish_raw(url, ack_key(namespace, "x"), json.dumps({"v": "9.0", "type": "ack"}).encode())  # bad version
     publish_raw(url, ack_key(namespace, "x"), ack("x", new_id()))  # unknown event (dropped after grace)
     publish_raw(url, ack_key(namespace, fakes[0].pod), ack(fakes[0].pod, event_id))  # duplicate
-    wait_for(lambda: op.metrics().get('refreshbus_operator_acks_total{outcome="unknown_event"}', 0) >= 1, 15,
-             "the unknown-event ack to be dropped")
+    wait_for(
+        lambda: op.metrics().get('refreshbus_operator_acks_total{outcome="unknown_event"}', 0) >= 1,
+        15,
+        "the unknown-event ack to be dropped",
+    )
     m = op.metrics()
     assert m['refreshbus_operator_acks_total{outcome="not_target"}'] == 1
     assert m['refreshbus_operator_acks_total{outcome="malformed"}'] == 2
@@ -210,5 +334,6 @@ def test_bad_acks_are_counted_and_ignored(cluster, namespace, running_broker, st
     # The silent target answers late but before the deadline: the status never counted the intruder.
     publish_raw(url, ack_key(namespace, fakes[1].pod), ack(fakes[1].pod, event_id))
     obj = wait_phase(cluster, namespace, "r", "Succeeded", operator=op)
-    assert obj["status"]["counts"]["targets"] == 2 and obj["status"]["counts"]["acked"] == 2
+    assert obj["status"]["counts"]["targets"] == 2
+    assert obj["status"]["counts"]["acked"] == 2
     assert "intruder" not in json.dumps(obj["status"])

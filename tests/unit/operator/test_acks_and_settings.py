@@ -1,0 +1,126 @@
+"""The ack router (decode, match by event id, count and drop the rest), the round
+annotation codec, spec helpers and the configuration."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from refreshbus_operator import lifecycle, settings
+from refreshbus_operator.acks import AckRouter
+from refreshbus_wire import Ack, AckResult, encode, new_id, now
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.folded: list[str] = []
+
+    def fold(self, ack: Ack, tag: tuple[int, int]) -> str:
+        if ack.pod in self.folded:
+            return "duplicate"
+        self.folded.append(ack.pod)
+        return "folded"
+
+
+def ack(event_id: str, pod: str = "p0") -> bytes:
+    return encode(
+        Ack(id=new_id(), event_id=event_id, namespace="ns", pod=pod, result=AckResult.OK, received_at=now())
+    )
+
+
+def test_router_folds_known_events_and_settles_the_rest_at_once():
+    settled: list[tuple[int, int]] = []
+    router = AckRouter(settle=settled.extend, grace=5)
+    sink = Sink()
+    router.register("e1", sink)
+    assert router.handle(ack("e1"), (1, 1)) == "folded"
+    assert settled == []  # settled only once status is written
+    assert router.handle(ack("e1"), (1, 2)) == "duplicate"
+    assert router.handle(b"{nope", (1, 3)) == "malformed"
+    assert router.handle(b'{"v":"2.0","type":"ack"}', (1, 4)) == "malformed"
+    assert settled == [(1, 2), (1, 3), (1, 4)]
+
+
+def test_router_parks_unknown_events_until_their_round_registers():
+    settled: list[tuple[int, int]] = []
+    router = AckRouter(settle=settled.extend, grace=5)
+    assert router.handle(ack("e2"), (1, 1)) == "parked"
+    sink = Sink()
+    router.register("e2", sink)
+    assert sink.folded == ["p0"]
+    assert router.parked == {}
+
+
+def test_router_drops_unknown_events_after_the_grace_period_and_late_acks_at_once():
+    settled: list[tuple[int, int]] = []
+    router = AckRouter(settle=settled.extend, grace=5)
+    router.handle(ack("e3"), (1, 1))
+    assert router.expire(time.monotonic() + 6) == 1
+    assert settled == [(1, 1)]
+    router.register("e4", Sink())
+    router.unregister("e4")
+    assert router.handle(ack("e4"), (1, 2)) == "late"
+
+
+def test_round_annotation_round_trip_is_compact():
+    record = {"eventId": "e", "generation": 2, "targets": [f"orders-5d8f9c7b6-{i:05d}" for i in range(5000)]}
+    encoded = lifecycle.encode_round(record)
+    assert lifecycle.decode_round(encoded) == record
+    assert len(encoded) < 64 * 1024
+    assert lifecycle.decode_round("garbage!") is None
+    assert lifecycle.decode_round(None) is None
+
+
+def test_spec_helpers():
+    spec = {
+        "sources": [{"configMap": {"name": "a"}}, {"secret": {"name": "b", "keys": ["k"]}}],
+        "action": {"http": {"port": 8080, "path": "/-/reload"}},
+    }
+    assert lifecycle.spec_sources(spec) == [("ConfigMap", "a"), ("Secret", "b")]
+    action = lifecycle.spec_action(spec)
+    assert action is not None
+    assert (action.type, action.method, action.port, action.timeout_seconds) == ("http", "POST", 8080, 5)
+    assert lifecycle.spec_action({"action": {"signal": {"name": "SIGUSR1"}}}).signal == "SIGUSR1"  # type: ignore[union-attr]
+    assert lifecycle.spec_action({"action": {"none": {}}}).type == "none"  # type: ignore[union-attr]
+    assert lifecycle.spec_action({}) is None
+
+
+def test_config_from_env_and_overrides():
+    env = {
+        "REFRESHBUS_BROKER_URLS": "amqp://a, amqp://b",
+        "REFRESHBUS_OPERATOR_NAMESPACES": "x y",
+        "REFRESHBUS_OPERATOR_STATUS_FLUSH_INTERVAL": "0.5",
+        "REFRESHBUS_OPERATOR_AUTO_REFRESH": "false",
+    }
+    config = settings.from_env(env, metrics_port=0, namespaces=None)
+    assert config.broker_urls == ("amqp://a", "amqp://b")
+    assert config.namespaces == ("x", "y")
+    assert not config.clusterwide
+    assert config.status_flush_interval == 0.5
+    assert config.auto_refresh is False
+    assert config.metrics_port == 0
+    assert settings.from_env({}, namespaces=["q"]).namespaces == ("q",)
+    with pytest.raises(ValueError, match="REFRESHBUS_OPERATOR_METRICS_PORT"):
+        settings.from_env({"REFRESHBUS_OPERATOR_METRICS_PORT": "nope"})
+
+
+def test_kopf_settings_use_our_group():
+    import kopf
+
+    s = kopf.OperatorSettings()
+    settings.apply_kopf_settings(s, settings.Config(priority=7))
+    assert s.persistence.finalizer == "refreshbus.io/finalizer"
+    assert s.peering.priority == 7
+    assert s.persistence.progress_storage.prefix == "refreshbus.io"
+
+
+def test_help_is_real(capsys):
+    from refreshbus_operator.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "ConfigRefresh" in out
+    assert "--peering" in out
+    assert "REFRESHBUS_BROKER_URLS" in out
