@@ -56,7 +56,7 @@ def find_process(pattern: str, proc: Path = PROC) -> int:
     regex = re.compile(pattern)
     own = {os.getpid(), os.getppid()}
     matches: list[tuple[int, str]] = []
-    for entry in proc.iterdir():
+    for entry in sorted(proc.iterdir(), key=lambda e: int(e.name) if e.name.isdigit() else -1):
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)

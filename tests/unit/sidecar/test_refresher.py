@@ -1,0 +1,209 @@
+"""The refresh logic against a fake API (a dict) and a real temporary directory."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from refreshbus_sidecar import reload as reload_mod
+from refreshbus_sidecar.config import Settings, load
+from refreshbus_sidecar.delivery import Store
+from refreshbus_sidecar.kubeapi import NotFoundError
+from refreshbus_sidecar.metrics import Metrics
+from refreshbus_sidecar.refresher import Refresher, addressed_to, rv_older
+from refreshbus_wire import pods as podc
+from refreshbus_wire.events import AckResult, RefreshEvent, Scope, Source, SourceKind, Target, now
+from refreshbus_wire.routing import PodIdentity
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls = 0
+
+    def put(self, name: str, rv: str, **data: str) -> None:
+        self.objects[("ConfigMap", name)] = {"metadata": {"name": name, "resourceVersion": rv}, "data": data}
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        self.calls += 1
+        try:
+            return self.objects[(kind, name)]
+        except KeyError:
+            raise NotFoundError(f"{kind} {namespace}/{name} not found") from None
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load({
+        podc.ENV_NAMESPACE: "shop", podc.ENV_POD_NAME: "orders-1", podc.ENV_CONFIGMAPS: "cfg",
+        podc.ENV_BROKER_URLS: "amqp://x", podc.ENV_TARGET_DIR: str(tmp_path),
+        podc.ENV_FETCH_JITTER: "0", podc.ENV_ACTION: "signal", podc.ENV_PROCESS: "app",
+        podc.ENV_WORKLOAD_KIND: "Deployment", podc.ENV_WORKLOAD_NAME: "orders",
+    })
+
+
+class Reloads:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail: str | None = None
+
+    def __call__(self, action: reload_mod.ReloadAction) -> str:
+        self.calls += 1
+        if self.fail:
+            raise reload_mod.ReloadError(self.fail)
+        return "ok"
+
+
+@pytest.fixture
+def reloads(monkeypatch: pytest.MonkeyPatch) -> Reloads:
+    fake = Reloads()
+    monkeypatch.setattr(reload_mod, "run", fake)
+    return fake
+
+
+def event(
+    rv: str | None = None, name: str = "cfg", event_id: str = "e-1", namespace: str = "shop"
+) -> RefreshEvent:
+    t = now()
+    return RefreshEvent(id=event_id, origin="test", target=Target(scope=Scope.ALL),
+                        sources=(Source(SourceKind.CONFIGMAP, name, namespace, rv),),
+                        issued_at=t, deadline=t + timedelta(minutes=1))
+
+
+def make(settings: Settings, api: FakeApi, tmp_path: Path) -> Refresher:
+    return Refresher(settings, api, Store(tmp_path), Metrics(), sleep=lambda s: None, retry_delays=(0, 0, 0))
+
+
+def test_first_sync_writes_without_reloading_then_events_reload_once(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+
+    assert refresher.sync("start-up").result is AckResult.OK
+    assert refresher.ready
+    assert reloads.calls == 0
+    api.put("cfg", "11", a="2")
+    ack = refresher.handle(event("11"), now(), 0.0)
+
+    assert ack.result is AckResult.OK
+    assert reloads.calls == 1
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "2"
+
+
+def test_a_duplicate_event_id_is_unchanged_without_fetching(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+    first = refresher.handle(event("11"), now(), 0.0)
+    calls = api.calls
+
+    again = refresher.handle(event("11"), now(), 0.0)
+
+    assert again.result is AckResult.UNCHANGED
+    assert again.config_hash == first.config_hash
+    assert api.calls == calls
+    assert reloads.calls == 1
+
+
+def test_an_api_that_stays_behind_the_events_version_fails_the_refresh(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+
+    ack = refresher.handle(event("12"), now(), 0.0)
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error is not None
+    assert "resourceVersion 10" in ack.error
+    assert api.calls == 1 + 4  # the sync, then one try and three retries
+    assert reloads.calls == 0
+
+
+def test_a_failed_reload_is_retried_by_the_next_sync_not_immediately(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+    reloads.fail = "no process matches /app/"
+
+    ack = refresher.handle(event("11"), now(), 0.0)
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error == "config written, but the reload failed: no process matches /app/"
+    assert reloads.calls == 1
+    reloads.fail = None
+    assert refresher.sync("retry").result is AckResult.OK
+    assert reloads.calls == 2
+    assert refresher.sync("periodic").result is AckResult.UNCHANGED
+    assert reloads.calls == 2
+
+
+def test_a_source_the_pod_does_not_manage_is_refused(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    refresher = make(settings, FakeApi(), tmp_path)
+
+    for bad in (event(name="other"), event(namespace="elsewhere")):
+        ack = refresher.handle(bad, now(), 0.0)
+        assert ack.result is AckResult.FAILED
+        assert ack.error is not None
+        assert "not managed by this pod's sidecar" in ack.error
+
+
+def test_a_missing_configmap_fails_and_keeps_the_files(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    del api.objects[("ConfigMap", "cfg")]
+
+    ack = refresher.handle(event(), now(), 0.0)
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error == "ConfigMap shop/cfg not found"
+    assert ack.config_hash is not None  # what is still applied
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "1"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (Target(scope=Scope.ALL), True),
+        (Target(scope=Scope.NAMESPACE, namespace="shop"), True),
+        (Target(scope=Scope.NAMESPACE, namespace="other"), False),
+        (Target(scope=Scope.POD, namespace="shop", name="orders-1"), True),
+        (Target(scope=Scope.POD, namespace="shop", name="orders-2"), False),
+        (Target(scope=Scope.WORKLOAD, namespace="shop", kind="Deployment", name="orders"), True),
+        (Target(scope=Scope.WORKLOAD, namespace="shop", kind="StatefulSet", name="orders"), False),
+    ],
+)
+def test_addressed_to(target: Target, expected: bool) -> None:
+    me = PodIdentity(namespace="shop", pod="orders-1", workload_kind="Deployment", workload_name="orders")
+    t = now()
+    e = RefreshEvent(id="e", origin="o", target=target, sources=(Source(SourceKind.CONFIGMAP, "c", "shop"),),
+                     issued_at=t, deadline=t)
+    assert addressed_to(e, me) is expected
+
+
+def test_rv_older_compares_etcd_revisions_only() -> None:
+    assert rv_older("9", "10")
+    assert not rv_older("10", "10")
+    assert not rv_older("11", "10")
+    assert not rv_older("abc", "10")
+    assert not rv_older("9", None)
