@@ -51,6 +51,8 @@ class InjectionConfig:
     tls_secret: str = "refreshbus-webhook-tls"
     #: Service in front of the webhook: the cert is issued for <service>.<namespace>.svc.
     service_name: str = "refreshbus-webhook"
+    #: Extra DNS names / IPs for the serving cert (e.g. 127.0.0.1 for a url-mode webhook).
+    extra_names: tuple[str, ...] = ()
     #: MutatingWebhookConfiguration whose caBundle the operator keeps current ("" = don't).
     webhook_configuration: str = "refreshbus-sidecar-injector"
     #: Only written into configurations this package renders (tests, docs); the chart owns it.

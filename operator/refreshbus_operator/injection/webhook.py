@@ -296,7 +296,11 @@ class WebhookServer:
     def __init__(self, kube: Kube, config: InjectionConfig, extra_names: Sequence[str] = ()) -> None:
         self.kube = kube
         self.config = config
-        self.names = [*certs.service_names(config.service_name, config.operator_namespace), *extra_names]
+        self.names = [
+            *certs.service_names(config.service_name, config.operator_namespace),
+            *config.extra_names,
+            *extra_names,
+        ]
         self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self.bundle: certs.Bundle | None = None

@@ -38,6 +38,8 @@ class Injector:
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     port: int = field(default_factory=free_port)
     pid: int | None = None
+    #: "standalone": python -m refreshbus_operator.injection; "kopf": the operator's handlers.
+    mode: str = "standalone"
 
     @property
     def mwc_name(self) -> str:
@@ -73,31 +75,31 @@ class Injector:
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
 
     def start(self) -> None:
-        proc = spawn(
-            [
-                str(PYTHON),
-                "-m",
-                "refreshbus_operator.injection",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
+        if self.mode == "kopf":
+            # The operator's own kopf wiring (handlers/injection.py) serving the webhook.
+            argv = [
+                str(ROOT / ".venv" / "bin" / "kopf"),
+                "run",
+                "--standalone",
                 "--namespace",
                 self.operator_namespace,
-                "--webhook-configuration",
-                self.mwc_name,
-                "--tls-secret",
-                self.config.tls_secret,
-                "--cert-dir",
-                str(self.workdir / "certs"),
-                "--sidecar-image",
-                SIDECAR_IMAGE,
-                "--extra-name",
-                "127.0.0.1",
-            ],
-            self.log,
-            env={"KUBECONFIG": self.cluster.kubeconfig},
-        )
+                str(ROOT / "tests" / "integration" / "rbac" / "run_injection_handlers.py"),
+            ]
+        else:
+            argv = [str(PYTHON), "-m", "refreshbus_operator.injection", "--check-interval", "1"]
+        env = {
+            "KUBECONFIG": self.cluster.kubeconfig,
+            "REFRESHBUS_INJECTION_ENABLED": "true",
+            "REFRESHBUS_INJECTION_WEBHOOK_HOST": "127.0.0.1",
+            "REFRESHBUS_INJECTION_WEBHOOK_PORT": str(self.port),
+            "REFRESHBUS_INJECTION_OPERATOR_NAMESPACE": self.operator_namespace,
+            "REFRESHBUS_INJECTION_WEBHOOK_CONFIGURATION": self.mwc_name,
+            "REFRESHBUS_INJECTION_TLS_SECRET": self.config.tls_secret,
+            "REFRESHBUS_INJECTION_CERT_DIR": str(self.workdir / "certs"),
+            "REFRESHBUS_INJECTION_SIDECAR_IMAGE": SIDECAR_IMAGE,
+            "REFRESHBUS_INJECTION_EXTRA_NAMES": "127.0.0.1",
+        }
+        proc = spawn(argv, self.log, env=env)
         self.pid = proc.pid
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -306,3 +309,37 @@ def test_webhook_down_with_failure_policy_fail_refuses_the_pod(
     # annotations before it is called. That is why Ignore is the default.
     proc = create_pod(with_config, pod(), check=False)
     assert proc.returncode != 0
+
+
+def served_certificate(port: int) -> bytes:
+    """The PEM certificate the webhook presents right now."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+def test_a_lost_tls_secret_is_regenerated_served_and_trusted_without_restart(
+    cluster: Any, with_config: str, injector_up: Any, create_pod: Callable[..., Any]
+) -> None:
+    old_ca = injector_up.ca_pem()
+    pid = injector_up.pid
+    cluster.kubectl("-n", injector_up.operator_namespace, "delete", "secret", injector_up.config.tls_secret)
+
+    def rotated() -> bool:
+        ca = injector_up.ca_pem()
+        if ca is None or ca == old_ca:
+            return False
+        mwc = cluster.get_json("mutatingwebhookconfiguration", injector_up.mwc_name)
+        bundle = base64.b64decode(mwc["webhooks"][0]["clientConfig"]["caBundle"])
+        return bundle == ca and certs.signed_by(served_certificate(injector_up.port), ca)
+
+    deadline = time.monotonic() + 30
+    while not rotated():
+        assert time.monotonic() < deadline, "webhook did not take up a new CA and certificate"
+        time.sleep(0.3)
+    assert injector_up.pid == pid  # same process: the certificate was reloaded in place
+    assert len(sidecars(create_pod(with_config, pod(OPT_IN)))) == 1
