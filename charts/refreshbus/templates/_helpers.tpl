@@ -1,0 +1,204 @@
+{{/*
+Naming, labels and shared values of the refreshbus chart (prometheus-community conventions).
+*/}}
+
+{{/* Chart name, or nameOverride. */}}
+{{- define "refreshbus.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: the release name, prefixed with the chart name unless the release
+name already contains it. Truncated to 63 characters (DNS label limit), minus room for the
+longest suffix this chart adds ("-sidecar-injector", 17 characters), so every derived name
+stays a valid DNS label too.
+*/}}
+{{- define "refreshbus.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Chart name and version, for the helm.sh/chart label. */}}
+{{- define "refreshbus.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. helm.sh/chart changes with every chart version: never in a selector. */}}
+{{- define "refreshbus.labels" -}}
+helm.sh/chart: {{ include "refreshbus.chart" . }}
+{{ include "refreshbus.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: refreshbus
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels: stable for the life of a release (selectors are immutable). */}}
+{{- define "refreshbus.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "refreshbus.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of one component: call with (dict "ctx" $ "component" "operator"). */}}
+{{- define "refreshbus.componentLabels" -}}
+{{ include "refreshbus.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "refreshbus.componentSelectorLabels" -}}
+{{ include "refreshbus.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* ServiceAccount of the operator. */}}
+{{- define "refreshbus.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (printf "%s-operator" (include "refreshbus.fullname" .)) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* ServiceAccount of the embedded RabbitMQ (it needs no API access: token not mounted). */}}
+{{- define "refreshbus.rabbitmq.serviceAccountName" -}}
+{{- printf "%s-rabbitmq" (include "refreshbus.fullname" .) }}
+{{- end }}
+
+{{/* Image reference: call with (dict "image" .Values.x.image "ctx" $). tag defaults to appVersion; a digest wins. */}}
+{{- define "refreshbus.image" -}}
+{{- $tag := default .ctx.Chart.AppVersion .image.tag | toString }}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{- define "refreshbus.operator.image" -}}
+{{- include "refreshbus.image" (dict "image" .Values.operator.image "ctx" .) }}
+{{- end }}
+
+{{- define "refreshbus.sidecar.image" -}}
+{{- include "refreshbus.image" (dict "image" .Values.sidecar.image "ctx" .) }}
+{{- end }}
+
+{{- define "refreshbus.rabbitmq.image" -}}
+{{- include "refreshbus.image" (dict "image" .Values.rabbitmq.image "ctx" .) }}
+{{- end }}
+
+{{/* Object names. */}}
+{{- define "refreshbus.webhook.serviceName" -}}
+{{- printf "%s-webhook" (include "refreshbus.fullname" .) }}
+{{- end }}
+
+{{- define "refreshbus.webhook.configurationName" -}}
+{{- printf "%s-sidecar-injector" (include "refreshbus.fullname" .) }}
+{{- end }}
+
+{{- define "refreshbus.webhook.tlsSecretName" -}}
+{{- printf "%s-webhook-tls" (include "refreshbus.fullname" .) }}
+{{- end }}
+
+{{- define "refreshbus.peeringName" -}}
+{{- default (include "refreshbus.fullname" .) .Values.operator.peering.name }}
+{{- end }}
+
+{{- define "refreshbus.rabbitmq.fullname" -}}
+{{- printf "%s-rabbitmq" (include "refreshbus.fullname" .) }}
+{{- end }}
+
+{{/* True (non-empty) when the chart runs its own RabbitMQ. */}}
+{{- define "refreshbus.rabbitmq.enabled" -}}
+{{- if and .Values.rabbitmq.enabled (not .Values.broker.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/*
+The Secret the operator reads its broker URLs from, and its key. Either the user's
+broker.existingSecret or the one this chart writes for the embedded RabbitMQ.
+*/}}
+{{- define "refreshbus.broker.operatorSecretName" -}}
+{{- if .Values.broker.existingSecret }}
+{{- .Values.broker.existingSecret }}
+{{- else }}
+{{- printf "%s-broker-operator" (include "refreshbus.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "refreshbus.broker.operatorSecretKey" -}}
+{{- if .Values.broker.existingSecret }}{{ .Values.broker.existingSecretKeys.operator }}{{ else }}urls{{ end }}
+{{- end }}
+
+{{/*
+The Secret (in the release namespace) the operator copies into every injected pod's
+namespace for the sidecar, and its key. Never the operator's own credentials unless the
+user put both keys into one existing Secret (only the sidecar key is copied).
+*/}}
+{{- define "refreshbus.broker.sidecarSecretName" -}}
+{{- if .Values.broker.existingSecret }}
+{{- default .Values.broker.existingSecret .Values.broker.existingSidecarSecret }}
+{{- else }}
+{{- printf "%s-broker-sidecar" (include "refreshbus.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "refreshbus.broker.sidecarSecretKey" -}}
+{{- if .Values.broker.existingSecret }}{{ .Values.broker.existingSecretKeys.sidecar }}{{ else }}urls{{ end }}
+{{- end }}
+
+{{/*
+Passwords of the embedded broker's users: reused from the existing Secret on upgrade
+(lookup), generated on first install. Memoised on .Release so every template of one render
+sees the same generated values. Returns a dict as YAML: operator, sidecar.
+*/}}
+{{- define "refreshbus.rabbitmq.passwords" -}}
+{{- if not (hasKey .Release "refreshbusRabbitmqPasswords") }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (printf "%s-users" (include "refreshbus.rabbitmq.fullname" .)) }}
+{{- $data := dict }}
+{{- if $secret }}{{ $data = $secret.data | default dict }}{{ end }}
+{{- $out := dict }}
+{{- range $user := list "operator" "sidecar" }}
+{{- $given := index $.Values.rabbitmq.users $user "password" }}
+{{- $key := printf "%s-password" $user }}
+{{- if $given }}
+{{- $_ := set $out $user $given }}
+{{- else if hasKey $data $key }}
+{{- $_ := set $out $user (index $data $key | b64dec) }}
+{{- else }}
+{{- $_ := set $out $user (randAlphaNum 32) }}
+{{- end }}
+{{- end }}
+{{- $_ := set .Release "refreshbusRabbitmqPasswords" $out }}
+{{- end }}
+{{- toYaml (get .Release "refreshbusRabbitmqPasswords") }}
+{{- end }}
+
+{{/* AMQP URL of the embedded broker for one user: (dict "ctx" $ "user" "sidecar"). Fully qualified: sidecars run in other namespaces. */}}
+{{- define "refreshbus.rabbitmq.url" -}}
+{{- $ctx := .ctx }}
+{{- $passwords := include "refreshbus.rabbitmq.passwords" $ctx | fromYaml }}
+{{- $username := index $ctx.Values.rabbitmq.users .user "username" }}
+{{- printf "amqp://%s:%s@%s.%s.svc:%d/%s" $username (index $passwords .user) (include "refreshbus.rabbitmq.fullname" $ctx) $ctx.Release.Namespace (int $ctx.Values.rabbitmq.service.port) (urlquery $ctx.Values.rabbitmq.vhost) }}
+{{- end }}
+
+{{/* Namespaces the webhook never sends to the injector: the configured ones plus the release's. */}}
+{{- define "refreshbus.webhook.excludedNamespaces" -}}
+{{- $ns := concat .Values.webhook.excludedNamespaces (list .Release.Namespace) | uniq | sortAlpha }}
+{{- join "," $ns }}
+{{- end }}
+
+{{/* Pod-level and container-level security defaults merged with user overrides. */}}
+{{- define "refreshbus.containerSecurityContext" -}}
+{{- toYaml . }}
+{{- end }}
