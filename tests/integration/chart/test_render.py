@@ -1,0 +1,531 @@
+"""The chart as rendered by the real ``helm`` (lint + template), for every value set in
+charts/refreshbus/ci/. No API server here: test_dry_run.py sends the same manifests to one.
+
+Besides the chart's own rules (labels, selectors, security, RBAC), these tests pin the
+contract with the code the chart configures: the operator's arguments must parse with the
+real ``refreshbus-operator`` parser, and every ``REFRESHBUS_INJECTION_*`` variable must be a
+field of the injector's config.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[3]
+CHART = REPO / "charts" / "refreshbus"
+VALUE_SETS = sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
+NAMESPACE = "refreshbus-system"
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
+#: Injection settings the chart sets that the injector does not read yet (agreed names,
+#: listed so the gap is visible): REFRESHBUS_INJECTION_MANAGE_CERTS=false means "cert-manager
+#: owns the TLS Secret and the caBundle; serve the mounted files, patch nothing".
+PENDING_INJECTION_FIELDS = {"manage_certs"}
+
+Manifest = dict[str, Any]
+
+
+def kinds(manifests: list[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def one(manifests: list[Manifest], kind: str, suffix: str = "") -> Manifest:
+    found = [m for m in kinds(manifests, kind) if m["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, f"expected one {kind} named *{suffix}: {[m['metadata']['name'] for m in found]}"
+    return found[0]
+
+
+def workloads(manifests: list[Manifest]) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}]
+
+
+def operator_container(manifests: list[Manifest]) -> dict[str, Any]:
+    deploy = one(manifests, "Deployment", "-operator")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def selectors(m: Manifest) -> list[dict[str, str]]:
+    """Every label selector in an object (workloads, Services, PDBs, ServiceMonitors, affinity)."""
+    out: list[dict[str, str]] = []
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                service_selector = k == "selector" and m["kind"] == "Service"
+                if isinstance(v, dict) and (k == "matchLabels" or service_selector):
+                    out.append(v)
+                walk(v, k)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, key)
+
+    walk(m.get("spec", {}))
+    return out
+
+
+# -- lint and schema ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_helm_lint_strict(helm: Path, value_set: str) -> None:
+    proc = subprocess.run(
+        [
+            str(helm),
+            "lint",
+            "--strict",
+            str(CHART),
+            "-f",
+            str(CHART / "ci" / f"{value_set}-values.yaml"),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            "1.34.4",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("operator.replicas=two", "at '/operator/replicas': got string, want integer"),
+        ("webhook.failurePolicy=Maybe", "at '/webhook/failurePolicy': value must be one of 'Ignore', 'Fail'"),
+        ("operator.replicaz=2", "additional properties 'replicaz' not allowed"),
+        ("webhook.timeoutSeconds=31", "at '/webhook/timeoutSeconds'"),
+        ("sidecar.image.pullPolicy=Sometimes", "at '/sidecar/image/pullPolicy'"),
+    ],
+)
+def test_schema_rejects_bad_values_with_helms_error(helm: Path, flag: str, message: str) -> None:
+    setter = "--set-string" if flag.endswith("two") else "--set"
+    proc = subprocess.run(
+        [str(helm), "template", "rb", str(CHART), setter, flag], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr
+
+
+def test_more_than_one_unpeered_replica_is_refused(helm: Path) -> None:
+    proc = subprocess.run(
+        [str(helm), "template", "rb", str(CHART), "--set", "operator.peering.enabled=false"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "operator.replicas > 1 needs operator.peering.enabled" in proc.stderr
+
+
+# -- every object --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_standard_labels_everywhere_and_never_the_chart_in_a_selector(render: Any, value_set: str) -> None:
+    manifests = render(value_set, include_crds=False)
+    assert manifests
+    for m in manifests:
+        labels = m["metadata"].get("labels", {})
+        missing = [label for label in STANDARD_LABELS if label not in labels]
+        assert not missing, f"{m['kind']}/{m['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/instance"] == "rb"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        for selector in selectors(m):
+            assert "helm.sh/chart" not in selector, f"{m['kind']}/{m['metadata']['name']}: {selector}"
+            assert "app.kubernetes.io/version" not in selector, f"{m['kind']}/{m['metadata']['name']}"
+        for w in [m] if m["kind"] in {"Deployment", "StatefulSet"} else []:
+            template_labels = w["spec"]["template"]["metadata"]["labels"]
+            match = w["spec"]["selector"]["matchLabels"]
+            assert match.items() <= template_labels.items()
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_container_runs_non_root_with_a_read_only_root(render: Any, value_set: str) -> None:
+    manifests = render(value_set)
+    assert workloads(manifests)
+    for w in workloads(manifests):
+        spec = w["spec"]["template"]["spec"]
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, w["metadata"]["name"]
+        assert pod_sc.get("runAsUser", 0) > 0
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            where = f"{w['metadata']['name']}/{c['name']}"
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["runAsNonRoot"] is True, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert "add" not in sc["capabilities"], where
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+            assert not sc.get("privileged", False), where
+            # Read-only root: /tmp must be a volume.
+            assert any(vm["mountPath"] == "/tmp" for vm in c["volumeMounts"]), where
+            assert not c["image"].endswith(":latest"), c["image"]
+            assert ":" in c["image"].rsplit("/", 1)[-1], f"untagged image {c['image']}"
+
+
+# -- RBAC ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_operator_rbac_is_least_privilege(render: Any, value_set: str) -> None:
+    manifests = render(value_set)
+    role = one(manifests, "ClusterRole", "-operator")
+    for rule in role["rules"]:
+        for field in ("verbs", "resources", "apiGroups"):
+            assert "*" not in rule[field], rule
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+        if "secrets" in rule["resources"]:
+            assert not {"list", "watch", "deletecollection"} & set(rule["verbs"]), rule
+            if {"update", "patch", "delete"} & set(rule["verbs"]):
+                assert rule.get("resourceNames"), f"Secret writes must be limited by name: {rule}"
+        if "mutatingwebhookconfigurations" in rule["resources"]:
+            mwc = one(manifests, "MutatingWebhookConfiguration")
+            assert rule["resourceNames"] == [mwc["metadata"]["name"]]
+            assert set(rule["verbs"]) <= {"get", "patch"}
+    secrets = [r for r in role["rules"] if "secrets" in r["resources"]]
+    assert any("get" in r["verbs"] for r in secrets)
+    binding = one(manifests, "ClusterRoleBinding", "-operator")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    (subject,) = binding["subjects"]
+    sa = one(manifests, "ServiceAccount", "-operator")
+    assert (subject["name"], subject["namespace"]) == (sa["metadata"]["name"], NAMESPACE)
+    deploy = one(manifests, "Deployment", "-operator")
+    assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_rbac_follows_features(render: Any) -> None:
+    def verbs(manifests: list[Manifest], resource: str) -> set[str]:
+        role = one(manifests, "ClusterRole", "-operator")
+        return {v for r in role["rules"] if resource in r["resources"] for v in r["verbs"]}
+
+    default, no_crds, cert_manager = render("default"), render("no-crds"), render("cert-manager")
+    assert verbs(default, "configmaps") == {"get", "list", "watch"}
+    assert verbs(no_crds, "configmaps") == {"get"}  # auto-refresh off: no ConfigMap watch
+    assert "create" not in verbs(no_crds, "configrefreshes")
+    assert verbs(default, "clusterkopfpeerings") == {"get", "list", "watch", "patch"}
+    assert not verbs(no_crds, "clusterkopfpeerings")
+    assert not verbs(no_crds, "kopfpeerings")
+    assert verbs(default, "mutatingwebhookconfigurations") == {"get", "patch"}
+    assert not verbs(cert_manager, "mutatingwebhookconfigurations")  # cert-manager injects the CA
+    assert verbs(render("servicemonitor"), "kopfpeerings") == {"get", "list", "watch", "patch"}
+
+
+# -- webhook ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_webhook_excludes_system_and_release_namespaces(render: Any, value_set: str) -> None:
+    values = yaml.safe_load((CHART / "ci" / f"{value_set}-values.yaml").read_text()) or {}
+    manifests = render(value_set, namespace="refreshbus-prod")
+    mwc = one(manifests, "MutatingWebhookConfiguration")
+    (hook,) = mwc["webhooks"]
+    exprs = hook["namespaceSelector"]["matchExpressions"]
+    by_key = {e["key"]: e for e in exprs}
+    names = by_key["kubernetes.io/metadata.name"]
+    assert names["operator"] == "NotIn"
+    assert {"kube-system", "refreshbus-prod"} <= set(names["values"])
+    opt_out = by_key["refreshbus.io/injection"]
+    assert (opt_out["operator"], opt_out["values"]) == ("NotIn", ["disabled"])
+    assert hook["failurePolicy"] == values.get("webhook", {}).get("failurePolicy", "Ignore")
+    assert hook["sideEffects"] == "None"
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert 1 <= hook["timeoutSeconds"] <= 30
+    assert hook["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    service = hook["clientConfig"]["service"]
+    assert "url" not in hook["clientConfig"]
+    assert "caBundle" not in hook["clientConfig"]
+    svc = one(manifests, "Service", "-webhook")
+    assert (service["name"], service["namespace"], service["port"]) == (
+        svc["metadata"]["name"],
+        "refreshbus-prod",
+        svc["spec"]["ports"][0]["port"],
+    )
+    # The Service reaches the operator's webhook port.
+    container = operator_container(manifests)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert svc["spec"]["ports"][0]["targetPort"] in ports
+    pod_labels = one(manifests, "Deployment", "-operator")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    # The injector excludes the same namespaces the API server does not send.
+    env = env_of(container)
+    assert set(env["REFRESHBUS_INJECTION_EXCLUDED_NAMESPACES"].split(",")) == set(names["values"])
+    assert env["REFRESHBUS_INJECTION_FAILURE_POLICY"] == hook["failurePolicy"]
+    assert env["REFRESHBUS_INJECTION_SERVICE_NAME"] == svc["metadata"]["name"]
+    assert env["REFRESHBUS_INJECTION_WEBHOOK_PORT"] == str(ports["webhook"])
+
+
+def test_webhook_path_and_name_match_the_injector(render: Any) -> None:
+    from refreshbus_operator.injection import config as injection_config
+
+    (hook,) = one(render("default"), "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["name"] == injection_config.WEBHOOK_NAME
+    assert hook["clientConfig"]["service"]["path"] == injection_config.WEBHOOK_PATH
+    expr = hook["namespaceSelector"]["matchExpressions"][1]
+    assert expr["key"] == injection_config.NAMESPACE_LABEL
+    assert expr["values"] == [injection_config.NAMESPACE_OPT_OUT]
+
+
+def test_self_managed_tls(render: Any) -> None:
+    manifests = render("default")
+    assert not kinds(manifests, "Certificate")
+    assert not kinds(manifests, "Issuer")
+    mwc = one(manifests, "MutatingWebhookConfiguration")
+    assert "cert-manager.io/inject-ca-from" not in mwc["metadata"].get("annotations", {})
+    env = env_of(operator_container(manifests))
+    assert env["REFRESHBUS_INJECTION_WEBHOOK_CONFIGURATION"] == mwc["metadata"]["name"]
+    assert env["REFRESHBUS_INJECTION_MANAGE_CERTS"] == "true"
+    assert env["REFRESHBUS_INJECTION_CERT_DIR"].startswith("/tmp/")  # the writable emptyDir
+
+
+@pytest.mark.parametrize("value_set", ["cert-manager", "failurepolicy-fail"])
+def test_cert_manager_tls(render: Any, value_set: str) -> None:
+    manifests = render(value_set)
+    cert = one(manifests, "Certificate")
+    mwc = one(manifests, "MutatingWebhookConfiguration")
+    annotation = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    assert annotation == f"{NAMESPACE}/{cert['metadata']['name']}"
+    svc = one(manifests, "Service", "-webhook")["metadata"]["name"]
+    assert f"{svc}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+    issuers = kinds(manifests, "Issuer")
+    if value_set == "cert-manager":
+        (issuer,) = issuers
+        assert cert["spec"]["issuerRef"] == {"kind": "Issuer", "name": issuer["metadata"]["name"]}
+    else:
+        assert not issuers
+        assert cert["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "company-ca"}
+    container = operator_container(manifests)
+    env = env_of(container)
+    assert env["REFRESHBUS_INJECTION_MANAGE_CERTS"] == "false"
+    assert env["REFRESHBUS_INJECTION_WEBHOOK_CONFIGURATION"] == ""
+    mount = next(vm for vm in container["volumeMounts"] if vm["name"] == "webhook-tls")
+    assert mount["mountPath"] == env["REFRESHBUS_INJECTION_CERT_DIR"]
+    assert mount["readOnly"] is True
+    volumes = one(manifests, "Deployment", "-operator")["spec"]["template"]["spec"]["volumes"]
+    tls = next(v for v in volumes if v["name"] == "webhook-tls")
+    assert tls["secret"]["secretName"] == cert["spec"]["secretName"] == env["REFRESHBUS_INJECTION_TLS_SECRET"]
+
+
+# -- operator --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_operator_arguments_parse_with_the_real_cli(render: Any, value_set: str) -> None:
+    from refreshbus_operator.__main__ import parser
+
+    container = operator_container(render(value_set))
+    assert "command" not in container  # the image's ENTRYPOINT is refreshbus-operator
+    args = parser().parse_args(container["args"])
+    probe_port = container["livenessProbe"]["httpGet"]["port"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.liveness_endpoint == f"http://0.0.0.0:{ports[probe_port]}/healthz"
+    if "metrics" in ports:
+        assert args.metrics_port == ports["metrics"]
+    else:
+        assert args.metrics_port == 0
+
+
+def test_peering_objects_match_the_operator(render: Any) -> None:
+    from refreshbus_operator.__main__ import parser
+
+    manifests = render("default")
+    deploy = one(manifests, "Deployment", "-operator")
+    assert deploy["spec"]["replicas"] == 2
+    args = parser().parse_args(operator_container(manifests)["args"])
+    assert args.priority is None  # each replica draws its own: priorities differ
+    assert not args.standalone
+    (peering,) = kinds(manifests, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    assert peering["metadata"]["name"] == args.peering_name
+    assert args.all_namespaces
+    pdb = one(manifests, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+
+    namespaced = render("servicemonitor")
+    args = parser().parse_args(operator_container(namespaced)["args"])
+    assert args.namespaces == ["team-a"]
+    (peering,) = kinds(namespaced, "KopfPeering")
+    assert (peering["metadata"]["namespace"], peering["metadata"]["name"]) == ("team-a", args.peering_name)
+    assert not kinds(namespaced, "ClusterKopfPeering")
+
+    single = render("no-crds")
+    args = parser().parse_args(operator_container(single)["args"])
+    assert args.standalone
+    assert args.peering_name is None
+    assert args.auto_refresh is False
+    assert one(single, "Deployment", "-operator")["spec"]["strategy"]["type"] == "Recreate"
+    assert not kinds(single, "PodDisruptionBudget")
+    assert not kinds(single, "KopfPeering")
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_injection_settings_are_fields_of_the_injector_config(render: Any, value_set: str) -> None:
+    from refreshbus_operator.injection import config as injection_config
+
+    known = {f.name for f in dataclasses.fields(injection_config.InjectionConfig)} | PENDING_INJECTION_FIELDS
+    env = env_of(operator_container(render(value_set)))
+    names = [n for n in env if n.startswith(injection_config.ENV_PREFIX)]
+    assert names
+    unknown = [n for n in names if n.removeprefix(injection_config.ENV_PREFIX).lower() not in known]
+    assert not unknown, f"the injector does not read {unknown}"
+    # ... and the literal ones parse into a valid config.
+    literal = {k: v for k, v in env.items() if k in names and isinstance(v, str)}
+    cfg = injection_config.from_env(literal)
+    assert cfg.enabled is True
+    assert cfg.sidecar_image == "ghcr.io/refreshbus/sidecar:0.1.0"
+    assert (cfg.cpu_request, cfg.memory_request, cfg.memory_limit) == ("10m", "32Mi", "64Mi")
+
+
+def test_operator_reads_its_broker_urls_from_the_mounted_secret(render: Any) -> None:
+    for value_set in VALUE_SETS:
+        manifests = render(value_set)
+        container = operator_container(manifests)
+        env = env_of(container)
+        path = Path(env["REFRESHBUS_BROKER_URLS_FILE"])
+        mount = next(vm for vm in container["volumeMounts"] if vm["name"] == "broker")
+        assert str(path.parent) == mount["mountPath"]
+        volumes = one(manifests, "Deployment", "-operator")["spec"]["template"]["spec"]["volumes"]
+        broker = next(v for v in volumes if v["name"] == "broker")["secret"]
+        assert [i["path"] for i in broker["items"]] == [path.name]
+        if value_set == "existing-broker-secret":
+            assert broker["secretName"] == "my-rabbitmq-urls"
+            assert broker["items"][0]["key"] == "operator-urls"
+            assert env["REFRESHBUS_INJECTION_BROKER_SECRET"] == "my-rabbitmq-sidecar-urls"
+            assert env["REFRESHBUS_INJECTION_BROKER_SECRET_KEY"] == "sidecar-urls"
+
+
+# -- broker ----------------------------------------------------------------------------------
+
+
+def decode(secret: Manifest, key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_embedded_broker_users_urls_and_definitions_agree(render: Any) -> None:
+    manifests = render("default")
+    users = one(manifests, "Secret", "-rabbitmq-users")
+    definitions = json.loads(decode(one(manifests, "Secret", "-rabbitmq-definitions"), "definitions.json"))
+    passwords = {u["name"]: u["password"] for u in definitions["users"]}
+    assert passwords == {
+        "refreshbus-operator": decode(users, "operator-password"),
+        "refreshbus-sidecar": decode(users, "sidecar-password"),
+    }
+    assert all(len(p) == 32 for p in passwords.values())
+    assert len(set(passwords.values())) == 2
+    svc = one(manifests, "Service", "-rabbitmq")
+    host = f"{svc['metadata']['name']}.{NAMESPACE}.svc:5672"
+    for user, secret in (("operator", "-broker-operator"), ("sidecar", "-broker-sidecar")):
+        url = decode(one(manifests, "Secret", secret), "urls")
+        assert url == f"amqp://refreshbus-{user}:{passwords[f'refreshbus-{user}']}@{host}/%2F"
+    env = env_of(operator_container(manifests))
+    sidecar_secret = one(manifests, "Secret", "-broker-sidecar")
+    assert env["REFRESHBUS_INJECTION_BROKER_SECRET"] == sidecar_secret["metadata"]["name"]
+    assert env["REFRESHBUS_INJECTION_BROKER_SECRET_KEY"] == "urls"
+    # No user may touch anything beyond the refreshbus names; nobody is an administrator.
+    assert all(u["tags"] == "" for u in definitions["users"])
+    assert all(".*" not in p[k] for p in definitions["permissions"] for k in ("configure", "write", "read"))
+
+
+def test_embedded_broker_statefulset(render: Any) -> None:
+    manifests = render("servicemonitor")
+    sts = one(manifests, "StatefulSet", "-rabbitmq")
+    assert sts["spec"]["replicas"] == 1
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert {vm["mountPath"] for vm in container["volumeMounts"]} >= {"/var/lib/rabbitmq", "/tmp"}
+    assert sts["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    default_claim = one(render("default"), "StatefulSet")["spec"]["volumeClaimTemplates"][0]
+    assert "storageClassName" not in default_claim["spec"]
+    ephemeral = one(render("no-crds"), "StatefulSet")
+    assert "volumeClaimTemplates" not in ephemeral["spec"]
+    volumes = ephemeral["spec"]["template"]["spec"]["volumes"]
+    assert any(v["name"] == "data" and "emptyDir" in v for v in volumes)
+
+
+def test_existing_secret_means_no_embedded_broker(render: Any) -> None:
+    manifests = render("existing-broker-secret")
+    assert not kinds(manifests, "StatefulSet")
+    assert not [m for m in manifests if "rabbitmq" in m["metadata"]["name"]]
+    assert not kinds(manifests, "Secret")  # the user's Secrets are used as they are
+    assert kinds(render("default"), "StatefulSet")
+
+
+def test_explicit_passwords_are_used(render: Any) -> None:
+    manifests = render("default", "--set", "rabbitmq.users.sidecar.password=s3cr3t-Pw")
+    users = one(manifests, "Secret", "-rabbitmq-users")
+    assert decode(users, "sidecar-password") == "s3cr3t-Pw"
+    assert ":s3cr3t-Pw@" in decode(one(manifests, "Secret", "-broker-sidecar"), "urls")
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_service_and_service_monitor(render: Any) -> None:
+    manifests = render("servicemonitor")
+    svc = one(manifests, "Service", "-metrics")
+    monitor = one(manifests, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
+    pod_labels = one(manifests, "Deployment", "-operator")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert not kinds(render("default"), "ServiceMonitor")
+    no_metrics = render("no-crds")
+    assert not [m for m in kinds(no_metrics, "Service") if m["metadata"]["name"].endswith("-metrics")]
+
+
+# -- CRDs ------------------------------------------------------------------------------------
+
+
+def test_crd_is_templated_identical_to_crds_folder_and_kept(render: Any) -> None:
+    source = yaml.safe_load((REPO / "crds" / "configrefreshes.refreshbus.io.yaml").read_text())
+    (crd,) = kinds(render("default"), "CustomResourceDefinition")
+    assert crd["spec"] == source["spec"]
+    assert crd["metadata"]["name"] == source["metadata"]["name"]
+    assert source["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    unkept = kinds(render("default", "--set", "crds.keep=false"), "CustomResourceDefinition")
+    assert "annotations" not in unkept[0]["metadata"]
+    assert not kinds(render("no-crds"), "CustomResourceDefinition")
+
+
+def test_peering_crds_come_from_helms_crds_folder(render: Any) -> None:
+    with_crds = render("default", include_crds=True)
+    names = {m["metadata"]["name"] for m in kinds(with_crds, "CustomResourceDefinition")}
+    assert names == {"configrefreshes.refreshbus.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
