@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from injharness import TEST_LABEL, Injector
 from refreshbus_wire import pods
-
-from .conftest import TEST_LABEL, Injector
 
 pytestmark = pytest.mark.integration
 
