@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -343,3 +346,98 @@ def test_a_lost_tls_secret_is_regenerated_served_and_trusted_without_restart(
         time.sleep(0.3)
     assert injector_up.pid == pid  # same process: the certificate was reloaded in place
     assert len(sidecars(create_pod(with_config, pod(OPT_IN)))) == 1
+
+
+class _LabelAdder(http.server.BaseHTTPRequestHandler):
+    """A second mutating webhook that runs after ours and changes the pod."""
+
+    def do_POST(self) -> None:
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        patch = [{"op": "add", "path": "/metadata/labels", "value": {"touched-by": "second-webhook"}}]
+        body = json.dumps(
+            {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {
+                    "uid": review["request"]["uid"],
+                    "allowed": True,
+                    "patchType": "JSONPatch",
+                    "patch": base64.b64encode(json.dumps(patch).encode()).decode(),
+                },
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def second_webhook(cluster: Any, ns: str, injector_up: Any, tmp_path: Path) -> Iterator[None]:
+    bundle = certs.new_bundle(["127.0.0.1"], 1)
+    (tmp_path / "tls.crt").write_bytes(bundle.tls_crt)
+    (tmp_path / "tls.key").write_bytes(bundle.tls_key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LabelAdder)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    name = f"zz-second-{injector_up.session}"  # sorts after ours: called after it
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": name},
+                "webhooks": [
+                    {
+                        "name": "second.example.test",
+                        "admissionReviewVersions": ["v1"],
+                        "sideEffects": "None",
+                        "clientConfig": {
+                            "url": f"https://127.0.0.1:{server.server_address[1]}/",
+                            "caBundle": base64.b64encode(bundle.ca_crt).decode(),
+                        },
+                        "rules": [
+                            {
+                                "apiGroups": [""],
+                                "apiVersions": ["v1"],
+                                "operations": ["CREATE"],
+                                "resources": ["pods"],
+                            }
+                        ],
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                        "failurePolicy": "Fail",
+                        "reinvocationPolicy": "Never",
+                    }
+                ],
+            }
+        ),
+    )
+    try:
+        yield
+    finally:
+        cluster.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found", check=False)
+        server.shutdown()
+        server.server_close()
+
+
+def test_reinvocation_after_another_webhook_does_not_inject_twice(
+    with_config: str, injector_up: Any, second_webhook: None, create_pod: Callable[..., Any]
+) -> None:
+    stored = create_pod(with_config, pod(OPT_IN, name="reinvoked"))
+    assert stored["metadata"]["labels"] == {"touched-by": "second-webhook"}
+    assert len(sidecars(stored)) == 1
+    assert [v["name"] for v in stored["spec"]["volumes"]].count("refreshbus-config") == 1
+    # reinvocationPolicy IfNeeded: the API server called ours again after the second one changed the pod.
+    log = injector_up.log.read_text()
+    assert f"pod {with_config}/reinvoked: injected" in log
+    assert f"pod {with_config}/reinvoked: already injected" in log
