@@ -141,13 +141,16 @@ broker.existingSecret or the one this chart writes for the embedded RabbitMQ.
 {{- end }}
 
 {{/*
-The Secret (in the release namespace) the operator copies into every injected pod's
-namespace for the sidecar, and its key. Never the operator's own credentials unless the
-user put both keys into one existing Secret (only the sidecar key is copied).
+The Secret (in the release namespace) the operator copies -- whole -- into every injected
+pod's namespace for the sidecar, and its key. Never the Secret with the operator's own
+credentials.
 */}}
 {{- define "refreshbus.broker.sidecarSecretName" -}}
 {{- if .Values.broker.existingSecret }}
-{{- default .Values.broker.existingSecret .Values.broker.existingSidecarSecret }}
+{{- if not .Values.broker.existingSidecarSecret }}
+{{- fail "broker.existingSecret needs broker.existingSidecarSecret: a separate Secret with only the sidecars' URLs (the operator copies that whole Secret into every namespace with injected pods, so it must not hold the operator's credentials)" }}
+{{- end }}
+{{- .Values.broker.existingSidecarSecret }}
 {{- else }}
 {{- printf "%s-broker-sidecar" (include "refreshbus.fullname" .) }}
 {{- end }}
@@ -198,7 +201,3 @@ sees the same generated values. Returns a dict as YAML: operator, sidecar.
 {{- join "," $ns }}
 {{- end }}
 
-{{/* Pod-level and container-level security defaults merged with user overrides. */}}
-{{- define "refreshbus.containerSecurityContext" -}}
-{{- toYaml . }}
-{{- end }}

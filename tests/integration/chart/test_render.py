@@ -529,3 +529,64 @@ def test_peering_crds_come_from_helms_crds_folder(render: Any) -> None:
     with_crds = render("default", include_crds=True)
     names = {m["metadata"]["name"] for m in kinds(with_crds, "CustomResourceDefinition")}
     assert names == {"configrefreshes.refreshbus.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+def test_one_existing_secret_for_operator_and_sidecars_is_refused(helm: Path) -> None:
+    # The operator copies the sidecars' Secret whole into every opted-in namespace.
+    proc = subprocess.run(
+        [str(helm), "template", "rb", str(CHART), "--set", "broker.existingSecret=both-urls"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "broker.existingSecret needs broker.existingSidecarSecret" in proc.stderr
+
+
+def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str, name: str | None) -> bool:
+    """Does any rule grant ``verb`` on ``group/resource`` (object ``name``, if any)?"""
+    for rule in rules:
+        if group not in rule["apiGroups"] or resource not in rule["resources"] or verb not in rule["verbs"]:
+            continue
+        limited = rule.get("resourceNames")
+        if not limited or (name is not None and name in limited):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_cluster_role_covers_what_the_injector_uses(render: Any, value_set: str) -> None:
+    """refreshbus_operator.injection.permissions lists the injector's API needs (its own
+    integration tests run the injector with exactly those); the chart must grant each."""
+    from refreshbus_operator.injection import config as injection_config
+    from refreshbus_operator.injection.permissions import cluster_rules
+
+    manifests = render(value_set)
+    env = env_of(operator_container(manifests))
+    literal = {
+        k: v for k, v in env.items() if k.startswith(injection_config.ENV_PREFIX) and isinstance(v, str)
+    }
+    cfg = injection_config.from_env(literal)
+    chart_rules = one(manifests, "ClusterRole", "-operator")["rules"]
+    # With cert-manager the injector must leave the TLS Secret and the caBundle alone
+    # (REFRESHBUS_INJECTION_MANAGE_CERTS=false, see PENDING_INJECTION_FIELDS).
+    manage_certs = env["REFRESHBUS_INJECTION_MANAGE_CERTS"] == "true"
+    missing = []
+    for rule in cluster_rules(cfg):
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    names = rule.get("resourceNames") or [None]
+                    if resource == "secrets" and verb == "update":
+                        # Updated by name only: the sidecars' broker Secret copies, the TLS Secret.
+                        names = [cfg.broker_secret] + (
+                            [] if "cert-manager" in value_set else [cfg.tls_secret]
+                        )
+                    if resource == "mutatingwebhookconfigurations" and not cfg.webhook_configuration:
+                        continue  # cert-manager injects the caBundle: nothing to patch
+                    missing += [
+                        (group, resource, verb, name)
+                        for name in names
+                        if not allows(chart_rules, group, resource, verb, name)
+                    ]
+    assert not missing, f"the chart's ClusterRole lacks {missing}"
