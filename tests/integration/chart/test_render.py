@@ -579,11 +579,9 @@ def test_cluster_role_covers_what_the_injector_uses(render: Any, value_set: str)
                     names = rule.get("resourceNames") or [None]
                     if resource == "secrets" and verb == "update":
                         # Updated by name only: the sidecars' broker Secret copies, the TLS Secret.
-                        names = [cfg.broker_secret] + (
-                            [] if "cert-manager" in value_set else [cfg.tls_secret]
-                        )
-                    if resource == "mutatingwebhookconfigurations" and not cfg.webhook_configuration:
-                        continue  # cert-manager injects the caBundle: nothing to patch
+                        names = [cfg.broker_secret] + ([cfg.tls_secret] if manage_certs else [])
+                    if resource == "mutatingwebhookconfigurations" and not manage_certs:
+                        continue  # cert-manager injects the caBundle
                     missing += [
                         (group, resource, verb, name)
                         for name in names
