@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -99,6 +99,34 @@ class Kube:
         if not 200 <= response.status <= 299:
             raise ApiError(response.status, str(response.reason), data)
         return data
+
+    def stream(self, path: str, query: Mapping[str, Any], timeout: float = 330.0) -> Iterator[dict[str, Any]]:
+        """A watch: yields each event (``{"type", "object"}``) as the API server sends it."""
+        path = f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
+        params = self.client.param_serialize(
+            method="GET",
+            resource_path=path,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        with self._lock:
+            self.requests += 1
+        metrics.API_REQUESTS.labels(verb="watch").inc()
+        response = self.client.call_api(*params, _request_timeout=(10, timeout))
+        raw = response.response
+        try:
+            if not 200 <= response.status <= 299:
+                data = raw.read()
+                raise ApiError(response.status, str(response.reason), data.decode(errors="replace"))
+            buffer = b""
+            for chunk in raw.stream(8192, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            raw.release_conn()
 
     # -- convenience -------------------------------------------------------------------
 

@@ -57,3 +57,12 @@ def serve(port: int) -> None:
     """Start the metrics HTTP endpoint (no-op for port 0)."""
     if port:
         start_http_server(port)
+SOURCE_UPDATES = Counter(
+    "refreshbus_operator_source_updates_total",
+    "Updates seen on watched ConfigMaps/Secrets of auto-refresh workloads, by kind of update "
+    "(content, metadata: a metadata-only update that triggers nothing).",
+    ["update"],
+)
+WATCHED_SOURCES = Gauge(
+    "refreshbus_operator_watched_sources", "ConfigMaps/Secrets watched for auto-refresh (one watch each)."
+)

@@ -2,4 +2,4 @@
 of a plain function in the package. Importing this package registers them all."""
 
 from refreshbus_operator import settings as _settings  # noqa: F401  (startup: kopf settings)
-from refreshbus_operator.handlers import configrefresh, injection, runtime  # noqa: F401
+from refreshbus_operator.handlers import autorefresh, configrefresh, injection, runtime  # noqa: F401
