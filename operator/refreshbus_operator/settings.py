@@ -41,6 +41,9 @@ class Config:
     standalone: bool = False
     peering_name: str | None = None
     priority: int | None = None
+    #: Seconds a replica's peering keep-alive is valid: a dead active replica is replaced
+    #: by a standby within about this long (kopf's default is 60).
+    peering_lifetime: int = 60
     liveness_endpoint: str | None = None
     metrics_port: int = 9465
     log_format: str = "json"  # json | plain
@@ -87,6 +90,7 @@ _FIELDS: dict[str, type] = {
     "standalone": bool,
     "peering_name": str,
     "priority": int,
+    "peering_lifetime": int,
     "liveness_endpoint": str,
     "metrics_port": int,
     "log_format": str,
@@ -158,6 +162,7 @@ def apply_kopf_settings(settings: kopf.OperatorSettings, config: Config) -> None
     settings.posting.reporting_instance = config.instance
     settings.peering.priority = config.effective_priority()
     settings.peering.stealth = True
+    settings.peering.lifetime = config.peering_lifetime
     # Watches reconnect on their own; keep a bounded server-side timeout so a silently dead
     # connection is noticed.
     settings.watching.server_timeout = 300

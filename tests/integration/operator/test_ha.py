@@ -1,0 +1,51 @@
+"""HA with kopf peering: two operator replicas, only the higher priority one acts; when it
+dies, the other takes over (and resumes what was in flight)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from opharness import cfr, configmap, refresh, wait_for, wait_phase
+from refreshbus_support.pods import Owner, create_pod
+
+pytestmark = pytest.mark.integration
+
+ORDERS = {"app": "orders"}
+SPEC = {"sources": [{"configMap": {"name": "app-config"}}], "target": {"selector": {"matchLabels": ORDERS}}}
+
+
+def handled(op, name: str) -> bool:
+    return re.search(rf"<Round [^ ]+/{name} gen=\d+ event=[^>]+> (started|resumed)", op.text()) is not None
+
+
+def test_only_the_active_replica_acts_and_the_standby_takes_over(
+    cluster, namespace, start_operator, fake_sidecars
+):
+    configmap(cluster, namespace, "app-config", {"a": "1"})
+    for i in range(2):
+        pod = create_pod(cluster, namespace, f"orders-5d8f9c7b6-p{i}", labels=ORDERS,
+                         owner=Owner.replicaset_of("orders"), configmaps=("app-config",))
+        fake_sidecars(namespace, pod.name, ("Deployment", "orders"))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+        "metadata": {"name": "refreshbus", "namespace": namespace}}))
+    env = {"REFRESHBUS_OPERATOR_PEERING_LIFETIME": "4"}
+    active = start_operator("--peering", "refreshbus", "--priority", "200", name="active", env=env)
+    standby = start_operator("--peering", "refreshbus", "--priority", "100", name="standby", env=env)
+    wait_for(lambda: len((cfr_peering := cluster.get_json("-n", namespace, "kopfpeering", "refreshbus"))
+                         .get("status") or {}) == 2 and cfr_peering, 30, "both replicas in the peering object")
+
+    refresh(cluster, namespace, "first", SPEC)
+    wait_phase(cluster, namespace, "first", "Succeeded", operator=active)
+    assert handled(active, "first")
+    assert not handled(standby, "first")
+
+    active.kill()  # no goodbye: its keep-alive simply expires
+    refresh(cluster, namespace, "second", SPEC)
+    obj = wait_phase(cluster, namespace, "second", "Succeeded", timeout=60, operator=standby)
+    assert handled(standby, "second")
+    assert obj["status"]["counts"]["succeeded"] == 2
+    assert cfr(cluster, namespace, "first")["status"]["phase"] == "Succeeded"  # not redone
+    assert not handled(standby, "first")
