@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -225,3 +226,63 @@ def ensure_broker_secret(kube: Kube, namespace: str, source_namespace: str, name
     metadata = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
     kube.request("PUT", target, body={**body, "metadata": metadata})
     return True
+
+
+class Reconciler:
+    """Workload events in, API calls only when something changed.
+
+    Deployments are updated often (status, scale) while their pod template rarely changes:
+    the last applied (Role, RoleBinding) per workload is remembered, so a repeated or
+    status-only event costs no API request. Which sidecar Roles already exist is listed
+    once per namespace (by label), so the first sight of a workload that does not opt in
+    costs nothing either -- yet a Role left from before an operator restart is found and
+    removed (level-triggered).
+    """
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._applied: dict[tuple[str, str, str], Any] = {}
+        self._existing: dict[str, set[str]] = {}
+        self._lock = threading.RLock()
+
+    def _exists(self, namespace: str, role: str) -> bool:
+        with self._lock:
+            if namespace not in self._existing:
+                listed = self.kube.get(
+                    _path(namespace, "roles"), labelSelector="app.kubernetes.io/component=sidecar-rbac"
+                )
+                self._existing[namespace] = {i["metadata"]["name"] for i in listed.get("items") or []}
+            return role in self._existing[namespace]
+
+    def _note(self, namespace: str, role: str, present: bool) -> None:
+        with self._lock:
+            names = self._existing.setdefault(namespace, set())
+            (names.add if present else names.discard)(role)
+
+    def handle(self, event_type: str | None, workload: Mapping[str, Any]) -> str:
+        meta = workload.get("metadata") or {}
+        kind = workload.get("kind")
+        if not meta.get("name") or kind not in WORKLOAD_KINDS:
+            return "ignored"
+        namespace, name = meta["namespace"], meta["name"]
+        key = (namespace, kind, name)
+        role = object_name(kind, name)
+        if event_type == "DELETED":
+            with self._lock:
+                self._applied.pop(key, None)
+            if not self._exists(namespace, role):
+                return "absent"
+            self._note(namespace, role, False)
+            return "removed" if cleanup(self.kube, namespace, kind, name) else "absent"
+        wanted = desired(workload)
+        with self._lock:
+            if key in self._applied and self._applied[key] == wanted:
+                return "unchanged"
+        if wanted is None and not self._exists(namespace, role):
+            result = "absent"
+        else:
+            result = reconcile(self.kube, workload)
+            self._note(namespace, role, wanted is not None)
+        with self._lock:
+            self._applied[key] = wanted
+        return result

@@ -21,6 +21,7 @@ from refreshbus_operator.kube import Kube
 _MEMO_CONFIG = "injection_config"
 _MEMO_SERVER = "injection_server"
 _MEMO_KUBE = "injection_kube"
+_MEMO_RBAC = "injection_rbac"
 
 
 def _kube(memo: kopf.Memo) -> Kube:
@@ -40,7 +41,7 @@ def _config(memo: kopf.Memo) -> injection_config.InjectionConfig:
 @kopf.on.startup()
 async def start_injection_webhook(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     cfg = _config(memo)
-    _kube(memo)  # set on the operator-wide memo, which kopf copies into every object's memo
+    _reconciler(memo)  # set on the operator-wide memo, which kopf copies into every object's memo
     if not cfg.enabled:
         logger.info("sidecar injection webhook disabled (REFRESHBUS_INJECTION_ENABLED is not true)")
         return
@@ -58,22 +59,22 @@ async def stop_injection_webhook(memo: kopf.Memo, **_: Any) -> None:
         await server.stop()
 
 
+def _reconciler(memo: kopf.Memo) -> sidecar_rbac.Reconciler:
+    if memo.get(_MEMO_RBAC) is None:
+        memo[_MEMO_RBAC] = sidecar_rbac.Reconciler(_kube(memo))
+    reconciler: sidecar_rbac.Reconciler = memo[_MEMO_RBAC]
+    return reconciler
+
+
 async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger) -> None:
     obj = event.get("object") or {}
-    meta = obj.get("metadata") or {}
-    if not meta.get("name") or obj.get("kind") not in sidecar_rbac.WORKLOAD_KINDS:
-        return
-    kube = _kube(memo)
-    if event.get("type") == "DELETED":
-        await asyncio.to_thread(sidecar_rbac.cleanup, kube, meta["namespace"], obj["kind"], meta["name"])
-        return
-    result = await asyncio.to_thread(sidecar_rbac.reconcile, kube, obj)
+    result = await asyncio.to_thread(_reconciler(memo).handle, event.get("type"), obj)
     if result == "applied" and sidecar_rbac.opted_in(obj):
         cfg = _config(memo)
         await asyncio.to_thread(
             sidecar_rbac.ensure_broker_secret,
-            kube,
-            meta["namespace"],
+            _kube(memo),
+            obj["metadata"]["namespace"],
             cfg.operator_namespace,
             cfg.broker_secret,
         )

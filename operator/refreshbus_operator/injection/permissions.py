@@ -39,7 +39,7 @@ def cluster_rules(config: InjectionConfig | None = None) -> list[dict[str, Any]]
         {
             "apiGroups": ["rbac.authorization.k8s.io"],
             "resources": ["roles", "rolebindings"],
-            "verbs": ["get", "create", "update", "delete"],
+            "verbs": ["get", "list", "create", "update", "delete"],
         },
         # caBundle patching of the one webhook configuration.
         {
