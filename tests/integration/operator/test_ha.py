@@ -34,8 +34,10 @@ def test_only_the_active_replica_acts_and_the_standby_takes_over(
     env = {"REFRESHBUS_OPERATOR_PEERING_LIFETIME": "4"}
     active = start_operator("--peering", "refreshbus", "--priority", "200", name="active", env=env)
     standby = start_operator("--peering", "refreshbus", "--priority", "100", name="standby", env=env)
-    wait_for(lambda: len((cfr_peering := cluster.get_json("-n", namespace, "kopfpeering", "refreshbus"))
-                         .get("status") or {}) == 2 and cfr_peering, 30, "both replicas in the peering object")
+    def peers() -> int:
+        return len(cluster.get_json("-n", namespace, "kopfpeering", "refreshbus").get("status") or {})
+
+    wait_for(lambda: peers() == 2, 30, "both replicas in the peering object")
 
     refresh(cluster, namespace, "first", SPEC)
     wait_phase(cluster, namespace, "first", "Succeeded", operator=active)
