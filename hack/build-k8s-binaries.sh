@@ -8,7 +8,7 @@
 # k8s.io/kubernetes and replaces every staging module with its published v0.X.Y twin.
 #
 # Usage: hack/build-k8s-binaries.sh [component ...]
-#   components: kube-apiserver kubectl etcd kube-controller-manager kube-scheduler kubelet
+#   components: kube-apiserver kubectl etcd kube-controller-manager kube-scheduler kubelet kube-proxy
 #   env: K8S_VERSION (default v1.34.4), REFRESHBUS_CACHE (default ~/.cache/refreshbus)
 set -euo pipefail
 
@@ -23,6 +23,7 @@ declare -A pkg=(
   [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
   [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
   [kubelet]=k8s.io/kubernetes/cmd/kubelet
+  [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
   [kubectl]=k8s.io/kubernetes/cmd/kubectl
   [etcd]=go.etcd.io/etcd/server/v3
 )

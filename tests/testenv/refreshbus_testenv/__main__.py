@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,16 +24,21 @@ def _state_file(workdir: Path) -> Path:
     return workdir / "state.json"
 
 
-def up(workdir: Path) -> int:
-    """Start etcd, kube-apiserver and RabbitMQ in the background, install the CRDs."""
+def up(workdir: Path, with_node: bool = False) -> int:
+    """Start etcd, kube-apiserver and RabbitMQ in the background, install the CRDs.
+    With ``with_node``: also a real node (node.py) with the project's images imported."""
     state_path = _state_file(workdir)
     if state_path.exists():
         state = json.loads(state_path.read_text())
-        if port_open(state["api_port"]) and port_open(state["amqp_port"]):
+        if port_open(state["api_port"], state.get("api_host", "127.0.0.1")) and port_open(
+            state["amqp_port"], state.get("amqp_host", "127.0.0.1")
+        ):
             print(f"already running (state in {state_path})")
             _print_env(workdir, state)
             return 0
     workdir.mkdir(parents=True, exist_ok=True)
+    if with_node:
+        return _up_node(workdir)
     plane = ControlPlane(workdir / "k8s", api_port=DEFAULT_API_PORT)
     broker = Broker(workdir / "rabbitmq", port=DEFAULT_AMQP_PORT)
     with ThreadPoolExecutor(2) as pool:
@@ -61,6 +67,12 @@ def down(workdir: Path) -> int:
         print("nothing to stop")
         return 0
     state = json.loads(state_path.read_text())
+    if "node" in state:
+        from refreshbus_testenv.node import Node
+
+        node = Node(Path(state["node"]["workdir"]), ControlPlane(workdir / "k8s"),
+                    pids=dict(state["node"]["pids"]))
+        node.stop()
     for name in ("kube-apiserver", "etcd", "rabbitmq"):
         pid = state["pids"].get(name)
         if pid:
@@ -76,10 +88,42 @@ def status(workdir: Path) -> int:
         print("not running")
         return 1
     state = json.loads(state_path.read_text())
-    api, amqp = port_open(state["api_port"]), port_open(state["amqp_port"])
+    api = port_open(state["api_port"], state.get("api_host", "127.0.0.1"))
+    amqp = port_open(state["amqp_port"], state.get("amqp_host", "127.0.0.1"))
     print(f"kube-apiserver :{state['api_port']} {'up' if api else 'DOWN'}")
     print(f"rabbitmq       :{state['amqp_port']} {'up' if amqp else 'DOWN'}")
     return 0 if api and amqp else 1
+
+
+def _up_node(workdir: Path) -> int:
+    from refreshbus_testenv import images
+    from refreshbus_testenv.node import NODE_IP, start_cluster
+
+    started = time.monotonic()
+    built = images.build()
+    print(f"images built in {time.monotonic() - started:.1f}s")
+    started = time.monotonic()
+    broker = Broker(workdir / "rabbitmq", port=DEFAULT_AMQP_PORT, host=NODE_IP)
+    plane, node = start_cluster(workdir, api_port=DEFAULT_API_PORT)
+    broker.start()
+    for tarball in built.values():
+        node.import_image(tarball)
+    print(f"cluster with a real node up in {time.monotonic() - started:.1f}s")
+    state = {
+        "pids": {**plane.pids, "rabbitmq": broker.pid},
+        "api_port": plane.api_port,
+        "api_host": plane.address,
+        "amqp_port": broker.port,
+        "amqp_host": broker.host,
+        "kubeconfig": plane.kubeconfig,
+        "amqp_url": broker.url(),
+        "rabbitmq_node": broker.node,
+        "node": {"workdir": str(node.workdir), "pids": node.pids, "name": node.name, "ip": node.ip},
+    }
+    _state_file(workdir).write_text(json.dumps(state, indent=2))
+    print("local cluster (control plane + real node) and broker are up")
+    _print_env(workdir, state)
+    return 0
 
 
 def _print_env(workdir: Path, state: dict[str, object]) -> None:
@@ -95,11 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         "source on first use) and a RabbitMQ node on loopback, for development.",
     )
     parser.add_argument("command", choices=["up", "down", "status"], help="what to do")
+    parser.add_argument("--node", action="store_true",
+                        help="up: also run a real node (kubelet, containerd, scheduler, controller "
+                        "manager, kube-proxy; needs root) and import the project's images")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help=f"where state, data and logs live (default: {DEFAULT_DIR})")
     args = parser.parse_args(argv)
     try:
-        return {"up": up, "down": down, "status": status}[args.command](args.dir)
+        if args.command == "up":
+            return up(args.dir, with_node=args.node)
+        return {"down": down, "status": status}[args.command](args.dir)
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -35,6 +35,8 @@ class Broker:
     dist_port: int = field(default_factory=free_port)
     node: str = ""
     pid: int | None = None
+    #: Listening address: loopback by default; a real node's pods need the node address.
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -54,7 +56,7 @@ class Broker:
         (self.workdir / "mnesia").mkdir(parents=True, exist_ok=True)
         (self.workdir / "rabbitmq.conf").write_text(
             "loopback_users = none\n"
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            f"listeners.tcp.1 = {self.host}:{self.port}\n"
             # Sidecars declare their queues with x-expires; nothing else needs tuning.
             "log.console = false\n"
             "log.file.level = info\n"
@@ -63,7 +65,8 @@ class Broker:
         (self.workdir / "enabled_plugins").write_text("[].\n")
         proc = spawn([str(RABBITMQ_BIN / "rabbitmq-server")], self.log, env=self._env())
         self.pid = proc.pid
-        wait_until(lambda: port_open(self.port), timeout, f"RabbitMQ {self.node}", proc, self._server_log)
+        wait_until(lambda: port_open(self.port, self.host), timeout, f"RabbitMQ {self.node}", proc,
+                   self._server_log)
         # The port opens slightly before the node accepts logins; await the boot.
         self.ctl("await_startup", timeout=timeout)
         if first_start:
@@ -77,7 +80,7 @@ class Broker:
             return
         stop_group(self.pid, timeout=30)
         self.pid = None
-        wait_until(lambda: not port_open(self.port), 15, f"RabbitMQ {self.node} to stop")
+        wait_until(lambda: not port_open(self.port, self.host), 15, f"RabbitMQ {self.node} to stop")
 
     def restart(self) -> None:
         """Stop and start again on the same port, as a crashed-and-recovered broker would."""
@@ -94,7 +97,7 @@ class Broker:
     def url(self, user: str = "guest", password: str | None = None) -> str:
         """An AMQP URL for one of the node's users (guest works on loopback only)."""
         password = password if password is not None else USERS.get(user, "guest")
-        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/%2F"
+        return f"amqp://{user}:{password}@{self.host}:{self.port}/%2F"
 
     @property
     def urls(self) -> list[str]:
@@ -107,7 +110,7 @@ class Broker:
 
     @property
     def running(self) -> bool:
-        return self.pid is not None and port_open(self.port)
+        return self.pid is not None and port_open(self.port, self.host)
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run ``rabbitmqctl`` against this node; raises InfraError with its output on failure."""
@@ -144,7 +147,7 @@ class Broker:
             # Own HOME: the Erlang cookie lives there, shared by server and rabbitmqctl.
             "HOME": str(self.workdir),
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_IP_ADDRESS": self.host,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_CONFIG_FILE": str(self.workdir / "rabbitmq.conf"),

@@ -44,13 +44,14 @@ def make_cert(
              "-CAcreateserial", "-days", str(days), "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=pki)
 
 
-def make_control_plane_pki(pki: Path) -> None:
+def make_control_plane_pki(pki: Path, extra_sans: Sequence[str] = ()) -> None:
     """Everything kube-apiserver and an admin kubeconfig need (idempotent)."""
     make_ca(pki)
+    sans = ["IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local", "IP:10.96.0.1"]
     make_cert(
         pki, "apiserver", "/CN=kube-apiserver",
-        sans=["IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
-              "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local", "IP:10.96.0.1"],
+        sans=[*sans, *(s for s in extra_sans if s not in sans)],
     )
     make_cert(pki, "admin", "/O=system:masters/CN=refreshbus-admin", client=True)
     if not (pki / "sa.key").exists():

@@ -38,13 +38,18 @@ class ControlPlane:
     etcd_peer_port: int = field(default_factory=free_port)
     pids: dict[str, int] = field(default_factory=dict)
     bin_dir: Path | None = None
+    #: Where the API server listens and what it advertises (the ``kubernetes`` Service's
+    #: endpoint). Loopback by default; a real node (node.py) needs an address pods reach.
+    address: str = "127.0.0.1"
+    #: Extra kube-apiserver flags (e.g. the kubelet client certificate for a real node).
+    extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
 
     @property
     def kubeconfig(self) -> str:
@@ -60,7 +65,7 @@ class ControlPlane:
         """Build (first time only) and start etcd and kube-apiserver; wait for /readyz."""
         self.bin_dir = ensure_binaries(["kube-apiserver", "etcd", "kubectl"])
         self.workdir.mkdir(parents=True, exist_ok=True)
-        certs.make_control_plane_pki(self.pki)
+        certs.make_control_plane_pki(self.pki, extra_sans=[f"IP:{self.address}"])
         self._write_kubeconfig()
 
         etcd = spawn(
@@ -88,8 +93,8 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={p / 'apiserver.crt'}",
                 f"--tls-private-key-file={p / 'apiserver.key'}",
@@ -106,6 +111,7 @@ class ControlPlane:
                 "--profiling=false",
                 f"--cert-dir={self.workdir / 'certs'}",
                 "--v=1",
+                *self.extra_args,
             ],
             self.workdir / "kube-apiserver.log",
         )

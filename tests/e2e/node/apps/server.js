@@ -1,0 +1,43 @@
+// Demo Node.js app for the end-to-end suite (unmodified by refreshbus): serves the JSON
+// file named by $CONFIG_FILE (default /etc/demo/config/config.json), re-read on SIGHUP or
+// on POST /-/reload (500, old config kept, if the file is not valid JSON).
+'use strict';
+const http = require('http');
+const fs = require('fs');
+
+const file = process.env.CONFIG_FILE || '/etc/demo/config/config.json';
+const port = Number(process.env.PORT || 8080);
+let config = null;
+let loads = 0;
+
+function load() {
+  try {
+    config = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    return `cannot load ${file}: ${err.message}`;
+  }
+  loads += 1;
+  return null;
+}
+
+const first = load();
+if (first) console.log(first);
+process.on('SIGHUP', () => {
+  const err = load();
+  console.log(err ? `reload failed: ${err}` : `reloaded (${loads})`);
+});
+process.on('SIGTERM', () => process.exit(0));
+
+http.createServer((req, res) => {
+  if (req.url === '/healthz') {
+    res.writeHead(200, {'Content-Type': 'text/plain'});
+    res.end('ok\n');
+  } else if (req.url === '/-/reload' && req.method === 'POST') {
+    const err = load();
+    res.writeHead(err ? 500 : 200, {'Content-Type': 'text/plain'});
+    res.end(err ? err + '\n' : 'reloaded\n');
+  } else {
+    res.writeHead(200, {'Content-Type': 'application/json'});
+    res.end(JSON.stringify({config, loads, pid: process.pid}) + '\n');
+  }
+}).listen(port, '0.0.0.0', () => console.log(`listening on ${port}, config ${file}`));

@@ -1,0 +1,600 @@
+"""Container images without a Docker engine: OCI image layouts written by hand.
+
+An image here is a list of layers (uncompressed tar files, cached by content) plus an
+OCI config and manifest; :func:`write_oci_tarball` packs them as an OCI image-layout tar
+whose index names the image (``io.containerd.image.name``), which is what
+``ctr -n k8s.io images import`` takes. No registry is involved anywhere: pods use
+``imagePullPolicy: Never``.
+
+Layers, from the bottom (each cached under ``~/.cache/refreshbus/images``):
+
+1. **base** — a Debian bookworm root filesystem from ``debootstrap --variant=minbase`` with
+   Debian's python3 (3.11), nginx-light and nodejs: one shared layer for every image, so
+   containerd stores and unpacks it once (built once per machine, a few minutes);
+2. **deps** — the Python dependencies of a component (``pip install --target``, cp311
+   wheels), keyed by the requirement list: rebuilt only when pyproject's extras change;
+3. **app** — the project's wheel (``pip wheel --no-deps``) plus the console script: the
+   only layer a code change rebuilds (seconds).
+
+Images built (see :data:`IMAGES` and hack/build-images.py): ``refreshbus/operator:dev``,
+``refreshbus/sidecar:dev``, demo apps ``refreshbus/demo-nginx:dev``,
+``refreshbus/demo-node:dev``, ``refreshbus/demo-go:dev``, plus ``refreshbus/pause:dev``
+(the CRI sandbox image) and ``refreshbus/busybox:dev`` (Debian's busybox-static).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from refreshbus_testenv.binaries import ROOT, cache_dir
+from refreshbus_testenv.procs import InfraError
+
+SUITE = "bookworm"
+BASE_PACKAGES = ["python3", "nginx-light", "nodejs"]
+NONROOT = "65532:65532"
+APPS_DIR = ROOT / "tests" / "e2e" / "node" / "apps"
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+PAUSE_GO = """\
+// pause: the pod sandbox's first process. Sleeps, reaps zombies (shared PID namespace),
+// exits on SIGINT/SIGTERM. Built locally because no image can be pulled here.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range sigs {
+		if s == syscall.SIGCHLD {
+			for {
+				var ws syscall.WaitStatus
+				pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+				if pid <= 0 || err != nil {
+					break
+				}
+			}
+			continue
+		}
+		os.Exit(0)
+	}
+}
+"""
+
+
+def images_cache() -> Path:
+    path = cache_dir() / "images"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _log(msg: str) -> None:
+    print(f"[images] {msg}", file=sys.stderr, flush=True)
+
+
+def _run(argv: list[str], **kwargs: object) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise InfraError(
+            f"{' '.join(argv[:4])} ... failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Layer:
+    """An uncompressed layer tar and its digest (which is also its diff_id)."""
+
+    path: Path
+    digest: str
+    size: int
+
+    @classmethod
+    def from_tar(cls, path: Path) -> Layer:
+        sidecar = path.with_suffix(path.suffix + ".sha256")
+        stat = path.stat()
+        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+        if sidecar.exists():
+            stored_stamp, _, digest = sidecar.read_text().partition(" ")
+            if stored_stamp == stamp:
+                return cls(path, digest.strip(), stat.st_size)
+        digest = "sha256:" + _sha256_file(path)
+        sidecar.write_text(f"{stamp} {digest}\n")
+        return cls(path, digest, stat.st_size)
+
+    @classmethod
+    def from_dir(cls, directory: Path, out: Path, exclude: Iterable[str] = ()) -> Layer:
+        """Tar ``directory`` (owners numeric, names sorted) into ``out``."""
+        tmp = out.with_suffix(".tmp")
+        _run(
+            [
+                "tar",
+                "--numeric-owner",
+                "--sort=name",
+                "--xattrs",
+                "-C",
+                str(directory),
+                *[f"--exclude={e}" for e in exclude],
+                "-cf",
+                str(tmp),
+                ".",
+            ]
+        )
+        tmp.rename(out)
+        return cls.from_tar(out)
+
+
+def write_oci_tarball(
+    name: str, layers: list[Layer], config: dict[str, object], out: Path, labels: dict[str, str] | None = None
+) -> Path:
+    """An OCI image-layout tarball for ``name`` (e.g. ``docker.io/refreshbus/sidecar:dev``)."""
+    image_config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            **config,
+            "Labels": {
+                "org.opencontainers.image.title": name.rsplit("/", 1)[-1].split(":")[0],
+                "org.opencontainers.image.source": "refreshbus (hack/build-images.py)",
+                **(labels or {}),
+            },
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer.digest for layer in layers]},
+        "history": [{"created_by": f"refreshbus layer {layer.path.name}"} for layer in layers],
+    }
+    config_bytes = json.dumps(image_config, sort_keys=True).encode()
+    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+        "layers": [
+            {"mediaType": MEDIA_LAYER, "digest": layer.digest, "size": layer.size} for layer in layers
+        ],
+    }
+    manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
+    manifest_digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": MEDIA_MANIFEST,
+                "digest": manifest_digest,
+                "size": len(manifest_bytes),
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {
+                    "io.containerd.image.name": name,
+                    "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1],
+                },
+            }
+        ],
+    }
+    tmp = out.with_suffix(".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add_bytes(arcname: str, data: bytes) -> None:
+            info = tarfile.TarInfo(arcname)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+
+        add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add_bytes("index.json", json.dumps(index).encode())
+        add_bytes(f"blobs/sha256/{config_digest[7:]}", config_bytes)
+        add_bytes(f"blobs/sha256/{manifest_digest[7:]}", manifest_bytes)
+        seen = set()
+        for layer in layers:
+            if layer.digest not in seen:
+                seen.add(layer.digest)
+                tar.add(layer.path, arcname=f"blobs/sha256/{layer.digest[7:]}")
+    tmp.rename(out)
+    return out
+
+
+# -- layers ----------------------------------------------------------------------------
+
+
+def _debian_mirror() -> str:
+    """The Debian mirror apt already uses on this machine (deb822 or one-line sources)."""
+    candidates = [*Path("/etc/apt/sources.list.d").glob("*.sources"), Path("/etc/apt/sources.list")]
+    for path in candidates:
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                line = line.strip()
+                if line.startswith("URIs:") and "security" not in line:
+                    return line.split()[1]
+                if line.startswith("deb ") and "security" not in line:
+                    return next(w for w in line.split() if "://" in w)
+    raise InfraError("no Debian mirror found in /etc/apt sources")
+
+
+def base_layer() -> Layer:
+    """The shared Debian base layer (debootstrap minbase + python3, nginx-light, nodejs)."""
+    cache = images_cache()
+    key = hashlib.sha256(f"{SUITE}:{','.join(BASE_PACKAGES)}:v2".encode()).hexdigest()[:12]
+    out = cache / f"base-{key}.tar"
+    if out.exists():
+        return Layer.from_tar(out)
+    if shutil.which("debootstrap") is None:
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap"], check=True
+        )
+    rootfs = cache / f"rootfs-{key}"
+    if not (rootfs / "usr/bin/python3").exists():
+        shutil.rmtree(rootfs, ignore_errors=True)
+        started = time.monotonic()
+        _log(f"debootstrap {SUITE} minbase + {' '.join(BASE_PACKAGES)} (first build on this machine)")
+        (cache / "debs").mkdir(exist_ok=True)
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--cache-dir={cache / 'debs'}",
+                f"--include={','.join(BASE_PACKAGES)}",
+                SUITE,
+                str(rootfs),
+                _debian_mirror(),
+            ]
+        )
+        _log(f"debootstrap took {time.monotonic() - started:.0f}s")
+    # Trim what a container never needs; make /tmp and the non-root user's home usable.
+    for sub in (
+        "var/cache/apt/archives",
+        "var/lib/apt/lists",
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/info",
+        "usr/share/locale",
+        "var/log",
+    ):
+        shutil.rmtree(rootfs / sub, ignore_errors=True)
+        (rootfs / sub).mkdir(parents=True, exist_ok=True)
+    for device in (rootfs / "dev").glob("*"):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(device) if device.is_dir() and not device.is_symlink() else device.unlink()
+    with (rootfs / "etc/passwd").open("a") as f:
+        f.write("nonroot:x:65532:65532:nonroot:/home/nonroot:/usr/sbin/nologin\n")
+    with (rootfs / "etc/group").open("a") as f:
+        f.write("nonroot:x:65532:\n")
+    (rootfs / "home/nonroot").mkdir(parents=True, exist_ok=True)
+    os.chown(rootfs / "home/nonroot", 65532, 65532)
+    # nginx as non-root: its pid/temp paths under /tmp (the demo config sets them too).
+    return Layer.from_dir(rootfs, out, exclude=["./proc/*", "./sys/*", "./run/*", "./tmp/*"])
+
+
+def _extras() -> dict[str, list[str]]:
+    return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+
+
+def deps_layer(component: str) -> Layer:
+    """Python dependencies of ``component`` (an extra of the distribution), cp311 wheels."""
+    requirements = sorted(_extras()[component])
+    key = hashlib.sha256(json.dumps(requirements).encode()).hexdigest()[:12]
+    out = images_cache() / f"deps-{component}-{key}.tar"
+    if out.exists():
+        return Layer.from_tar(out)
+    _log(f"pip install --target ({component}): {', '.join(requirements)}")
+    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
+        target = Path(tmp) / "opt/refreshbus/deps"
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-compile",
+                "--target",
+                str(target),
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "--platform",
+                "manylinux_2_36_x86_64",
+                "--platform",
+                "manylinux2014_x86_64",
+                "--platform",
+                "linux_x86_64",
+                *requirements,
+            ]
+        )
+        shutil.rmtree(target / "bin", ignore_errors=True)
+        _compile(Path(tmp))
+        return Layer.from_dir(Path(tmp), out)
+
+
+def _compile(root: Path) -> None:
+    """Precompile .pyc (the image's root filesystem is read-only at run time)."""
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            str(root),
+        ]
+    )
+
+
+def app_layer(component: str, console_script: str, module: str) -> Layer:
+    """The project's wheel, installed (no deps) under /opt/refreshbus/app, + console script."""
+    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
+        tmpdir = Path(tmp)
+        wheels = tmpdir / "wheels"
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "-w",
+                str(wheels),
+                str(ROOT),
+            ],
+            cwd=str(tmpdir),
+        )
+        wheel = next(wheels.glob("refreshbus-*.whl"))
+        root = tmpdir / "root"
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-compile",
+                "--target",
+                str(root / "opt/refreshbus/app"),
+                str(wheel),
+            ]
+        )
+        shutil.rmtree(root / "opt/refreshbus/app/bin", ignore_errors=True)
+        _compile(root)
+        script = root / "usr/local/bin" / console_script
+        script.parent.mkdir(parents=True)
+        script.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\nsys.exit(main())\n")
+        script.chmod(0o755)
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+        out = images_cache() / f"app-{component}-{digest.hexdigest()[:12]}.tar"
+        if out.exists():
+            return Layer.from_tar(out)
+        for stale in images_cache().glob(f"app-{component}-*.tar*"):
+            stale.unlink()
+        _run(
+            [
+                "tar",
+                "--numeric-owner",
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "-C",
+                str(root),
+                "-cf",
+                str(out),
+                ".",
+            ]
+        )
+        return Layer.from_tar(out)
+
+
+def _dir_layer(
+    name: str, files: dict[str, tuple[bytes | Path, int]], symlinks: dict[str, str] | None = None
+) -> Layer:
+    """A small layer from in-memory files {path: (content or source file, mode)}."""
+    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
+        root = Path(tmp)
+        for rel, (content, mode) in files.items():
+            dest = root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(content.read_bytes() if isinstance(content, Path) else content)
+            dest.chmod(mode)
+        for rel, target in (symlinks or {}).items():
+            dest = root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.symlink_to(target)
+        listing = hashlib.sha256()
+        for path in sorted(root.rglob("*")):
+            listing.update(str(path.relative_to(root)).encode())
+            if path.is_file() and not path.is_symlink():
+                listing.update(path.read_bytes() + str(path.stat().st_mode).encode())
+            elif path.is_symlink():
+                listing.update(os.readlink(path).encode())
+        out = images_cache() / f"{name}-{listing.hexdigest()[:12]}.tar"
+        if out.exists():
+            return Layer.from_tar(out)
+        _run(
+            [
+                "tar",
+                "--numeric-owner",
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "-C",
+                str(root),
+                "-cf",
+                str(out),
+                ".",
+            ]
+        )
+        return Layer.from_tar(out)
+
+
+def _go_build(source: str | Path, name: str) -> Path:
+    """Build a static Go binary (the host's Go toolchain) from one file or a directory."""
+    out = images_cache() / "bin" / name
+    out.parent.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp)
+        if isinstance(source, Path):
+            for f in source.glob("*.go"):
+                shutil.copy(f, src / f.name)
+        else:
+            (src / "main.go").write_text(source)
+        (src / "go.mod").write_text(f"module refreshbus.local/{name}\n\ngo 1.22\n")
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+        _run(["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(out), "."], cwd=str(src), env=env)
+    return out
+
+
+# -- images ----------------------------------------------------------------------------
+
+
+def _ref(short: str) -> str:
+    return f"docker.io/refreshbus/{short}:dev"
+
+
+def _out(short: str) -> Path:
+    directory = images_cache() / "oci"
+    directory.mkdir(exist_ok=True)
+    return directory / f"{short}.tar"
+
+
+def build_pause() -> Path:
+    binary = _go_build(PAUSE_GO, "pause")
+    layer = _dir_layer("pause", {"pause": (binary, 0o755)})
+    return write_oci_tarball(
+        _ref("pause"), [layer], {"Entrypoint": ["/pause"], "User": "65535:65535"}, _out("pause")
+    )
+
+
+def build_busybox() -> Path:
+    busybox = Path("/bin/busybox")
+    installed = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", "busybox-static"], capture_output=True, text=True, check=False
+    ).stdout
+    if "ok installed" not in installed:  # Debian's busybox (not -static) is dynamically linked
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "busybox-static"], check=True
+        )
+    applets = subprocess.run(
+        [str(busybox), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    layer = _dir_layer(
+        "busybox",
+        {"bin/busybox": (busybox, 0o755), "tmp/.keep": (b"", 0o644)},
+        {f"bin/{a}": "busybox" for a in applets if a != "busybox"},
+    )
+    return write_oci_tarball(_ref("busybox"), [layer], {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, _out("busybox"))
+
+
+PY_ENV = [
+    "PATH=/usr/local/bin:/usr/bin:/bin",
+    "PYTHONPATH=/opt/refreshbus/app:/opt/refreshbus/deps",
+    "PYTHONDONTWRITEBYTECODE=1",
+    "PYTHONUNBUFFERED=1",
+    "HOME=/home/nonroot",
+]
+
+
+def build_python_component(component: str) -> Path:
+    """refreshbus/operator:dev or refreshbus/sidecar:dev, per the component's Dockerfile intent:
+    Debian python3, deps in their own layer, the wheel on top, non-root, console script."""
+    script = f"refreshbus-{component}"
+    layers = [
+        base_layer(),
+        deps_layer(component),
+        app_layer(component, script, f"refreshbus_{component}.__main__"),
+    ]
+    return write_oci_tarball(
+        _ref(component),
+        layers,
+        {
+            "Entrypoint": [f"/usr/local/bin/{script}"],
+            "User": NONROOT,
+            "Env": PY_ENV,
+            "WorkingDir": "/home/nonroot",
+        },
+        _out(component),
+    )
+
+
+def build_demo(app: str) -> Path:
+    """Demo apps that read config from files and reload in place (see tests/e2e/node/apps)."""
+    if app == "nginx":
+        layer = _dir_layer(
+            "demo-nginx",
+            {"etc/nginx/nginx.conf": (APPS_DIR / "nginx.conf", 0o644), "srv/config/.keep": (b"", 0o644)},
+        )
+        config = {
+            "Entrypoint": ["/usr/sbin/nginx", "-g", "daemon off;"],
+            "User": NONROOT,
+            "ExposedPorts": {"8080/tcp": {}},
+        }
+    elif app == "node":
+        layer = _dir_layer("demo-node", {"app/server.js": (APPS_DIR / "server.js", 0o644)})
+        config = {
+            "Entrypoint": ["/usr/bin/node", "/app/server.js"],
+            "User": NONROOT,
+            "ExposedPorts": {"8080/tcp": {}},
+        }
+    elif app == "go":
+        binary = _go_build(APPS_DIR / "goapp", "demo-go")
+        layer = _dir_layer("demo-go", {"usr/local/bin/demo-go": (binary, 0o755)})
+        config = {"Entrypoint": ["/usr/local/bin/demo-go"], "User": NONROOT, "ExposedPorts": {"8080/tcp": {}}}
+    else:
+        raise ValueError(f"unknown demo app {app!r}")
+    return write_oci_tarball(_ref(f"demo-{app}"), [base_layer(), layer], config, _out(f"demo-{app}"))
+
+
+#: Every image: name -> builder (the e2e suite imports all of them).
+IMAGES = {
+    "pause": build_pause,
+    "busybox": build_busybox,
+    "operator": lambda: build_python_component("operator"),
+    "sidecar": lambda: build_python_component("sidecar"),
+    "demo-nginx": lambda: build_demo("nginx"),
+    "demo-node": lambda: build_demo("node"),
+    "demo-go": lambda: build_demo("go"),
+}
+
+
+def build(names: Iterable[str] | None = None) -> dict[str, Path]:
+    """Build ``names`` (default: all); returns image ref -> OCI tarball."""
+    result = {}
+    for name in names or IMAGES:
+        started = time.monotonic()
+        result[_ref(name)] = IMAGES[name]()
+        _log(f"{_ref(name)} in {time.monotonic() - started:.1f}s")
+    return result
