@@ -120,22 +120,31 @@ def webhook_configuration(
     }
 
 
-def patch_ca_bundle(kube: Kube, name: str, ca_pem: bytes) -> bool:
-    """Set caBundle on every webhook of the named configuration; True if it changed."""
-    current = kube.get(f"{MWC_PATH}/{q(name)}")
+def patch_ca_bundle(kube: Kube, name: str, ca_pem: bytes, attempts: int = 5) -> bool:
+    """Set caBundle on every webhook of the named configuration; True if it changed.
+    The patch is guarded by the resourceVersion it was computed from (another replica,
+    or Helm, may write at the same time); on a clash it is recomputed."""
     wanted = base64.b64encode(ca_pem).decode()
-    ops = [
-        {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": wanted}
-        for i, hook in enumerate(current.get("webhooks") or [])
-        if (hook.get("clientConfig") or {}).get("caBundle") != wanted
-    ]
-    if not ops:
-        return False
-    rv = current["metadata"]["resourceVersion"]
-    ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
-    kube.request("PATCH", f"{MWC_PATH}/{q(name)}", body=ops, content_type=JSON_PATCH)
-    log.info("patched caBundle of MutatingWebhookConfiguration %s", name)
-    return True
+    for attempt in range(attempts):
+        current = kube.get(f"{MWC_PATH}/{q(name)}")
+        ops = [
+            {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": wanted}
+            for i, hook in enumerate(current.get("webhooks") or [])
+            if (hook.get("clientConfig") or {}).get("caBundle") != wanted
+        ]
+        if not ops:
+            return False
+        rv = current["metadata"]["resourceVersion"]
+        ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
+        try:
+            kube.request("PATCH", f"{MWC_PATH}/{q(name)}", body=ops, content_type=JSON_PATCH)
+        except ApiError as exc:
+            if exc.status in {409, 422} and attempt + 1 < attempts:
+                continue
+            raise
+        log.info("patched caBundle of MutatingWebhookConfiguration %s", name)
+        return True
+    return False
 
 
 # -- the TLS Secret ----------------------------------------------------------------------
