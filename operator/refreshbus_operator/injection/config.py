@@ -19,6 +19,7 @@ DEFAULT_EXCLUDED = ("kube-system", "kube-public", "kube-node-lease")
 #: Namespace label that turns injection off for a whole namespace.
 NAMESPACE_LABEL = "refreshbus.io/injection"
 NAMESPACE_OPT_OUT = "disabled"
+NAMESPACE_OPT_IN = "enabled"
 #: Path the API server POSTs AdmissionReviews to.
 WEBHOOK_PATH = "/mutate-pods"
 #: Name of the webhook inside the MutatingWebhookConfiguration (must be a qualified name).
@@ -38,6 +39,9 @@ class InjectionConfig:
     #: Namespace the operator runs in: excluded from injection, home of the TLS Secret.
     operator_namespace: str = "refreshbus-system"
     excluded_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED
+    #: Only inject in namespaces labelled refreshbus.io/injection=enabled (default: every
+    #: namespace not excluded and not labelled ...=disabled).
+    namespace_opt_in: bool = False
     #: Secret (in each injected pod's namespace) holding the broker URLs, and its key.
     #: The operator copies it there from ``operator_namespace`` (sidecar_rbac.py).
     broker_secret: str = "refreshbus-broker"

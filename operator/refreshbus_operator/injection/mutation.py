@@ -38,7 +38,12 @@ from urllib.parse import urlsplit
 from refreshbus_wire import pods
 from refreshbus_wire.events import HTTP_METHODS, SIGNALS
 
-from refreshbus_operator.injection.config import NAMESPACE_LABEL, NAMESPACE_OPT_OUT, InjectionConfig
+from refreshbus_operator.injection.config import (
+    NAMESPACE_LABEL,
+    NAMESPACE_OPT_IN,
+    NAMESPACE_OPT_OUT,
+    InjectionConfig,
+)
 
 #: The shared (emptyDir) volume the sidecar writes and the app reads.
 SHARED_VOLUME = "refreshbus-config"
@@ -528,6 +533,8 @@ def decide(pod: Mapping[str, Any], namespace: Namespace, config: InjectionConfig
         return skip(f"namespace {namespace.name} is excluded from injection")
     if (namespace.labels or {}).get(NAMESPACE_LABEL) == NAMESPACE_OPT_OUT:
         return skip(f"namespace {namespace.name} is labelled {NAMESPACE_LABEL}={NAMESPACE_OPT_OUT}")
+    if config.namespace_opt_in and (namespace.labels or {}).get(NAMESPACE_LABEL) != NAMESPACE_OPT_IN:
+        return skip(f"namespace {namespace.name} is not labelled {NAMESPACE_LABEL}={NAMESPACE_OPT_IN}")
     if already_injected(pod):
         return skip("already injected")
     options = parse_options(_annotations(pod))

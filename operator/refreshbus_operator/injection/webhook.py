@@ -29,6 +29,7 @@ from aiohttp import web
 from refreshbus_operator.injection import certs
 from refreshbus_operator.injection.config import (
     NAMESPACE_LABEL,
+    NAMESPACE_OPT_IN,
     NAMESPACE_OPT_OUT,
     WEBHOOK_NAME,
     WEBHOOK_PATH,
@@ -107,7 +108,9 @@ def webhook_configuration(
                             "operator": "NotIn",
                             "values": sorted(config.excluded()),
                         },
-                        {"key": NAMESPACE_LABEL, "operator": "NotIn", "values": [NAMESPACE_OPT_OUT]},
+                        {"key": NAMESPACE_LABEL, "operator": "In", "values": [NAMESPACE_OPT_IN]}
+                        if config.namespace_opt_in
+                        else {"key": NAMESPACE_LABEL, "operator": "NotIn", "values": [NAMESPACE_OPT_OUT]},
                     ]
                 },
                 "failurePolicy": config.failure_policy,

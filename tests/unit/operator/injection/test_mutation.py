@@ -473,3 +473,38 @@ def test_parse_options_normalises() -> None:
     assert not isinstance(options, str)
     assert options.configmaps == ("a", "b")
     assert options.signal == "SIGUSR1"
+
+
+def test_namespace_opt_in_mode() -> None:
+    config = InjectionConfig(namespace_opt_in=True)
+    skipped = decide(make_pod(), NS, config)
+    assert skipped.allowed
+    assert skipped.patch == []
+    assert "is not labelled refreshbus.io/injection=enabled" in skipped.message
+    assert decide(make_pod(), Namespace("apps", {"refreshbus.io/injection": "enabled"}), config).injected
+
+
+def test_rendered_webhook_configuration_selects_namespaces() -> None:
+    from refreshbus_operator.injection.webhook import webhook_configuration
+
+    hook = webhook_configuration(CONFIG)["webhooks"][0]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["sideEffects"] == "None"
+    assert hook["rules"][0]["operations"] == ["CREATE"]
+    assert hook["clientConfig"]["service"]["path"] == "/mutate-pods"
+    exprs = hook["namespaceSelector"]["matchExpressions"]
+    assert exprs[0] == {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["kube-node-lease", "kube-public", "kube-system", "refreshbus-system"],
+    }
+    assert exprs[1] == {"key": "refreshbus.io/injection", "operator": "NotIn", "values": ["disabled"]}
+    opt_in = webhook_configuration(InjectionConfig(namespace_opt_in=True, failure_policy="Fail"))["webhooks"][
+        0
+    ]
+    assert opt_in["namespaceSelector"]["matchExpressions"][1] == {
+        "key": "refreshbus.io/injection",
+        "operator": "In",
+        "values": ["enabled"],
+    }
+    assert opt_in["failurePolicy"] == "Fail"
