@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Generate charts/refreshbus/values.schema.json (JSON Schema draft-07) from values.yaml.
+"""Generate charts/refreshbus/values.schema.json (JSON Schema draft-07) and the values table
+of charts/refreshbus/README.md from values.yaml.
 
 Descriptions come from the helm-docs ``# --`` comments in values.yaml (one source for the
 README table and the schema), types from the default values, and the constraints below
 (enums, ranges, patterns, which objects are open maps). Objects with keys in values.yaml are
 closed (``additionalProperties: false``): a typo in a value name fails ``helm install``.
 
-Usage: hack/gen-values-schema.py [--check]    (--check: exit 1 if the file is stale)
+Usage: hack/gen-values-schema.py [--check]    (--check: exit 1 if a file is stale)
 """
 
 from __future__ import annotations
@@ -221,16 +222,55 @@ def generate() -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
+START, END = "<!-- values:start -->", "<!-- values:end -->"
+
+
+def table(
+    schema: dict[str, Any], values: dict[str, Any], docs: dict[str, str], prefix: str = ""
+) -> list[str]:
+    """helm-docs style rows: key, type, default, description. Sections (closed objects without a
+    `# --` comment of their own) are expanded; everything else is one row."""
+    rows = []
+    for key, node in schema["properties"].items():
+        path, value = f"{prefix}{key}", values[key]
+        section = node.get("additionalProperties") is False and "properties" in node
+        if section and isinstance(value, dict) and path not in docs:
+            rows += table(node, value, docs, path + ".")
+            continue
+        kind = node["type"] if isinstance(node["type"], str) else "/".join(node["type"])
+        default = json.dumps(value, ensure_ascii=False).replace("|", "\\|")
+        description = node.get("description", "").replace("|", "\\|")
+        rows.append(f"| `{path}` | {kind} | `{default}` | {description} |")
+    return rows
+
+
+def readme(schema_text: str) -> str:
+    text = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    rows = ["| Key | Type | Default | Description |", "|-----|------|---------|-------------|"]
+    rows += table(json.loads(schema_text), values, descriptions((CHART / "values.yaml").read_text()))
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{chr(10).join(rows)}\n{END}{tail}"
+
+
 def main() -> int:
-    target = CHART / "values.schema.json"
+    schema_file, readme_file = CHART / "values.schema.json", CHART / "README.md"
     fresh = generate()
+    fresh_readme = readme(fresh)
     if sys.argv[1:] == ["--check"]:
-        if not target.exists() or target.read_text() != fresh:
-            print(f"{target} is stale: run hack/gen-values-schema.py", file=sys.stderr)
+        stale = [
+            str(path)
+            for path, content in ((schema_file, fresh), (readme_file, fresh_readme))
+            if not path.exists() or path.read_text() != content
+        ]
+        if stale:
+            print(f"stale: {', '.join(stale)}: run hack/gen-values-schema.py", file=sys.stderr)
             return 1
         return 0
-    target.write_text(fresh)
-    print(f"wrote {target}")
+    schema_file.write_text(fresh)
+    readme_file.write_text(fresh_readme)
+    print(f"wrote {schema_file} and the values table of {readme_file}")
     return 0
 
 
