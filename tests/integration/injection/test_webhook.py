@@ -119,6 +119,12 @@ def test_annotated_pod_gets_a_native_sidecar_and_keeps_its_paths(
     assert volumes["refreshbus-broker"]["secret"]["secretName"] == "refreshbus-broker"
     assert stored["metadata"]["annotations"][pods.ANN_INJECTED] == "true"
     assert "shareProcessNamespace" not in spec
+    # The sidecar has its own token volume; the ServiceAccount admission plugin (which ran
+    # before the webhook) gave the app its usual one. One mount per path, no clash.
+    sidecar_paths = [m["mountPath"] for m in sidecar["volumeMounts"]]
+    assert sidecar_paths.count("/var/run/secrets/kubernetes.io/serviceaccount") == 1
+    token_source = volumes["refreshbus-api-access"]["projected"]["sources"][0]
+    assert token_source["serviceAccountToken"]["path"] == "token"
 
 
 def test_signal_pod_shares_the_process_namespace_and_the_app_user(
