@@ -6,3 +6,5 @@ client), :mod:`bus` (pika), :mod:`delivery` (atomic writer), :mod:`reload` (sign
 :mod:`refresher` (event -> fetch -> write -> reload -> ack), :mod:`watch` (watchfiles
 mode), :mod:`health` (/readyz, /livez, /metrics), :mod:`logs` (JSON logs).
 """
+
+from refreshbus_sidecar import _pika_slim  # noqa: F401  (must run before pika is imported)

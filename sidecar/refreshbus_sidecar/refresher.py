@@ -9,6 +9,7 @@ an event arrived.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -49,6 +50,8 @@ class Outcome:
     written_ms: float | None = None
     reloaded_ms: float | None = None
     error: str | None = None
+    #: Time spent waiting for the API (jitter excluded), for logs and the benchmark.
+    fetch_ms: float | None = None
 
 
 def addressed_to(event: RefreshEvent, me: PodIdentity) -> bool:
@@ -116,8 +119,8 @@ class Refresher:
         level = logging.WARNING if outcome.result is AckResult.FAILED else logging.INFO
         log.log(level, "refresh %s%s", outcome.result.value,
                 f": {outcome.error}" if outcome.error else "",
-                extra={**extra, "config_hash": outcome.config_hash, "written_ms": outcome.written_ms,
-                       "reloaded_ms": outcome.reloaded_ms})
+                extra={**extra, "config_hash": outcome.config_hash, "fetch_ms": _ms(outcome.fetch_ms),
+                       "written_ms": _ms(outcome.written_ms), "reloaded_ms": _ms(outcome.reloaded_ms)})
         return Ack(
             id=new_id(),
             event_id=event.id,
@@ -141,11 +144,14 @@ class Refresher:
             refs.append((source.kind.value, source.name, source.resource_version))
         if self.settings.fetch_jitter > 0:
             self.sleep(random.uniform(0, self.settings.fetch_jitter))
+        fetch_started = time.monotonic()
         try:
             payloads = [self._fetch(kind, name, rv) for kind, name, rv in refs]
         except SyncError as exc:
             return Outcome(AckResult.FAILED, self._hash_on_disk(refs), error=str(exc))
-        return self._write_and_reload(payloads, self._action_for(event.action), t0, reload=True)
+        fetch_ms = (time.monotonic() - fetch_started) * 1000
+        outcome = self._write_and_reload(payloads, self._action_for(event.action), t0, reload=True)
+        return dataclasses.replace(outcome, fetch_ms=fetch_ms)
 
     def _remember(self, event_id: str, config_hash: str | None) -> None:
         self._done[event_id] = config_hash
@@ -258,3 +264,7 @@ class Refresher:
             type="http", url=f"http://127.0.0.1:{override.port}{override.path}",
             method=override.method or pod.method, timeout=override.timeout_seconds or pod.timeout,
             health_url=pod.health_url, health_timeout=pod.health_timeout)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

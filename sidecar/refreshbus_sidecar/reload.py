@@ -8,12 +8,12 @@ expression searched in ``/proc/<pid>/cmdline`` (arguments joined by spaces) and
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal as signal_mod
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,31 +101,32 @@ def send_signal(pattern: str, signal_name: str, proc: Path = PROC) -> int:
 
 
 def http_call(url: str, method: str, timeout: float) -> int:
-    """Call the app's reload endpoint; returns the 2xx status.
+    """Call the app's reload endpoint; returns the 2xx status. Redirects are not followed.
 
     Raises:
         ReloadError: non-2xx answer, refused connection or timeout.
     """
-    request = urllib.request.Request(url, method=method, data=b"" if method in {"POST", "PUT"} else None,
-                                     headers={"User-Agent": "refreshbus-sidecar"})
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ReloadError(f"not an http(s) URL: {url!r}")
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        with _OPENER.open(request, timeout=timeout) as resp:
-            resp.read(4096)
-            status = int(resp.status)
-    except urllib.error.HTTPError as exc:
-        body = exc.read(300).decode(errors="replace").strip()
-        raise ReloadError(f"{method} {url} answered HTTP {exc.code}{': ' + body if body else ''}") from None
+        conn.request(method, path, body=b"" if method in {"POST", "PUT"} else None,
+                     headers={"User-Agent": "refreshbus-sidecar"})
+        resp = conn.getresponse()
+        body = resp.read(4096)
+        status = int(resp.status)
     except TimeoutError:
         raise ReloadError(f"{method} {url} timed out after {timeout:g}s") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, TimeoutError):
-            raise ReloadError(f"{method} {url} timed out after {timeout:g}s") from None
-        raise ReloadError(f"{method} {url} failed: {reason}") from None
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:
         raise ReloadError(f"{method} {url} failed: {exc}") from None
+    finally:
+        conn.close()
     if not 200 <= status < 300:
-        raise ReloadError(f"{method} {url} answered HTTP {status}")
+        text = body[:300].decode(errors="replace").strip()
+        raise ReloadError(f"{method} {url} answered HTTP {status}{': ' + text if text else ''}")
     return status
 
 
@@ -171,12 +172,3 @@ def run(action: ReloadAction) -> str:
         wait_healthy(action.health_url, action.health_timeout)
         done += f"; {action.health_url} healthy"
     return done
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None  # a reload endpoint that redirects is misconfigured: report the 3xx
-
-
-# No proxies: the reload endpoint is local, and an HTTP(S)_PROXY in the pod must not catch it.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
