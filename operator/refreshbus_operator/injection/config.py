@@ -49,6 +49,10 @@ class InjectionConfig:
     #: HTTPS server of the webhook.
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 9443
+    #: Generate, store and rotate the TLS material and patch the caBundle (default). Off:
+    #: cert-manager (or anyone) mounts tls.crt/tls.key into ``cert_dir`` and injects the
+    #: caBundle; the server reloads the files when they change.
+    manage_tls: bool = True
     #: Where the serving cert and key are written for the server (an emptyDir in-cluster).
     cert_dir: str = "/tmp/refreshbus-webhook-certs"
     #: Secret (in ``operator_namespace``) holding the CA and the serving cert.

@@ -316,11 +316,18 @@ class WebhookServer:
         self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self.bundle: certs.Bundle | None = None
+        self._mounted: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._upkeep: asyncio.Task[None] | None = None
 
     def refresh_tls(self) -> bool:
-        """Renew if needed, load the serving cert, patch the caBundle. True if anything changed."""
+        """Renew if needed, load the serving cert, patch the caBundle. True if anything changed.
+
+        With ``manage_tls`` off (cert-manager), only (re)load tls.crt/tls.key from
+        ``cert_dir`` when their content changed; the caBundle is someone else's job
+        (cert-manager's CA injector)."""
+        if not self.config.manage_tls:
+            return self._load_mounted()
         bundle = ensure_tls(self.kube, self.config, self.names)
         changed = bundle != self.bundle
         if changed:
@@ -340,6 +347,21 @@ class WebhookServer:
                     self.config.webhook_configuration,
                 )
         return changed
+
+    def _load_mounted(self) -> bool:
+        directory = Path(self.config.cert_dir)
+        crt, key = directory / certs.TLS_CRT, directory / certs.TLS_KEY
+        content = crt.read_bytes() + key.read_bytes()
+        if content == self._mounted:
+            return False
+        self.ssl.load_cert_chain(crt, key)
+        self._mounted = content
+        log.info(
+            "loaded webhook certificate from %s (expires %s)",
+            directory,
+            certs.expires(crt.read_bytes()).isoformat(),
+        )
+        return True
 
     async def start(self, check_interval: float = 3600.0) -> None:
         await asyncio.to_thread(self.refresh_tls)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 import time
 import urllib.request
@@ -43,6 +44,10 @@ class Injector:
     kubeconfig: str | None = None
     #: Namespace the kopf handlers watch (kopf mode).
     watch_namespace: str | None = None
+    #: Extra environment of the webhook process.
+    env: dict[str, str] = field(default_factory=dict)
+    #: The CA to trust when the process does not manage its TLS Secret (cert-manager mode).
+    ca_override: bytes | None = None
 
     @property
     def mwc_name(self) -> str:
@@ -101,6 +106,7 @@ class Injector:
             "REFRESHBUS_INJECTION_CERT_DIR": str(self.workdir / "certs"),
             "REFRESHBUS_INJECTION_SIDECAR_IMAGE": SIDECAR_IMAGE,
             "REFRESHBUS_INJECTION_EXTRA_NAMES": "127.0.0.1",
+            **self.env,
         }
         proc = spawn(argv, self.log, env=env)
         self.pid = proc.pid
@@ -128,6 +134,8 @@ class Injector:
             return False
 
     def ca_pem(self) -> bytes | None:
+        if self.ca_override is not None:
+            return self.ca_override
         out = self.cluster.kubectl(
             "-n",
             self.operator_namespace,
@@ -148,3 +156,14 @@ class Injector:
 
 def _fields(config: InjectionConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+def served_certificate(port: int) -> bytes:
+    """The PEM certificate the webhook presents right now."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return ssl.DER_cert_to_PEM_cert(der).encode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import socket
 import ssl
 import threading
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from injharness import served_certificate
 from refreshbus_operator.injection import certs
 from refreshbus_wire import pods
 
@@ -318,17 +318,6 @@ def test_webhook_down_with_failure_policy_fail_refuses_the_pod(
     # annotations before it is called. That is why Ignore is the default.
     proc = create_pod(with_config, pod(), check=False)
     assert proc.returncode != 0
-
-
-def served_certificate(port: int) -> bytes:
-    """The PEM certificate the webhook presents right now."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return ssl.DER_cert_to_PEM_cert(der).encode()
 
 
 def test_a_lost_tls_secret_is_regenerated_served_and_trusted_without_restart(
