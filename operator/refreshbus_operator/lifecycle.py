@@ -142,6 +142,7 @@ class Round:
         self._annotated_acks = 0
         self.routing_keys: tuple[str, ...] = ()
         self._nudging = False
+        self._closed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -210,6 +211,7 @@ class Round:
                         await asyncio.wait_for(self.answered.wait(), timeout=remaining)
             finally:
                 self._closing = True
+                self._closed.set()
                 self.dirty.set()
                 await flusher
             if st.pending_pods(self.snapshot):
@@ -453,7 +455,9 @@ class Round:
                 await asyncio.sleep(min(5.0, interval * 2**failures))
                 continue
             if interval > 0:
-                await asyncio.sleep(interval)
+                # Rate limit, but wake at once when the round closes (its final write follows).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), timeout=interval)
 
     async def _write_status(self) -> None:
         tags, self.unsettled = self.unsettled, []
