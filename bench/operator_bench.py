@@ -31,8 +31,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "testenv"), str(ROOT / "tests" / "support"), str(ROOT / "sidecar"),
-                str(ROOT / "tests" / "integration" / "operator")]
+sys.path[:0] = [
+    str(ROOT / "tests" / "testenv"),
+    str(ROOT / "tests" / "support"),
+    str(ROOT / "sidecar"),
+    str(ROOT / "tests" / "integration" / "operator"),
+]
 
 import kubernetes  # noqa: E402
 from opharness import FakeSidecar, OperatorProc, configmap  # noqa: E402
@@ -40,7 +44,7 @@ from refreshbus_support.pods import Owner, create_pod  # noqa: E402
 from refreshbus_testenv.broker import Broker  # noqa: E402
 from refreshbus_testenv.controlplane import ControlPlane  # noqa: E402
 
-METRIC = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
+METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 
 
 def api_requests(plane: ControlPlane) -> Counter[str]:
@@ -54,8 +58,9 @@ def api_requests(plane: ControlPlane) -> Counter[str]:
         labels = {k: v.strip('"') for k, v in labels.items()}
         if labels.get("resource") in ("", None):
             continue
-        key = f"{labels['verb']} {labels['resource']}" + (f"/{labels['subresource']}" if labels.get("subresource")
-                                                           else "")
+        key = f"{labels['verb']} {labels['resource']}" + (
+            f"/{labels['subresource']}" if labels.get("subresource") else ""
+        )
         out[key] += int(float(m["value"]))
     return out
 
@@ -81,8 +86,14 @@ class Watcher:
         w = kubernetes.watch.Watch()
         while True:
             try:
-                for event in w.stream(self.api.list_namespaced_custom_object, "refreshbus.io", "v1alpha1",
-                                      self.namespace, "configrefreshes", timeout_seconds=300):
+                for event in w.stream(
+                    self.api.list_namespaced_custom_object,
+                    "refreshbus.io",
+                    "v1alpha1",
+                    self.namespace,
+                    "configrefreshes",
+                    timeout_seconds=300,
+                ):
                     obj = event["object"]
                     counts = (obj.get("status") or {}).get("counts") or {}
                     if counts.get("targets") and counts.get("acked") == counts.get("targets"):
@@ -105,7 +116,9 @@ def pct(values: list[float], p: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="1,10,100", help="numbers of targets (default 1,10,100)")
     parser.add_argument("--rounds", type=int, default=20, help="refreshes per size (default 20)")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
@@ -126,27 +139,42 @@ def main() -> int:
         plane.kubectl("create", "namespace", ns)
         plane.kubectl("-n", ns, "create", "serviceaccount", "default")
         configmap(plane, ns, "app-config", {"k": "v"})
-        operator = OperatorProc(kubeconfig=plane.kubeconfig, broker_urls=[broker.url("refreshbus-operator")],
-                                namespaces=(ns,), workdir=work, env={"REFRESHBUS_OPERATOR_AUTO_REFRESH": "false"})
+        operator = OperatorProc(
+            kubeconfig=plane.kubeconfig,
+            broker_urls=[broker.url("refreshbus-operator")],
+            namespaces=(ns,),
+            workdir=work,
+            env={"REFRESHBUS_OPERATOR_AUTO_REFRESH": "false"},
+        )
         operator.start()
         assert operator.proc is not None
         watcher = Watcher(plane.kubeconfig, ns)
         made = 0
         for size in sizes:
             while made < size:
-                pod = create_pod(plane, ns, f"orders-5d8f9c7b6-{made:04d}", labels={"app": "orders"},
-                                 owner=Owner.replicaset_of("orders"), configmaps=("app-config",))
-                fakes.append(FakeSidecar(broker.url("refreshbus-sidecar"), ns, pod.name, ("Deployment", "orders")))
+                pod = create_pod(
+                    plane,
+                    ns,
+                    f"orders-5d8f9c7b6-{made:04d}",
+                    labels={"app": "orders"},
+                    owner=Owner.replicaset_of("orders"),
+                    configmaps=("app-config",),
+                )
+                fakes.append(
+                    FakeSidecar(broker.url("refreshbus-sidecar"), ns, pod.name, ("Deployment", "orders"))
+                )
                 made += 1
             names = [f"orders-5d8f9c7b6-{i:04d}" for i in range(size)]
             before = api_requests(plane)
             latencies, kubectl_ms = [], []
             for r in range(args.rounds):
                 name = f"r{size}-{r}"
-                manifest = {"apiVersion": "refreshbus.io/v1alpha1", "kind": "ConfigRefresh",
-                            "metadata": {"name": name, "namespace": ns},
-                            "spec": {"sources": [{"configMap": {"name": "app-config"}}],
-                                     "target": {"pods": names}}}
+                manifest = {
+                    "apiVersion": "refreshbus.io/v1alpha1",
+                    "kind": "ConfigRefresh",
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"sources": [{"configMap": {"name": "app-config"}}], "target": {"pods": names}},
+                }
                 t0 = time.monotonic()
                 plane.kubectl("create", "-f", "-", input=json.dumps(manifest))
                 kubectl_ms.append((time.monotonic() - t0) * 1000)
@@ -167,17 +195,25 @@ def main() -> int:
                 "api_requests_by_kind": per_refresh,
             }
             results["sizes"][str(size)] = figures
-            print(f"{size:>4} targets: apply -> all acks in status p50 {figures['p50_ms']} ms, "
-                  f"p99 {figures['p99_ms']} ms (kubectl create itself p50 {figures['kubectl_create_p50_ms']} ms); "
-                  f"{figures['api_requests_per_refresh']} API requests per refresh", flush=True)
+            print(
+                f"{size:>4} targets: apply -> all acks in status p50 {figures['p50_ms']} ms, "
+                f"p99 {figures['p99_ms']} ms "
+                f"(kubectl create itself p50 {figures['kubectl_create_p50_ms']} ms); "
+                f"{figures['api_requests_per_refresh']} API requests per refresh",
+                flush=True,
+            )
             print(f"      by kind: {per_refresh}", flush=True)
         results["operator_rss_mib"] = rss(operator.proc.pid)
         m = operator.metrics()
         results["status_patches"] = m.get("refreshbus_operator_status_patches_total")
-        results["refreshes"] = sum(v for k, v in m.items() if k.startswith("refreshbus_operator_refreshes_total"))
-        print(f"operator RSS: {results['operator_rss_mib']['VmRSS']} MiB (peak "
-              f"{results['operator_rss_mib']['VmHWM']} MiB) after {int(results['refreshes'])} refreshes; "
-              f"{int(results['status_patches'] or 0)} status PATCHes in all")
+        results["refreshes"] = sum(
+            v for k, v in m.items() if k.startswith("refreshbus_operator_refreshes_total")
+        )
+        print(
+            f"operator RSS: {results['operator_rss_mib']['VmRSS']} MiB (peak "
+            f"{results['operator_rss_mib']['VmHWM']} MiB) after {int(results['refreshes'])} refreshes; "
+            f"{int(results['status_patches'] or 0)} status PATCHes in all"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:
