@@ -32,10 +32,6 @@ STANDARD_LABELS = (
     "app.kubernetes.io/managed-by",
     "helm.sh/chart",
 )
-#: Injection settings the chart sets that the injector does not read yet (agreed names,
-#: listed so the gap is visible): REFRESHBUS_INJECTION_MANAGE_CERTS=false means "cert-manager
-#: owns the TLS Secret and the caBundle; serve the mounted files, patch nothing".
-PENDING_INJECTION_FIELDS = {"manage_certs"}
 
 Manifest = dict[str, Any]
 
@@ -307,7 +303,7 @@ def test_self_managed_tls(render: Any) -> None:
     assert "cert-manager.io/inject-ca-from" not in mwc["metadata"].get("annotations", {})
     env = env_of(operator_container(manifests))
     assert env["REFRESHBUS_INJECTION_WEBHOOK_CONFIGURATION"] == mwc["metadata"]["name"]
-    assert env["REFRESHBUS_INJECTION_MANAGE_CERTS"] == "true"
+    assert env["REFRESHBUS_INJECTION_MANAGE_TLS"] == "true"
     assert env["REFRESHBUS_INJECTION_CERT_DIR"].startswith("/tmp/")  # the writable emptyDir
 
 
@@ -329,8 +325,8 @@ def test_cert_manager_tls(render: Any, value_set: str) -> None:
         assert cert["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "company-ca"}
     container = operator_container(manifests)
     env = env_of(container)
-    assert env["REFRESHBUS_INJECTION_MANAGE_CERTS"] == "false"
-    assert env["REFRESHBUS_INJECTION_WEBHOOK_CONFIGURATION"] == ""
+    assert env["REFRESHBUS_INJECTION_MANAGE_TLS"] == "false"
+    assert "REFRESHBUS_INJECTION_WEBHOOK_CONFIGURATION" not in env
     mount = next(vm for vm in container["volumeMounts"] if vm["name"] == "webhook-tls")
     assert mount["mountPath"] == env["REFRESHBUS_INJECTION_CERT_DIR"]
     assert mount["readOnly"] is True
@@ -396,7 +392,7 @@ def test_peering_objects_match_the_operator(render: Any) -> None:
 def test_injection_settings_are_fields_of_the_injector_config(render: Any, value_set: str) -> None:
     from refreshbus_operator.injection import config as injection_config
 
-    known = {f.name for f in dataclasses.fields(injection_config.InjectionConfig)} | PENDING_INJECTION_FIELDS
+    known = {f.name for f in dataclasses.fields(injection_config.InjectionConfig)}
     env = env_of(operator_container(render(value_set)))
     names = [n for n in env if n.startswith(injection_config.ENV_PREFIX)]
     assert names
@@ -406,6 +402,7 @@ def test_injection_settings_are_fields_of_the_injector_config(render: Any, value
     literal = {k: v for k, v in env.items() if k in names and isinstance(v, str)}
     cfg = injection_config.from_env(literal)
     assert cfg.enabled is True
+    assert cfg.manage_tls is (value_set not in {"cert-manager", "failurepolicy-fail"})
     assert cfg.sidecar_image == "ghcr.io/refreshbus/sidecar:0.1.0"
     assert (cfg.cpu_request, cfg.memory_request, cfg.memory_limit) == ("10m", "32Mi", "64Mi")
 
@@ -569,8 +566,8 @@ def test_cluster_role_covers_what_the_injector_uses(render: Any, value_set: str)
     cfg = injection_config.from_env(literal)
     chart_rules = one(manifests, "ClusterRole", "-operator")["rules"]
     # With cert-manager the injector must leave the TLS Secret and the caBundle alone
-    # (REFRESHBUS_INJECTION_MANAGE_CERTS=false, see PENDING_INJECTION_FIELDS).
-    manage_certs = env["REFRESHBUS_INJECTION_MANAGE_CERTS"] == "true"
+    # (REFRESHBUS_INJECTION_MANAGE_TLS=false).
+    manage_certs = cfg.manage_tls
     missing = []
     for rule in cluster_rules(cfg):
         for group in rule["apiGroups"]:
