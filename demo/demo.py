@@ -103,8 +103,12 @@ def main() -> int:
         note("real processes on loopback, built/installed by the project itself (first run builds them)")
         import shutil
 
-        shutil.rmtree(WORK / "rabbitmq", ignore_errors=True)
-        shutil.rmtree(WORK / "k8s", ignore_errors=True)
+        for leftover in ("rabbitmq", "k8s", "pods", "sidecars", "apps", "operator.log"):
+            path = WORK / leftover
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         broker.start()
         plane.start()
         pids += [broker.pid or 0, *plane.pids.values()]
