@@ -229,6 +229,12 @@ def test_rbac_follows_features(render: Any) -> None:
     assert verbs(default, "mutatingwebhookconfigurations") == {"get", "patch"}
     assert not verbs(cert_manager, "mutatingwebhookconfigurations")  # cert-manager injects the CA
     assert verbs(render("servicemonitor"), "kopfpeerings") == {"get", "list", "watch", "patch"}
+    # Secrets: never list/watch, unless auto-refresh on Secrets is asked for explicitly.
+    assert verbs(default, "secrets") == {"get", "create", "update"}
+    opted = render("default", "--set", "operator.autoRefresh.secrets=true")
+    assert verbs(opted, "secrets") == {"get", "create", "update", "list", "watch"}
+    off = render("no-crds", "--set", "operator.autoRefresh.secrets=true")  # auto-refresh off
+    assert not {"list", "watch"} & verbs(off, "secrets")
 
 
 # -- webhook ---------------------------------------------------------------------------------
