@@ -413,6 +413,23 @@ def test_injection_settings_are_fields_of_the_injector_config(render: Any, value
     assert (cfg.cpu_request, cfg.memory_request, cfg.memory_limit) == ("10m", "32Mi", "64Mi")
 
 
+#: Operator settings the chart sets that refreshbus_operator.settings does not read yet
+#: (agreed names, listed so the gap stays visible): auto_refresh_secrets=false means "do not
+#: watch Secrets for auto-refresh" (the chart then grants no list/watch on Secrets).
+PENDING_OPERATOR_FIELDS = {"auto_refresh_secrets"}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_operator_settings_are_fields_of_the_operator_config(render: Any, value_set: str) -> None:
+    from refreshbus_operator import settings
+
+    env = env_of(operator_container(render(value_set)))
+    names = [n.removeprefix(settings.ENV_PREFIX).lower() for n in env if n.startswith(settings.ENV_PREFIX)]
+    unknown = [n for n in names if n not in settings._FIELDS and n not in PENDING_OPERATOR_FIELDS]
+    assert not unknown, f"refreshbus_operator.settings does not read {unknown}"
+    assert set(env) & {settings.ENV_BROKER_URLS, settings.ENV_BROKER_URLS_FILE}
+
+
 def test_operator_reads_its_broker_urls_from_the_mounted_secret(render: Any) -> None:
     for value_set in VALUE_SETS:
         manifests = render(value_set)
