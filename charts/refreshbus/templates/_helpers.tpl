@@ -8,20 +8,21 @@ Naming, labels and shared values of the refreshbus chart (prometheus-community c
 {{- end }}
 
 {{/*
-Fully qualified app name: the release name, prefixed with the chart name unless the release
-name already contains it. Truncated to 63 characters (DNS label limit), minus room for the
-longest suffix this chart adds ("-sidecar-injector", 17 characters), so every derived name
-stays a valid DNS label too.
+Fully qualified app name: the release name, followed by the chart name unless the release
+name already contains it. Truncated to 42 characters so that every derived name stays valid:
+the longest suffix is "-sidecar-injector" (17; DNS label limit 63), and the StatefulSet
+"<fullname>-rabbitmq" must leave room for its controller-revision-hash label
+("<name>-<10 chars>" <= 63, so a StatefulSet name <= 52).
 */}}
 {{- define "refreshbus.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 42 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- .Release.Name | trunc 42 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 42 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -608,3 +609,18 @@ def test_cluster_role_covers_what_the_injector_uses(render: Any, value_set: str)
                         if not allows(chart_rules, group, resource, verb, name)
                     ]
     assert not missing, f"the chart's ClusterRole lacks {missing}"
+
+
+def test_long_release_names_still_give_valid_object_names(render: Any) -> None:
+    manifests = render("default", "--set", f"fullnameOverride={'x' * 63}")
+    for m in manifests:
+        name = m["metadata"]["name"]
+        if m["kind"] != "CustomResourceDefinition":
+            assert len(name) <= 63, name
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+        if m["kind"] == "StatefulSet":
+            assert len(name) <= 52, f"{name}: controller-revision-hash label would exceed 63"
+            for claim in m["spec"].get("volumeClaimTemplates", []):
+                assert len(f"{claim['metadata']['name']}-{name}-99") <= 63
+        for value in m["metadata"].get("labels", {}).values():
+            assert len(str(value)) <= 63
