@@ -121,8 +121,15 @@ def _up_node(workdir: Path) -> int:
         "node": {"workdir": str(node.workdir), "pids": node.pids, "name": node.name, "ip": node.ip},
     }
     _state_file(workdir).write_text(json.dumps(state, indent=2))
-    print("local cluster (control plane + real node) and broker are up")
+    print("local cluster (control plane + real node) and broker are up; images imported:")
+    print("  " + " ".join(r.removeprefix("docker.io/") for r in built))
     _print_env(workdir, state)
+    print("  install the chart (CRDs included):")
+    print("  helm install refreshbus charts/refreshbus -n refreshbus-system --create-namespace \\")
+    print("    --set operator.image.repository=refreshbus/operator,operator.image.tag=dev \\")
+    print("    --set sidecar.image.repository=refreshbus/sidecar,sidecar.image.tag=dev \\")
+    print("    --set operator.image.pullPolicy=Never,sidecar.image.pullPolicy=Never \\")
+    print("    --set broker.existingSecret=...,broker.existingSidecarSecret=...  (URLs: the broker above)")
     return 0
 
 

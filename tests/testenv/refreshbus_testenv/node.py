@@ -601,15 +601,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         )
 
 
-def start_cluster(workdir: Path, api_port: int | None = None) -> tuple[ControlPlane, Node]:
-    """Control plane + node, ready for pods. Stops what it started if anything fails."""
+def start_cluster(
+    workdir: Path, api_port: int | None = None, crds: bool = False
+) -> tuple[ControlPlane, Node]:
+    """Control plane + node, ready for pods. Stops what it started if anything fails.
+    The CRDs are left to ``helm install`` unless ``crds`` (Helm refuses to adopt them)."""
     workdir = Path(workdir)
     plane = ControlPlane(workdir / "k8s", **({"api_port": api_port} if api_port else {}))
     node = Node(workdir / "node", plane)
     try:
         node.configure()
         plane.start()
-        plane.apply_crds()
+        if crds:
+            plane.apply_crds()
         node.start()
     except BaseException:
         node.stop()

@@ -1,6 +1,7 @@
 // Demo Node.js app for the end-to-end suite (unmodified by refreshbus): serves the JSON
 // file named by $CONFIG_FILE (default /etc/demo/config/config.json), re-read on SIGHUP or
 // on POST /-/reload (500, old config kept, if the file is not valid JSON).
+// Fault injection for the suite: POST /-/fail-reloads makes every later reload answer 500.
 'use strict';
 const http = require('http');
 const fs = require('fs');
@@ -9,6 +10,7 @@ const file = process.env.CONFIG_FILE || '/etc/demo/config/config.json';
 const port = Number(process.env.PORT || 8080);
 let config = null;
 let loads = 0;
+let failReloads = false;
 
 function load() {
   try {
@@ -32,8 +34,12 @@ http.createServer((req, res) => {
   if (req.url === '/healthz') {
     res.writeHead(200, {'Content-Type': 'text/plain'});
     res.end('ok\n');
+  } else if (req.url === '/-/fail-reloads' && req.method === 'POST') {
+    failReloads = true;
+    res.writeHead(200, {'Content-Type': 'text/plain'});
+    res.end('reloads will fail\n');
   } else if (req.url === '/-/reload' && req.method === 'POST') {
-    const err = load();
+    const err = failReloads ? 'reloads are set to fail' : load();
     res.writeHead(err ? 500 : 200, {'Content-Type': 'text/plain'});
     res.end(err ? err + '\n' : 'reloaded\n');
   } else {
