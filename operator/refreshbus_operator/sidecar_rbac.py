@@ -187,11 +187,11 @@ def cleanup(kube: Kube, namespace: str, kind: str, name: str) -> bool:
     return found
 
 
-def ensure_broker_secret(kube: Kube, namespace: str, source_namespace: str, name: str) -> bool:
-    """Copy the sidecars' broker Secret into ``namespace``; True if written. A missing
-    source is logged, not raised (the chart may not have created it yet)."""
+def ensure_broker_secret(kube: Kube, namespace: str, source_namespace: str, name: str) -> str:
+    """Copy the sidecars' broker Secret into ``namespace``: "written", "unchanged", or
+    "missing" (no source yet: logged, not raised -- the chart may not have created it)."""
     if namespace == source_namespace:
-        return False
+        return "unchanged"
     path = f"/api/v1/namespaces/{q(source_namespace)}/secrets/{q(name)}"
     try:
         source = kube.get(path)
@@ -203,7 +203,7 @@ def ensure_broker_secret(kube: Kube, namespace: str, source_namespace: str, name
                 name,
                 namespace,
             )
-            return False
+            return "missing"
         raise
     data = source.get("data") or {}
     body: dict[str, Any] = {
@@ -220,12 +220,12 @@ def ensure_broker_secret(kube: Kube, namespace: str, source_namespace: str, name
         if not exc.not_found:
             raise
         kube.post(f"/api/v1/namespaces/{q(namespace)}/secrets", body)
-        return True
+        return "written"
     if (current.get("data") or {}) == data:
-        return False
+        return "unchanged"
     metadata = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
     kube.request("PUT", target, body={**body, "metadata": metadata})
-    return True
+    return "written"
 
 
 class Reconciler:
@@ -243,7 +243,17 @@ class Reconciler:
         self.kube = kube
         self._applied: dict[tuple[str, str, str], Any] = {}
         self._existing: dict[str, set[str]] = {}
+        self._broker_ensured: set[str] = set()
         self._lock = threading.RLock()
+
+    def broker_needed(self, namespace: str) -> bool:
+        """Whether the broker Secret copy in ``namespace`` was not yet ensured in this run."""
+        with self._lock:
+            return namespace not in self._broker_ensured
+
+    def broker_done(self, namespace: str) -> None:
+        with self._lock:
+            self._broker_ensured.add(namespace)
 
     def _exists(self, namespace: str, role: str) -> bool:
         with self._lock:

@@ -68,16 +68,26 @@ def _reconciler(memo: kopf.Memo) -> sidecar_rbac.Reconciler:
 
 async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger) -> None:
     obj = event.get("object") or {}
-    result = await asyncio.to_thread(_reconciler(memo).handle, event.get("type"), obj)
-    if result == "applied" and sidecar_rbac.opted_in(obj):
+    reconciler = _reconciler(memo)
+    result = await asyncio.to_thread(reconciler.handle, event.get("type"), obj)
+    namespace = (obj.get("metadata") or {}).get("namespace")
+    if (
+        namespace
+        and result in {"applied", "unchanged"}
+        and sidecar_rbac.opted_in(obj)
+        and reconciler.broker_needed(namespace)
+    ):
+        # Once per namespace and operator run: a restart propagates rotated broker credentials.
         cfg = _config(memo)
-        await asyncio.to_thread(
+        copied = await asyncio.to_thread(
             sidecar_rbac.ensure_broker_secret,
             _kube(memo),
-            obj["metadata"]["namespace"],
+            namespace,
             cfg.operator_namespace,
             cfg.broker_secret,
         )
+        if copied != "missing":
+            reconciler.broker_done(namespace)
     if result in {"applied", "removed"}:
         logger.info("sidecar RBAC %s", result)
 

@@ -27,9 +27,16 @@ def cluster_rules(config: InjectionConfig | None = None) -> list[dict[str, Any]]
         # is also what allows the operator to grant `get` in the sidecar Roles (RBAC
         # forbids granting what one does not hold).
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
-        # + create/update: the broker Secret copied into each opted-in namespace, and the
-        # webhook's TLS Secret in the operator's namespace.
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
+        # + create: the broker Secret copied into each opted-in namespace, and the webhook's
+        # TLS Secret in the operator's namespace (create cannot be limited by name) ...
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+        # ... and updating exactly those two names.
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["update"],
+            "resourceNames": [config.broker_secret, config.tls_secret],
+        },
         # Sidecar RBAC follows the opted-in workloads.
         {
             "apiGroups": ["apps"],

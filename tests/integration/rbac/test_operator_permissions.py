@@ -5,6 +5,7 @@ patch the caBundle, and create the sidecar Role."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
@@ -46,7 +47,7 @@ def test_injection_works_with_only_the_documented_permissions(
 ) -> None:
     operator_ns, role_name = operator_identity
     inj = Injector(cluster, tmp_path, operator_ns, mode="kopf")
-    config = InjectionConfig(webhook_configuration=inj.mwc_name)
+    config = InjectionConfig(webhook_configuration=inj.mwc_name, tls_secret=inj.config.tls_secret)
     cluster.kubectl(
         "apply",
         "-f",
@@ -114,6 +115,16 @@ def test_injection_works_with_only_the_documented_permissions(
         }
         out = cluster.kubectl("-n", namespace, "create", "-o", "json", "-f", "-", input=json.dumps(pod))
         assert json.loads(out.stdout)["spec"]["initContainers"][0]["name"] == pods.SIDECAR_CONTAINER
+        # Rotated broker credentials reach the copy when the operator restarts (update by name).
+        rotated = cluster.get_json("-n", operator_ns, "secret", "refreshbus-broker")
+        rotated["data"] = {"urls": base64.b64encode(b"amqp://rotated").decode()}
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(rotated))
+        inj.stop()
+        inj.start()
+        deadline = time.monotonic() + 30
+        while cluster.get_json("-n", namespace, "secret", "refreshbus-broker")["data"] != rotated["data"]:
+            assert time.monotonic() < deadline, inj.log.read_text()[-3000:]
+            time.sleep(0.2)
         assert "Forbidden" not in inj.log.read_text()
         assert "forbidden" not in inj.log.read_text()
     finally:
