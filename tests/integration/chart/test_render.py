@@ -252,8 +252,11 @@ def test_webhook_excludes_system_and_release_namespaces(render: Any, value_set: 
     names = by_key["kubernetes.io/metadata.name"]
     assert names["operator"] == "NotIn"
     assert {"kube-system", "refreshbus-prod"} <= set(names["values"])
-    opt_out = by_key["refreshbus.io/injection"]
-    assert (opt_out["operator"], opt_out["values"]) == ("NotIn", ["disabled"])
+    label = by_key["refreshbus.io/injection"]
+    if values.get("webhook", {}).get("namespaceOptIn"):
+        assert (label["operator"], label["values"]) == ("In", ["enabled"])
+    else:
+        assert (label["operator"], label["values"]) == ("NotIn", ["disabled"])
     assert hook["failurePolicy"] == values.get("webhook", {}).get("failurePolicy", "Ignore")
     assert hook["sideEffects"] == "None"
     assert hook["reinvocationPolicy"] == "IfNeeded"
@@ -291,15 +294,29 @@ def test_webhook_excludes_system_and_release_namespaces(render: Any, value_set: 
     assert env["REFRESHBUS_INJECTION_WEBHOOK_PORT"] == str(ports["webhook"])
 
 
-def test_webhook_path_and_name_match_the_injector(render: Any) -> None:
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_webhook_matches_the_injectors_own_configuration(render: Any, value_set: str) -> None:
+    """The injector renders its configuration too (for tests and docs); the chart's must say
+    the same for the settings the chart passes it."""
     from refreshbus_operator.injection import config as injection_config
+    from refreshbus_operator.injection.webhook import webhook_configuration
 
-    (hook,) = one(render("default"), "MutatingWebhookConfiguration")["webhooks"]
-    assert hook["name"] == injection_config.WEBHOOK_NAME
-    assert hook["clientConfig"]["service"]["path"] == injection_config.WEBHOOK_PATH
-    expr = hook["namespaceSelector"]["matchExpressions"][1]
-    assert expr["key"] == injection_config.NAMESPACE_LABEL
-    assert expr["values"] == [injection_config.NAMESPACE_OPT_OUT]
+    manifests = render(value_set)
+    env = env_of(operator_container(manifests))
+    literal = {
+        k: v for k, v in env.items() if k.startswith(injection_config.ENV_PREFIX) and isinstance(v, str)
+    }
+    cfg = injection_config.from_env(literal, operator_namespace=NAMESPACE)
+    (theirs,) = webhook_configuration(cfg, service_namespace=NAMESPACE)["webhooks"]
+    (ours,) = one(manifests, "MutatingWebhookConfiguration")["webhooks"]
+    for key in ("name", "admissionReviewVersions", "rules", "failurePolicy", "sideEffects", "matchPolicy"):
+        assert ours[key] == theirs[key], key
+    assert ours["clientConfig"]["service"]["path"] == theirs["clientConfig"]["service"]["path"]
+    assert ours["clientConfig"]["service"]["port"] == theirs["clientConfig"]["service"]["port"]
+    ours_exprs = {e["key"]: e for e in ours["namespaceSelector"]["matchExpressions"]}
+    for expr in theirs["namespaceSelector"]["matchExpressions"]:
+        assert ours_exprs[expr["key"]]["operator"] == expr["operator"]
+        assert sorted(ours_exprs[expr["key"]]["values"]) == sorted(expr["values"])
 
 
 def test_self_managed_tls(render: Any) -> None:
