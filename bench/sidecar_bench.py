@@ -180,7 +180,7 @@ def main() -> int:
         results["rss_after_start_kib"] = rss_kib(sidecar.pid)
 
         bus = TestBus(broker.url())
-        internal, end_to_end, fetch = [], [], []
+        internal, end_to_end, fetch, write, signal_ms = [], [], [], [], []
         rss_mid = 0
         log_offset = sidecar.log.stat().st_size
         for n in range(1, args.refreshes + 1):
@@ -206,12 +206,18 @@ def main() -> int:
                 if rec.get("reloaded_ms") is not None and rec.get("fetch_ms") is not None:
                     internal.append(rec["reloaded_ms"] - rec["fetch_ms"])
                     fetch.append(rec["fetch_ms"])
+                    write.append(rec["written_ms"] - rec["fetch_ms"])
+                    signal_ms.append(rec["reloaded_ms"] - rec["written_ms"])
         results["rss_after_half_kib"] = rss_mid
         results["rss_after_refreshes_kib"] = rss_kib(sidecar.pid)
         results["refreshes"] = args.refreshes
         results["received_to_signalled_excl_fetch_ms"] = {
             "p50": pct(internal, 50), "p99": pct(internal, 99), "max": max(internal), "n": len(internal)}
         results["api_fetch_ms"] = {"p50": pct(fetch, 50), "p99": pct(fetch, 99)}
+        results["breakdown_ms"] = {
+            "received_to_fetch_start_and_write": {"p50": pct(write, 50), "p99": pct(write, 99)},
+            "find_process_and_signal": {"p50": pct(signal_ms, 50), "p99": pct(signal_ms, 99)},
+        }
         results["publish_to_app_signal_ms"] = {"p50": pct(end_to_end, 50), "p99": pct(end_to_end, 99)}
 
         # -- idle ----------------------------------------------------------------------------

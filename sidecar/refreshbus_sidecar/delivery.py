@@ -115,6 +115,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._hashes: dict[str, str] = {}
+        self._to_prune: set[str] = set()
 
     def source_dir(self, kind: str, name: str) -> Path:
         return self.root / source_dir_name(kind, name)
@@ -175,7 +176,25 @@ class Store:
         for payload, tsdir in prepared:
             self._hashes[payload.dirname] = payload.hash
             self._finish(payload, tsdir)
+            self._to_prune.add(payload.dirname)
         return changed
+
+    def prune(self) -> None:
+        """Delete versions older than the previous one (after the reload: off the hot path)."""
+        for dirname in sorted(self._to_prune):
+            sdir = self.root / dirname
+            with contextlib.suppress(OSError):
+                current = os.readlink(sdir / DATA_DIR)
+                versions = sorted(
+                    (e for e in os.scandir(sdir)
+                     if e.name.startswith("..") and e.name not in {DATA_DIR, DATA_TMP}
+                     and e.is_dir(follow_symlinks=False)),
+                    key=lambda e: e.stat(follow_symlinks=False).st_mtime_ns,
+                )
+                older = [e for e in versions if e.name != current]
+                for entry in older[:-1]:  # keep the newest non-current one: the previous version
+                    shutil.rmtree(entry.path, ignore_errors=True)
+        self._to_prune.clear()
 
     # -- steps -------------------------------------------------------------------------
 
@@ -218,7 +237,7 @@ class Store:
         os.rename(tmp, sdir / DATA_DIR)
 
     def _finish(self, payload: Payload, tsdir: Path) -> None:
-        """Visible per-key symlinks, stale ones removed, versions older than the previous deleted.
+        """Visible per-key symlinks for the new keys; stale ones removed.
 
         Best effort: by now the swap has happened, so errors here are not delivery errors.
         """
@@ -238,17 +257,6 @@ class Store:
                         and entry.name not in payload.files
                         and os.readlink(entry.path).startswith(DATA_DIR + "/")):
                     os.unlink(entry.path)
-        with contextlib.suppress(OSError):
-            current = tsdir.name
-            versions = sorted(
-                (e for e in os.scandir(sdir)
-                 if e.name.startswith("..") and e.name not in {DATA_DIR, DATA_TMP}
-                 and e.is_dir(follow_symlinks=False)),
-                key=lambda e: e.stat(follow_symlinks=False).st_mtime_ns,
-            )
-            older = [e for e in versions if e.name != current]
-            for entry in older[:-1]:  # keep the newest non-current one: the previous version
-                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _describe(exc: OSError, doing: str) -> str:

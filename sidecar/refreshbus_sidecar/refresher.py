@@ -225,6 +225,7 @@ class Refresher:
         if not changed and not self.reload_pending:
             return Outcome(AckResult.UNCHANGED, config_hash)
         if not reload:
+            self.store.prune()
             return Outcome(AckResult.OK, config_hash, written_ms=written_ms)
         started = time.monotonic()
         try:
@@ -236,6 +237,7 @@ class Refresher:
                            error=f"config written, but the reload failed: {exc}")
         finally:
             self.metrics.observe_reload(time.monotonic() - started)
+            self.store.prune()
         self.reload_pending = False
         self.metrics.inc("refreshbus_sidecar_reloads_total", result="success")
         log.info("reloaded: %s", done)

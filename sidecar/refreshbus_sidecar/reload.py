@@ -84,13 +84,45 @@ def find_process(pattern: str, proc: Path = PROC) -> int:
     return matches[0][0]
 
 
+#: pattern -> (pid, start time) of the process found last time. Reading every process's
+#: cmdline takes milliseconds to tens of milliseconds on a busy node (the kernel takes each
+#: process's mm lock), so a process that is still the same one is reused after one read of
+#: its /proc/<pid>/stat. A restarted app has a new start time and triggers a full scan.
+_found: dict[tuple[str, Path], tuple[int, str]] = {}
+
+
+def _start_time(pid: int, proc: Path) -> str | None:
+    try:
+        fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in {"Z", "X"} or len(fields) < 20:
+        return None
+    return fields[19]  # field 22 of stat: start time in clock ticks since boot
+
+
+def find_process_cached(pattern: str, proc: Path = PROC) -> int:
+    """:func:`find_process`, reusing the last match while it is still the same process."""
+    key = (pattern, proc)
+    cached = _found.get(key)
+    if cached is not None and _start_time(cached[0], proc) == cached[1]:
+        return cached[0]
+    _found.pop(key, None)
+    pid = find_process(pattern, proc)
+    start = _start_time(pid, proc)
+    if start is not None:
+        _found[key] = (pid, start)
+    return pid
+
+
 def send_signal(pattern: str, signal_name: str, proc: Path = PROC) -> int:
     """Signal the one matching process; returns its PID."""
-    pid = find_process(pattern, proc)
+    pid = find_process_cached(pattern, proc)
     signum = signal_mod.Signals[signal_name]
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
+        _found.pop((pattern, proc), None)
         raise ReloadError(f"process {pid} (/{pattern}/) exited before {signal_name} reached it") from None
     except PermissionError:
         raise ReloadError(

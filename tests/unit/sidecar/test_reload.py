@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,12 +15,14 @@ from refreshbus_sidecar import reload
 from refreshbus_sidecar.reload import ReloadAction, ReloadError
 
 
-def fake_proc(root: Path, pid: int, cmdline: list[str], comm: str, state: str = "S") -> None:
+def fake_proc(
+    root: Path, pid: int, cmdline: list[str], comm: str, state: str = "S", start: int = 100
+) -> None:
     entry = root / str(pid)
     entry.mkdir()
     (entry / "cmdline").write_bytes(b"\0".join(a.encode() for a in cmdline) + b"\0")
     (entry / "comm").write_text(comm + "\n")
-    (entry / "stat").write_text(f"{pid} ({comm}) {state} 1 1 1")
+    (entry / "stat").write_text(f"{pid} ({comm}) {state} " + "0 " * 18 + str(start))
 
 
 @pytest.fixture
@@ -150,3 +153,14 @@ def test_none_does_nothing() -> None:
 def test_own_process_is_never_a_candidate() -> None:
     with pytest.raises(ReloadError, match="no process matches"):
         reload.find_process(rf"^{os.getpid()}-never$")
+
+
+def test_the_found_process_is_reused_until_it_is_replaced(proc_dir: Path) -> None:
+    first = reload.find_process_cached(r"^node$", proc_dir)
+    (proc_dir / "103" / "comm").write_text("renamed\n")  # not re-read while it is the same process
+
+    assert reload.find_process_cached(r"^node$", proc_dir) == first == 103
+    shutil.rmtree(proc_dir / "103")  # the app restarted with a new pid
+    fake_proc(proc_dir, 105, ["node", "server.js"], "node", start=200)
+
+    assert reload.find_process_cached(r"^node$", proc_dir) == 105
