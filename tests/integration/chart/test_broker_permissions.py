@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from refreshbus_testenv.broker import Broker
+from refreshbus_testenv.broker import RABBITMQ_BIN, Broker
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +147,65 @@ def test_the_operator_cannot_forge_acks_or_touch_sidecar_queues(node: Broker) ->
         lambda ch: ch.basic_publish("refreshbus", "ack.shop.web-1", b"x"), node, "operator"
     )
     refused(lambda ch: ch.queue_declare("refreshbus.sidecar.shop.web-1"), node, "operator")
+
+
+class ChartConfiguredBroker(Broker):
+    """A node booted from the chart's own rabbitmq.conf, enabled_plugins and definitions file
+    (loaded at boot, as in the StatefulSet); only the listener and file paths are local."""
+
+    config: dict[str, str]
+    definitions_json: str
+
+    def start(self, timeout: float = 90.0) -> None:
+        from refreshbus_testenv.procs import port_open, spawn, wait_until
+
+        (self.workdir / "mnesia").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "definitions.json").write_text(self.definitions_json)
+        conf = self.config["rabbitmq.conf"]
+        assert "listeners.tcp.default = 5672" in conf
+        conf = conf.replace("listeners.tcp.default = 5672", f"listeners.tcp.1 = {self.host}:{self.port}")
+        conf = conf.replace(
+            "/etc/rabbitmq-definitions/definitions.json", str(self.workdir / "definitions.json")
+        )
+        (self.workdir / "rabbitmq.conf").write_text(conf)
+        (self.workdir / "enabled_plugins").write_text(self.config["enabled_plugins"])
+        proc = spawn([str(RABBITMQ_BIN / "rabbitmq-server")], self.log, env=self._env())
+        self.pid = proc.pid
+        wait_until(
+            lambda: port_open(self.port, self.host), timeout, "RabbitMQ (chart config)", proc, self.log
+        )
+        self.ctl("await_startup", timeout=timeout)
+
+
+def test_the_chart_configuration_boots_rabbitmq_and_loads_the_users(
+    render: Any, definitions: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from refreshbus_sidecar.bus import Bus
+    from refreshbus_wire import routing
+
+    manifests = render("default")
+    (config,) = [
+        m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"].endswith("-config")
+    ]
+    broker = ChartConfiguredBroker(tmp_path_factory.mktemp("rabbitmq-chart-conf"))
+    broker.config = config["data"]
+    broker.definitions_json = json.dumps(definitions)
+    try:
+        broker.start()
+        # The StatefulSet's liveness probe command answers (node name from the environment).
+        sts = next(m for m in manifests if m["kind"] == "StatefulSet")
+        probe = sts["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"]
+        assert probe[0] == "rabbitmq-diagnostics"
+        ping = subprocess.run(
+            [str(RABBITMQ_BIN / probe[0]), *probe[1:]],
+            env={**os.environ, **broker._env()}, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        out = broker.ctl("list_users", "-q", "--no-table-headers")
+        assert "refreshbus-sidecar" in out
+        assert "guest" not in out  # definitions at boot: no default user
+        bus = Bus([url(broker, "sidecar")], routing.PodIdentity("shop", "web-0", "Deployment", "web"))
+        bus.connect()
+        bus.close()
+    finally:
+        broker.destroy()
