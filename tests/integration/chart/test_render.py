@@ -126,6 +126,17 @@ def test_schema_rejects_bad_values_with_helms_error(helm: Path, flag: str, messa
     assert message in proc.stderr
 
 
+def test_kubernetes_older_than_native_sidecars_is_refused(helm: Path) -> None:
+    proc = subprocess.run(
+        [str(helm), "template", "rb", str(CHART), "--kube-version", "1.28.9"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "chart requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.9" in proc.stderr
+
+
 def test_more_than_one_unpeered_replica_is_refused(helm: Path) -> None:
     proc = subprocess.run(
         [str(helm), "template", "rb", str(CHART), "--set", "operator.peering.enabled=false"],
