@@ -87,3 +87,33 @@ cluster-status: ## Is the local cluster up?
 e2e-kind: $(BIN)/.installed ## Run the end-to-end suite against the cluster in $$KUBECONFIG (e.g. kind)
 	@test -n "$$KUBECONFIG" || { echo "set KUBECONFIG to a reachable cluster (e.g. kind create cluster)"; exit 2; }
 	REFRESHBUS_EXISTING_CLUSTER=1 $(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+# ---------------------------------------------------------------------------------------
+# Real node and end-to-end suite (issue 6). Appended section, owned by the e2e work:
+# a single-node cluster on this machine (kubelet, containerd, runc, CNI, kube-proxy, no
+# Docker) and OCI images built without Docker. Needs root. See tests/e2e/node/conftest.py.
+# ---------------------------------------------------------------------------------------
+##@ Real node (kubelet + containerd on this machine; root)
+
+NODE_DIR ?= .cluster/node
+NODE_BINS := kube-apiserver etcd kubectl kube-controller-manager kube-scheduler kubelet kube-proxy
+
+.PHONY: node-bins
+node-bins: ## Build the node's binaries too (controller manager, scheduler, kubelet, kube-proxy; cached)
+	bash hack/build-k8s-binaries.sh $(NODE_BINS)
+
+.PHONY: images
+images: $(BIN)/.installed ## Build operator, sidecar, demo-app, pause, busybox OCI images without Docker (cached)
+	$(BIN)/python hack/build-images.py
+
+.PHONY: cluster-up-node
+cluster-up-node: deps node-bins ## Control plane + a real node + broker on the node address; images imported
+	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv up --node --dir $(NODE_DIR)
+
+.PHONY: cluster-down-node
+cluster-down-node: ## Stop cluster-up-node (pods' containers, mounts, bridges, iptables rules included)
+	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv down --dir $(NODE_DIR)
+
+.PHONY: e2e
+e2e: deps node-bins ## End-to-end suite in real pods on this machine (tests/e2e/node; helm install, faults)
+	REFRESHBUS_E2E_NODE=1 $(BIN)/pytest tests/e2e/node $(PYTEST_ARGS)

@@ -103,7 +103,8 @@ def _up_node(workdir: Path) -> int:
     built = images.build()
     print(f"images built in {time.monotonic() - started:.1f}s")
     started = time.monotonic()
-    broker = Broker(workdir / "rabbitmq", port=DEFAULT_AMQP_PORT, host=NODE_IP)
+    # Its own port (and so Erlang node name): it may run next to `up`'s loopback broker.
+    broker = Broker(workdir / "rabbitmq", port=DEFAULT_AMQP_PORT + 1, host=NODE_IP)
     plane, node = start_cluster(workdir, api_port=DEFAULT_API_PORT)
     broker.start()
     for tarball in built.values():

@@ -350,26 +350,28 @@ def _compile(root: Path) -> None:
     )
 
 
+def project_wheel() -> Path:
+    """The project's wheel (``pip wheel --no-deps``), rebuilt only when its sources change."""
+    digest = hashlib.sha256()
+    for top in ("pyproject.toml", "operator", "sidecar"):
+        for path in sorted([ROOT / top] if (ROOT / top).is_file() else (ROOT / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+    wheels = images_cache() / "wheels" / digest.hexdigest()[:16]
+    found = sorted(wheels.glob("refreshbus-*.whl"))
+    if found:
+        return found[0]
+    shutil.rmtree(images_cache() / "wheels", ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
+        _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], cwd=tmp)
+    return next(wheels.glob("refreshbus-*.whl"))
+
+
 def app_layer(component: str, console_script: str, module: str) -> Layer:
     """The project's wheel, installed (no deps) under /opt/refreshbus/app, + console script."""
     with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
         tmpdir = Path(tmp)
-        wheels = tmpdir / "wheels"
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "-q",
-                "--no-deps",
-                "-w",
-                str(wheels),
-                str(ROOT),
-            ],
-            cwd=str(tmpdir),
-        )
-        wheel = next(wheels.glob("refreshbus-*.whl"))
+        wheel = project_wheel()
         root = tmpdir / "root"
         _run(
             [

@@ -163,6 +163,12 @@ class Node:
             raise InfraError("a real node needs root (containerd, kubelet, iptables, mounts)")
         ensure_debian_packages()
         ensure_binaries(NODE_COMPONENTS)
+        probe = ["ctr", f"--address={self.containerd_socket}", "version"]
+        if self.containerd_socket.exists() and _run(*probe, check=False, timeout=10).returncode == 0:
+            raise InfraError(
+                "a refreshbus node already runs on this machine (one at a time: it owns the host "
+                "bridges and containerd); stop it first, e.g. `make cluster-down-node`"
+            )
         self.cleanup_leftovers()
         self._host_network()
         self.plane.address = self.ip
