@@ -35,11 +35,11 @@ class Sidecars:
 
     def start(self, pod: Any, *, target_dir: Path | None = None, env: Mapping[str, str] | None = None,
               wait_ready: bool = True, kubeconfig: str | Path | None = None, args: tuple[str, ...] = ("run",),
-              ) -> Sidecar:
+              broker_urls: list[str] | None = None) -> Sidecar:
         workdir = self.tmp_path / f"sidecar-{pod.name}-{len(self.started)}"
         sidecar = start_sidecar(
             pod,
-            broker_urls=[self.broker.url("refreshbus-sidecar")],
+            broker_urls=broker_urls or [self.broker.url("refreshbus-sidecar")],
             kubeconfig=kubeconfig or self.cluster.kubeconfig,
             target_dir=target_dir or (self.tmp_path / f"shared-{pod.name}"),
             workdir=workdir,

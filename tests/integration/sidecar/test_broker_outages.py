@@ -11,8 +11,9 @@ import pytest
 from refreshbus_support import configs
 from refreshbus_support.bus import TestBus, make_event
 from refreshbus_support.pods import create_pod
-from refreshbus_testenv.broker import Broker
+from refreshbus_testenv.broker import USERS, Broker
 from refreshbus_testenv.controlplane import ControlPlane
+from refreshbus_testenv.procs import free_port
 from refreshbus_wire import pods as podc
 from refreshbus_wire.events import AckResult
 
@@ -101,3 +102,25 @@ def test_events_queued_while_the_sidecar_was_away_are_handled_after_it_reconnect
     started = time.monotonic()
     assert restarted.stop() == 0
     assert time.monotonic() - started < 2
+
+
+def test_a_dead_broker_in_the_url_list_is_skipped_and_passwords_never_reach_the_logs(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, running_broker: Broker, bus: TestBus
+) -> None:
+    configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
+    pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
+    dead = f"amqp://refreshbus-sidecar:dead-node-password@127.0.0.1:{free_port()}/%2F"
+    live = running_broker.url("refreshbus-sidecar")
+
+    sidecar = sidecars.start(pod, broker_urls=[dead, live, dead])  # tried in random order
+    rv = configs.put_configmap(cluster, namespace, "settings", {"a": "2"})
+    event = make_event(namespace, [("ConfigMap", "settings", rv)])
+    bus.publish(event)
+
+    assert bus.wait_ack(event.id).result is AckResult.OK
+    log = sidecar.log.read_text()
+    assert "dead-node-password" not in log
+    assert USERS["refreshbus-sidecar"] not in log
+    refreshes = [r for r in sidecar.log_records() if r.get("event_id") == event.id]
+    assert refreshes, "the refresh is logged with its event id"
+    assert all(r["level"] in {"info", "warning"} for r in refreshes)

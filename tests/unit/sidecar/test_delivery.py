@@ -70,8 +70,13 @@ def test_the_hash_on_disk_is_recognised_by_a_new_store(tmp_path: Path) -> None:
     assert fresh.apply([cm("app", a="1")]) == []
 
 
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [(errno.ENOSPC, "disk full"), (errno.EACCES, "permission denied"),
+     (errno.EROFS, "read-only file system")],
+)
 def test_a_failed_write_leaves_the_previous_version_and_no_new_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, text: str
 ) -> None:
     store = Store(tmp_path)
     store.apply([cm("one", a="1"), cm("two", b="1")])
@@ -82,11 +87,11 @@ def test_a_failed_write_leaves_the_previous_version_and_no_new_directory(
     def failing_write(fd: int, data: memoryview | bytes) -> int:
         calls["n"] += 1
         if calls["n"] == 2:  # the second source's file
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, os.strerror(code))
         return real_write(fd, data)
 
     monkeypatch.setattr(delivery.os, "write", failing_write)
-    with pytest.raises(DeliveryError, match="disk full"):
+    with pytest.raises(DeliveryError, match=text):
         store.apply([cm("one", a="2"), cm("two", b="2")])
 
     assert (tmp_path / "configmap-one" / "a").read_text() == "1"  # neither source changed

@@ -116,3 +116,19 @@ def test_bus_mode_never_imports_watchfiles_or_heavy_clients() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert proc.stdout.strip() == "[]"
+
+
+def test_liveness_fails_when_the_loop_stops_turning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from refreshbus_sidecar import health
+
+    clock = [1000.0]
+    monkeypatch.setattr(health.time, "monotonic", lambda: clock[0])
+    state = health.State(max_age=30)
+    state.tick()
+
+    clock[0] += 29
+    assert state.alive
+    clock[0] += 2
+    assert not state.alive
+    state.tick()
+    assert state.alive
