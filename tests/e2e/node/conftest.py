@@ -76,6 +76,7 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClust
         _report(timings)
         yield NodeCluster(plane, node, timings)
     finally:
+        _report(timings)
         started = time.monotonic()
         node.stop()
         plane.destroy()
@@ -90,9 +91,13 @@ def cluster(node_cluster: NodeCluster) -> ControlPlane:
 
 
 @pytest.fixture(scope="session")
-def node_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+def node_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker | None]:
     """RabbitMQ on the host, listening on the node address so pods reach it (the chart's
-    "existing broker" mode). Tests may stop()/start() it for fault tests."""
+    "existing broker" mode). Tests may stop()/start() it for fault tests. None on kind,
+    where the chart's embedded broker is used."""
+    if EXISTING:
+        yield None
+        return
     broker = Broker(tmp_path_factory.mktemp("rabbitmq"), host=NODE_IP)
     try:
         broker.start()
