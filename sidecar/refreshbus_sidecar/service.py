@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from types import FrameType
 
-from refreshbus_wire.events import ProtocolError, RefreshEvent, decode, now
+from refreshbus_wire.events import Ack, AckResult, ProtocolError, RefreshEvent, decode, new_id, now
 
 from refreshbus_sidecar.bus import BROKER_ERRORS, Backoff, Bus, BusError, Delivery
 from refreshbus_sidecar.config import Settings
@@ -184,7 +184,14 @@ class Service:
         self._refresh(delivery, message, received_at, t0)
 
     def _refresh(self, delivery: Delivery, event: RefreshEvent, received_at: datetime, t0: float) -> None:
-        ack = self.refresher.handle(event, received_at, t0)
+        try:
+            ack = self.refresher.handle(event, received_at, t0)
+        except Exception as exc:  # a bug must cost one failed ack, never the sidecar
+            log.exception("refresh crashed", extra={"event_id": event.id})
+            self.metrics.inc("refreshbus_sidecar_refreshes_total", result="failed")
+            ack = Ack(id=new_id(), event_id=event.id, namespace=self.refresher.identity.namespace,
+                      pod=self.refresher.identity.pod, result=AckResult.FAILED, received_at=received_at,
+                      error=f"internal error in the sidecar: {type(exc).__name__}: {exc}")
         if ack.error and self._next_sync > time.monotonic() + SYNC_RETRY_INITIAL:
             self._next_sync = time.monotonic() + self._sync_backoff.next()  # keep converging
         self.bus.publish_ack(ack)
