@@ -57,6 +57,7 @@ class AckConsumer:
         self._conn: Any = None
         self._channel: Any = None
         self._generation = 0
+        self._lost = False
         self.connected = False
         #: Called (in the consumer thread) after a *re*connect: messages may have been lost.
         self.on_reconnect: Callable[[], None] = lambda: None
@@ -89,6 +90,7 @@ class AckConsumer:
                 if self._conn is not None:
                     self._drain_settle()
                     self._close()
+                self._lost = False  # a deliberate close: nothing was lost
                 self._active.wait(1.0)
                 continue
             try:
@@ -98,6 +100,7 @@ class AckConsumer:
                 attempt = 0
             except Exception as exc:
                 self._close()
+                self._lost = True
                 delay = backoff(attempt, self.retry_initial, self.retry_max)
                 attempt += 1
                 log.warning("ack consumer: broker trouble (%s); reconnecting in %.1fs", exc, delay)
@@ -129,7 +132,8 @@ class AckConsumer:
         self.connected = True
         metrics.BROKER_CONNECTED.labels(role="consumer").set(1)
         log.info("ack consumer connected to the broker")
-        if generation > 1:
+        if self._lost:
+            self._lost = False
             self.on_reconnect()
 
     def _drain_settle(self) -> None:

@@ -168,8 +168,6 @@ def apply_kopf_settings(settings: kopf.OperatorSettings, config: Config) -> None
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    # React to a new ConfigRefresh quickly (kopf waits this long for more events per object).
-    settings.batching.batch_window = 0.02
     settings.execution.max_workers = 8
 
 
