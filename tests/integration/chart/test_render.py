@@ -134,7 +134,7 @@ def test_kubernetes_older_than_native_sidecars_is_refused(helm: Path) -> None:
         check=False,
     )
     assert proc.returncode != 0
-    assert "chart requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.9" in proc.stderr
+    assert "requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.9" in proc.stderr
 
 
 def test_more_than_one_unpeered_replica_is_refused(helm: Path) -> None:
