@@ -21,7 +21,7 @@ help: ## Show this help
 ##@ Setup
 
 .PHONY: deps
-deps: system-deps $(BIN)/.installed k8s-bins ## Install everything the tests need (idempotent)
+deps: system-deps $(BIN)/.installed k8s-bins helm ## Install everything the tests need (idempotent)
 
 .PHONY: system-deps
 system-deps: ## Install Debian packages (RabbitMQ, nginx, openssl) if missing
@@ -47,6 +47,10 @@ $(BIN)/.installed: pyproject.toml
 k8s-bins: ## Build kube-apiserver, etcd, kubectl $(K8S_VERSION) from the Go module proxy (cached)
 	bash hack/build-k8s-binaries.sh kube-apiserver etcd kubectl
 
+.PHONY: helm
+helm: ## Build helm from the Go module proxy (pinned, cached)
+	bash hack/build-helm.sh
+
 ##@ Development
 
 .PHONY: lint
@@ -54,6 +58,16 @@ lint: $(BIN)/.installed ## ruff, mypy (core packages), import-linter layering co
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+.PHONY: chart-sync
+chart-sync: ## Copy crds/ into the chart and regenerate values.schema.json + the chart README table
+	bash hack/sync-chart-crds.sh
+	$(BIN)/python hack/gen-values-schema.py
+
+.PHONY: chart-check
+chart-check: $(BIN)/.installed ## Fail if the chart's CRDs, schema or README table drifted from their sources
+	bash hack/sync-chart-crds.sh --check
+	$(BIN)/python hack/gen-values-schema.py --check
 
 .PHONY: test
 test: deps lint ## THE test command: install what is needed, lint, run every test
