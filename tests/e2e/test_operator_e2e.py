@@ -4,6 +4,8 @@ reloaded -> acks -> status. Pods are API objects; sidecars and apps are real pro
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,36 @@ def test_operator_killed_mid_refresh_is_finished_by_the_restarted_one_without_do
         assert m.node_state()["config"] == {"color": "blue"}
         assert m.node_state()["loads"] == 2  # start + exactly one reload: never signalled twice
     assert late.node_state()["loads"] == 1
+
+
+def test_auto_refresh_after_kubectl_edit_configmap(cluster, namespace, fleet, start_operator, tmp_path):
+    configs.put_configmap(cluster, namespace, "app-config", config("red"))
+    labels = {"app": "web"}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels, "annotations": {
+                     "refreshbus.io/inject": "true", "refreshbus.io/auto-refresh": "true",
+                     "refreshbus.io/configmaps": "app-config"}},
+                     "spec": {"containers": [{"name": "app", "image": "registry.invalid/app"}]}}}}))
+    members = [fleet.node_pod(f"web-5d8f9c7b6-{i}", labels=labels, owner=Owner.replicaset_of("web"))
+               for i in range(2)]
+    op = start_operator(env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE": "0.5"})
+    wait_for(lambda: op.metrics().get("refreshbus_operator_watched_sources") == 1, 20, "the ConfigMap watch")
+
+    # `kubectl edit`, with an editor that changes red to blue and saves
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\nsed -i 's/red/blue/' \"$1\"\n")
+    editor.chmod(0o755)
+    subprocess.run([str(cluster.bin_dir / "kubectl"), f"--kubeconfig={cluster.kubeconfig}", "-n", namespace,
+                    "edit", "configmap", "app-config"], env={**os.environ, "KUBE_EDITOR": str(editor)},
+                   check=True, capture_output=True, timeout=30)
+
+    def auto_done() -> dict[str, Any] | None:
+        items = cluster.get_json("-n", namespace, "cfr", "-l", "refreshbus.io/auto-refresh-for=web")["items"]
+        return next((i for i in items if i.get("status", {}).get("phase") == "Succeeded"), None)
+
+    obj = wait_for(auto_done, 30, "the auto-created ConfigRefresh to succeed")
+    assert obj["status"]["counts"]["succeeded"] == 2
+    for m in members:
+        assert m.node_state()["config"] == {"color": "blue"}

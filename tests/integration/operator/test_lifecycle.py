@@ -83,6 +83,7 @@ def test_workload_refresh_succeeds_with_one_workload_message(
         "skipped": 0,
     }
     assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert not obj["metadata"].get("finalizers")  # deleting it needs no clean-up: no finalizer
     assert {r["pod"] for r in status["results"]} == {f.pod for f in fakes}
     assert all(r["result"] == "ok" and r["configHash"] == "sha256:fake" for r in status["results"])
     assert status["startTime"]
