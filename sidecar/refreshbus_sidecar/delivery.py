@@ -150,7 +150,7 @@ class Store:
         changed = [p for p in payloads if self.current_hash(p.kind, p.name) != p.hash]
         if not changed:
             return []
-        prepared: list[tuple[Payload, Path]] = []
+        prepared: list[tuple[Payload, str]] = []
         try:
             for payload in changed:
                 prepared.append((payload, self._prepare(payload)))
@@ -173,9 +173,9 @@ class Store:
             for _, tsdir in prepared:  # none of them is current any more
                 shutil.rmtree(tsdir, ignore_errors=True)
             raise DeliveryError(_describe(exc, "swapping in the new config")) from None
-        for payload, tsdir in prepared:
+        for payload, _ in prepared:
             self._hashes[payload.dirname] = payload.hash
-            self._finish(payload, tsdir)
+            self._finish(payload)
             self._to_prune.add(payload.dirname)
         return changed
 
@@ -198,15 +198,18 @@ class Store:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _prepare(self, payload: Payload) -> Path:
+    def _prepare(self, payload: Payload) -> str:
         """Write the new version into a fresh hidden timestamped directory."""
         sdir = self.root / payload.dirname
         sdir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime())
-        tsdir = Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=sdir))
+        # Plain strings, not Path: pathlib interns every path component, and each version
+        # name is unique, which would grow the interpreter's interned-string table forever.
+        tsdir = tempfile.mkdtemp(prefix=f"..{stamp}.", dir=str(sdir))
         try:
             for key, value in payload.files.items():
-                fd = os.open(tsdir / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                fd = os.open(os.path.join(tsdir, key), flags, 0o600)
                 try:
                     view = memoryview(value)
                     while view:
@@ -220,12 +223,12 @@ class Store:
             raise
         return tsdir
 
-    def _swap(self, payload: Payload, tsdir: Path) -> str | None:
+    def _swap(self, payload: Payload, tsdir: str) -> str | None:
         """Atomically point ``..data`` at the new version; returns the previous target."""
         sdir = self.root / payload.dirname
         data = sdir / DATA_DIR
         previous = os.readlink(data) if data.is_symlink() else None
-        self._point_data(sdir, tsdir.name)
+        self._point_data(sdir, os.path.basename(tsdir))
         return previous
 
     @staticmethod
@@ -236,7 +239,7 @@ class Store:
         os.symlink(target, tmp)
         os.rename(tmp, sdir / DATA_DIR)
 
-    def _finish(self, payload: Payload, tsdir: Path) -> None:
+    def _finish(self, payload: Payload) -> None:
         """Visible per-key symlinks for the new keys; stale ones removed.
 
         Best effort: by now the swap has happened, so errors here are not delivery errors.
