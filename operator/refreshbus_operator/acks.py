@@ -59,6 +59,7 @@ class AckConsumer:
         self._generation = 0
         self._lost = False
         self.connected = False
+        metrics.BROKER_CONNECTED.labels(role="consumer").set(0)
         #: Called (in the consumer thread) after a *re*connect: messages may have been lost.
         self.on_reconnect: Callable[[], None] = lambda: None
 

@@ -226,6 +226,8 @@ class Round:
             with contextlib.suppress(Exception):
                 await self._finish()
         finally:
+            for task in list(self._background):
+                task.cancel()
             engine.router.unregister(self.snapshot.event_id or "")
             engine.consumer.settle(self.unsettled)
             self.unsettled = []

@@ -93,6 +93,7 @@ class Publisher:
         self._channel: Any = None
         self._stopping = threading.Event()
         self.connected = False
+        metrics.BROKER_CONNECTED.labels(role="publisher").set(0)
 
     def start(self) -> None:
         self._thread.start()
@@ -127,6 +128,12 @@ class Publisher:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Connect (and declare the exchange and the ack queue) at once, so acks have a queue
+        # to land in before the first refresh; failures here are retried on first publish.
+        try:
+            self._ensure()
+        except Exception as exc:
+            log.warning("publisher: broker not reachable at start-up (%s); will retry", exc)
         while not self._stopping.is_set():
             try:
                 job = self._jobs.get(timeout=1.0)
