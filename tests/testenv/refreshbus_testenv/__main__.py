@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help=f"where state, data and logs live (default: {DEFAULT_DIR})")
     args = parser.parse_args(argv)
+    args.dir = args.dir.resolve()  # kubeconfigs name files by path: relative ones would break
     try:
         if args.command == "up":
             return up(args.dir, with_node=args.node)
