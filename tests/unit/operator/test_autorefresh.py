@@ -1,0 +1,92 @@
+"""Auto-refresh pure parts: opt-in detection, content hash, the created object, GC choice."""
+
+from __future__ import annotations
+
+import time
+
+from refreshbus_operator import autorefresh as ar
+
+
+def workload(annotations: dict[str, str]) -> dict:
+    return {
+        "metadata": {"name": "orders", "namespace": "ns", "uid": "u1"},
+        "spec": {"template": {"metadata": {"annotations": annotations}}},
+    }
+
+
+def test_opt_in_needs_the_annotation_and_some_sources():
+    assert ar.opted_in(workload({"refreshbus.io/configmaps": "a"})) is None
+    assert ar.opted_in(workload({"refreshbus.io/auto-refresh": "true"})) is None
+    w = ar.opted_in(
+        workload(
+            {
+                "refreshbus.io/auto-refresh": "true",
+                "refreshbus.io/configmaps": "a, b",
+                "refreshbus.io/secrets": "s",
+            }
+        )
+    )
+    assert w is not None
+    assert w.sources("ns") == {("ns", "ConfigMap", "a"), ("ns", "ConfigMap", "b"), ("ns", "Secret", "s")}
+
+
+def test_content_hash_ignores_metadata_and_sees_data():
+    base = {"metadata": {"resourceVersion": "1", "labels": {}}, "data": {"k": "v"}}
+    relabelled = {"metadata": {"resourceVersion": "2", "labels": {"x": "y"}}, "data": {"k": "v"}}
+    changed = {"metadata": {"resourceVersion": "3"}, "data": {"k": "w"}}
+    assert ar.content_hash("ConfigMap", base) == ar.content_hash("ConfigMap", relabelled)
+    assert ar.content_hash("ConfigMap", base) != ar.content_hash("ConfigMap", changed)
+    assert ar.content_hash("ConfigMap", {"binaryData": {"b": "AA=="}}) != ar.content_hash("ConfigMap", {})
+    secret = {"data": {"password": "czNjcmV0"}, "type": "Opaque"}
+    digest = ar.content_hash("Secret", secret)
+    assert "czNjcmV0" not in digest
+    assert len(digest) == 64
+
+
+def test_refresh_manifest_links_the_workload():
+    body = ar.refresh_manifest(
+        "ns", "StatefulSet", "db", "uid-1", [("ns", "ConfigMap", "a"), ("ns", "Secret", "s")]
+    )
+    meta = body["metadata"]
+    assert meta["generateName"] == "db-auto-"
+    assert meta["labels"] == {
+        "refreshbus.io/auto-refresh-for": "db",
+        "refreshbus.io/auto-refresh-kind": "statefulset",
+    }
+    assert meta["ownerReferences"][0]["uid"] == "uid-1"
+    assert body["spec"] == {
+        "sources": [{"configMap": {"name": "a"}}, {"secret": {"name": "s"}}],
+        "target": {"workload": {"kind": "StatefulSet", "name": "db"}},
+    }
+    assert len(ar.label_value("x" * 200)) == 63
+
+
+def finished(name: str, done: float, phase: str = "Succeeded", workload: str = "orders") -> dict:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(done))
+    return {
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "labels": {
+                "refreshbus.io/auto-refresh-for": workload,
+                "refreshbus.io/auto-refresh-kind": "deployment",
+            },
+        },
+        "status": {"phase": phase, "completionTime": stamp},
+    }
+
+
+def test_gc_by_ttl_and_history_limit():
+    now = 1_800_000_000.0
+    items = [finished(f"r{i}", now - 10 * i) for i in range(8)]  # r0 newest
+    items.append({"metadata": {"namespace": "ns", "name": "running"}, "status": {"phase": "InProgress"}})
+    items.append(finished("other", now - 5, workload="web"))
+    victims = ar.gc_victims(items, now, ttl=3600, history_limit=5)
+    assert victims == [("ns", "r5"), ("ns", "r6"), ("ns", "r7")]
+    assert ar.gc_victims(items, now, ttl=25, history_limit=5) == [
+        ("ns", "r3"),
+        ("ns", "r4"),
+        ("ns", "r5"),
+        ("ns", "r6"),
+        ("ns", "r7"),
+    ]
