@@ -35,8 +35,8 @@ def make_pods(cluster: Any, ns: str) -> None:
                 "metadata": {"name": name, "labels": {"app": "big"},
                              "annotations": {"refreshbus.io/configmaps": "app-config"}},
                 "spec": {"containers": [{"name": "app", "image": "registry.invalid/app"}],
-                         "initContainers": [{"name": "refreshbus-sidecar", "image": "registry.invalid/sidecar",
-                                             "restartPolicy": "Always", "env": env}]}}
+                         "initContainers": [{"name": "refreshbus-sidecar", "restartPolicy": "Always",
+                                             "image": "registry.invalid/sidecar", "env": env}]}}
         api.create_namespaced_pod(ns, body)
         api.patch_namespaced_pod_status(name, ns, {"status": {"phase": "Running"}})
 
