@@ -9,7 +9,7 @@ import kopf
 from refreshbus_operator import runtime
 
 
-@kopf.on.startup()
+@kopf.on.startup(backoff=5)
 async def start_engine(memo: kopf.Memo, **_: Any) -> None:
     await runtime.start(memo)
 
