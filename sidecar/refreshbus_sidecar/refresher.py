@@ -218,31 +218,33 @@ class Refresher:
             self.metrics.inc("refreshbus_sidecar_sync_errors_total")
             return Outcome(AckResult.FAILED, self._hash_on_disk([(p.kind, p.name, None) for p in payloads]),
                            error=str(exc))
-        written_ms = (time.monotonic() - t0) * 1000
+        written = time.monotonic()
+        written_ms = (written - t0) * 1000
+        if not changed and not self.reload_pending:
+            return Outcome(AckResult.UNCHANGED, config_hash)
+        error: str | None = None
+        reloaded_ms: float | None = None
+        if reload:  # on the hot path nothing but the reload itself: logging and pruning come after
+            try:
+                done = reload_mod.run(action)
+                reloaded_ms = (time.monotonic() - t0) * 1000
+            except reload_mod.ReloadError as exc:
+                error = f"config written, but the reload failed: {exc}"
+            self.metrics.observe_reload(time.monotonic() - written)
         if changed:
             log.info("wrote %s", ", ".join(f"{p.kind}/{p.name}" for p in changed),
                      extra={"config_hash": config_hash})
-        if not changed and not self.reload_pending:
-            return Outcome(AckResult.UNCHANGED, config_hash)
+        self.store.prune()
         if not reload:
-            self.store.prune()
             return Outcome(AckResult.OK, config_hash, written_ms=written_ms)
-        started = time.monotonic()
-        try:
-            done = reload_mod.run(action)
-        except reload_mod.ReloadError as exc:
+        if error is not None:
             self.reload_pending = True
             self.metrics.inc("refreshbus_sidecar_reloads_total", result="failure")
-            return Outcome(AckResult.FAILED, config_hash, written_ms=written_ms,
-                           error=f"config written, but the reload failed: {exc}")
-        finally:
-            self.metrics.observe_reload(time.monotonic() - started)
-            self.store.prune()
+            return Outcome(AckResult.FAILED, config_hash, written_ms=written_ms, error=error)
         self.reload_pending = False
         self.metrics.inc("refreshbus_sidecar_reloads_total", result="success")
         log.info("reloaded: %s", done)
-        return Outcome(AckResult.OK, config_hash, written_ms=written_ms,
-                       reloaded_ms=(time.monotonic() - t0) * 1000)
+        return Outcome(AckResult.OK, config_hash, written_ms=written_ms, reloaded_ms=reloaded_ms)
 
     def _hash_on_disk(self, refs: list[tuple[str, str, str | None]]) -> str | None:
         hashes = [self.store.current_hash(kind, name) for kind, name, _ in refs]
