@@ -160,12 +160,16 @@ class Refresher:
 
     # -- level-triggered sync -----------------------------------------------------------
 
-    def sync(self, why: str) -> Outcome:
+    def sync(self, why: str, *, jitter: bool = False) -> Outcome:
         """Bring every managed source up to date with the API, reloading if anything changed.
 
         At the very first sync, sources that were not on disk at all are written without
-        a reload (the app has not read them yet). Raises nothing; see the outcome.
+        a reload (the app has not read them yet). With ``jitter`` (after a reconnect, when
+        every sidecar on the bus reconnects at about the same time) it first waits up to
+        the fetch jitter. Raises nothing; see the outcome.
         """
+        if jitter and self.settings.fetch_jitter > 0:
+            self.sleep(random.uniform(0, self.settings.fetch_jitter))
         t0 = time.monotonic()
         first_time = any(self.store.current_hash(k, n) is None for k, n in self.settings.sources)
         try:

@@ -130,7 +130,7 @@ class Service:
         self._set_connected(True)
         log.info("connected to %s, consuming %s", self.bus.connected_to, self.bus.queue)
         # Level-triggered: whatever happened while we were away, catch up now.
-        self._sync("connected" if self._connects == 1 else "reconnected")
+        self._sync("connected" if self._connects == 1 else "reconnected", jitter=self._connects > 1)
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("broker connection lost: %s: %s", type(exc).__name__, exc)
@@ -142,8 +142,8 @@ class Service:
         self.state.connected = value
         self.metrics.set("refreshbus_sidecar_broker_connected", 1 if value else 0)
 
-    def _sync(self, why: str) -> None:
-        outcome = self.refresher.sync(why)
+    def _sync(self, why: str, jitter: bool = False) -> None:
+        outcome = self.refresher.sync(why, jitter=jitter)
         self.state.ready = self.refresher.ready
         if outcome.error:
             delay = self._sync_backoff.next()
