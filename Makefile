@@ -81,6 +81,19 @@ test-unit: $(BIN)/.installed ## Unit tests only (no broker, no API server)
 test-integration: deps ## Integration and end-to-end tests (real RabbitMQ + kube-apiserver)
 	$(BIN)/pytest -m "integration or e2e" $(PYTEST_ARGS)
 
+##@ Benchmarks (figures go to docs/; never timed assertions in tests)
+
+.PHONY: bench
+bench: bench-sidecar bench-operator ## Run every benchmark
+
+.PHONY: bench-sidecar
+bench-sidecar: deps ## Sidecar RSS, idle CPU, start-to-ready, event-to-signal latency (docs/sidecar.md)
+	$(BIN)/python bench/sidecar_bench.py $(BENCH_ARGS)
+
+.PHONY: bench-operator
+bench-operator: deps ## Operator: apply -> all acks in status p50/p99 for 1/10/100 targets, RSS, API calls (docs/operator.md)
+	$(BIN)/python bench/operator_bench.py $(BENCH_ARGS)
+
 ##@ Local cluster
 
 .PHONY: cluster-up
