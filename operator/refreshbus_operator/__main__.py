@@ -151,7 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # Settings are applied before kopf starts (peering keep-alives begin concurrently with
+    # the start-up handlers); the @kopf.on.startup hook applies them again for embedders.
+    kopf_settings = kopf.OperatorSettings()
+    settings.apply_kopf_settings(kopf_settings, config)
     kopf.run(
+        settings=kopf_settings,
         standalone=config.standalone if config.peering_name is None else False,
         peering_name=config.peering_name,
         priority=config.priority,

@@ -28,12 +28,17 @@ def test_only_the_active_replica_acts_and_the_standby_takes_over(
         pod = create_pod(cluster, namespace, f"orders-5d8f9c7b6-p{i}", labels=ORDERS,
                          owner=Owner.replicaset_of("orders"), configmaps=("app-config",))
         fake_sidecars(namespace, pod.name, ("Deployment", "orders"))
+    # a pod that answers only when it is sent the event a second time (by the new leader)
+    late = create_pod(cluster, namespace, "late-0", labels={"app": "late"}, configmaps=("app-config",))
+    late_fake = fake_sidecars(namespace, late.name, ("Pod", "late-0"),
+                              lambda _e, nth: None if nth == 1 else ("ok", None))
     cluster.kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
         "metadata": {"name": "refreshbus", "namespace": namespace}}))
     env = {"REFRESHBUS_OPERATOR_PEERING_LIFETIME": "4"}
     active = start_operator("--peering", "refreshbus", "--priority", "200", name="active", env=env)
     standby = start_operator("--peering", "refreshbus", "--priority", "100", name="standby", env=env)
+
     def peers() -> int:
         return len(cluster.get_json("-n", namespace, "kopfpeering", "refreshbus").get("status") or {})
 
@@ -44,6 +49,10 @@ def test_only_the_active_replica_acts_and_the_standby_takes_over(
     assert handled(active, "first")
     assert not handled(standby, "first")
 
+    refresh(cluster, namespace, "inflight", {**SPEC, "target": {"pods": ["late-0"]}, "deadlineSeconds": 90})
+    wait_for(lambda: late_fake.deliveries(), 20, "the in-flight event to reach late-0")
+    assert cfr(cluster, namespace, "inflight")["status"]["phase"] == "InProgress"
+
     active.kill()  # no goodbye: its keep-alive simply expires
     refresh(cluster, namespace, "second", SPEC)
     obj = wait_phase(cluster, namespace, "second", "Succeeded", timeout=60, operator=standby)
@@ -51,3 +60,6 @@ def test_only_the_active_replica_acts_and_the_standby_takes_over(
     assert obj["status"]["counts"]["succeeded"] == 2
     assert cfr(cluster, namespace, "first")["status"]["phase"] == "Succeeded"  # not redone
     assert not handled(standby, "first")
+    # ... and it resumed the round the dead leader had left in flight
+    obj = wait_phase(cluster, namespace, "inflight", "Succeeded", timeout=60, operator=standby)
+    assert len(late_fake.deliveries()) == 2
