@@ -100,8 +100,9 @@ class AckConsumer:
                 self._drain_settle()
                 attempt = 0
             except Exception as exc:
+                # Only a connection that broke may have lost messages; a failed connect did not.
+                self._lost = self._lost or self.connected
                 self._close()
-                self._lost = True
                 delay = backoff(attempt, self.retry_initial, self.retry_max)
                 attempt += 1
                 log.warning("ack consumer: broker trouble (%s); reconnecting in %.1fs", exc, delay)
