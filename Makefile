@@ -81,6 +81,16 @@ test-unit: $(BIN)/.installed ## Unit tests only (no broker, no API server)
 test-integration: deps ## Integration and end-to-end tests (real RabbitMQ + kube-apiserver)
 	$(BIN)/pytest -m "integration or e2e" $(PYTEST_ARGS)
 
+##@ Demo
+
+.PHONY: demo
+demo: deps ## Run it: control plane, broker, operator, 3 pods with real sidecars + apps, one refresh
+	$(BIN)/python demo/demo.py
+
+.PHONY: demo-down
+demo-down: ## Stop what `make demo` left running
+	$(BIN)/python demo/demo.py down
+
 ##@ Benchmarks (figures go to docs/; never timed assertions in tests)
 
 .PHONY: bench
@@ -111,7 +121,7 @@ cluster-status: ## Is the local cluster up?
 ##@ kind (for users with Docker; cannot run on machines without a Docker engine)
 
 .PHONY: e2e-kind
-e2e-kind: $(BIN)/.installed ## Run the end-to-end suite against the cluster in $$KUBECONFIG (e.g. kind)
+e2e-kind: $(BIN)/.installed ## Run the end-to-end suite against the cluster in KUBECONFIG (e.g. kind)
 	@test -n "$$KUBECONFIG" || { echo "set KUBECONFIG to a reachable cluster (e.g. kind create cluster)"; exit 2; }
 	REFRESHBUS_EXISTING_CLUSTER=1 $(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
