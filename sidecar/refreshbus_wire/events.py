@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
-PROTOCOL_VERSION: Final = "1.0"
+PROTOCOL_VERSION: Final = "1.1"
 PROTOCOL_MAJOR: Final = 1
 #: Larger bodies are refused before JSON parsing. Events never carry config content
 #: (secrets never travel on the bus), so real ones are a few hundred bytes.
@@ -111,6 +111,10 @@ class Source:
     namespace: str
     #: resourceVersion the operator observed; a sidecar that reads an older one retries.
     resource_version: str | None = None
+    #: Only a change in these keys counts (protocol 1.1); ``None`` = every key. The sidecar
+    #: still writes the whole object, but acks ``unchanged`` and does not reload when none
+    #: of these keys differ from what it applied.
+    keys: tuple[str, ...] | None = None
 
     @property
     def ref(self) -> str:
@@ -120,6 +124,8 @@ class Source:
         out: dict[str, Any] = {"kind": self.kind.value, "name": self.name, "namespace": self.namespace}
         if self.resource_version is not None:
             out["resourceVersion"] = self.resource_version
+        if self.keys is not None:
+            out["keys"] = list(self.keys)
         return out
 
     @classmethod
@@ -130,6 +136,7 @@ class Source:
             name=_k8s_name(obj, "name", "sources[]"),
             namespace=_k8s_name(obj, "namespace", "sources[]"),
             resource_version=_opt_str(obj, "resourceVersion", "sources[]"),
+            keys=_keys(obj.get("keys")),
         )
 
 
@@ -430,6 +437,21 @@ def _k8s_name(obj: dict[str, Any], key: str, where: str) -> str:
     if not _NAME_RE.match(value):
         raise ProtocolError(f"{where}.{key} {value!r} is not a valid Kubernetes name")
     return value
+
+
+def _keys(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list) or not 1 <= len(value) <= 64
+        or not all(isinstance(k, str) and _KEY_RE.match(k) and k not in (".", "..") for k in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ProtocolError("sources[].keys must be 1..64 unique ConfigMap/Secret key names")
+    return tuple(value)
+
+
+_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 
 def _event_id(obj: dict[str, Any], key: str) -> str:

@@ -72,7 +72,7 @@ def test_ack_round_trips() -> None:
 
 def test_envelope_carries_version_type_and_camel_case_fields() -> None:
     body = wire(refresh_event())
-    assert body["v"] == "1.0"
+    assert body["v"] == "1.1"
     assert body["type"] == "refresh"
     assert body["issuedAt"] == "2026-11-21T12:00:00.000Z"
     assert body["sources"][0] == {
@@ -114,6 +114,10 @@ def _mutated(change: Any) -> bytes:
         (_mutated(lambda b: b["sources"].append(dict(b["sources"][0]))), "duplicates"),
         (_mutated(lambda b: b["sources"][0].update(kind="Pod")), "sources[].kind must be one of"),
         (_mutated(lambda b: b["sources"][0].update(name="Not_A_Name")), "not a valid Kubernetes name"),
+        (_mutated(lambda b: b["sources"][0].update(keys=[])), "sources[].keys must be 1..64 unique"),
+        (_mutated(lambda b: b["sources"][0].update(keys=["a", "a"])), "keys must be 1..64 unique"),
+        (_mutated(lambda b: b["sources"][0].update(keys=["../etc"])), "keys must be 1..64 unique"),
+        (_mutated(lambda b: b["sources"][0].update(keys=[".."])), "keys must be 1..64 unique"),
         (_mutated(lambda b: b.pop("target")), "target must be an object"),
         (_mutated(lambda b: b["target"].update(scope="galaxy")), "target.scope must be one of"),
         (_mutated(lambda b: b["target"].pop("kind")), "target.kind is required for scope 'workload'"),
