@@ -61,14 +61,21 @@ DEFAULT_DEADLINE = 60
 # -- spec helpers (pure) -----------------------------------------------------------------
 
 
-def spec_sources(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
-    out = []
+def spec_source_entries(spec: Mapping[str, Any]) -> list[tuple[str, str, tuple[str, ...] | None]]:
+    """``spec.sources`` as (kind, name, keys); keys ``None`` when the entry names none (every key)."""
+    out: list[tuple[str, str, tuple[str, ...] | None]] = []
     for entry in spec.get("sources") or ():
-        if "configMap" in entry:
-            out.append(("ConfigMap", entry["configMap"]["name"]))
-        elif "secret" in entry:
-            out.append(("Secret", entry["secret"]["name"]))
+        for field, kind in (("configMap", "ConfigMap"), ("secret", "Secret")):
+            if field in entry:
+                ref = entry[field]
+                keys = ref.get("keys")
+                out.append((kind, ref["name"], tuple(keys) if keys else None))
+                break
     return out
+
+
+def spec_sources(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(kind, name) for kind, name, _keys in spec_source_entries(spec)]
 
 
 def spec_action(spec: Mapping[str, Any]) -> Action | None:
@@ -260,8 +267,9 @@ class Round:
             f"{len(resolution.targets)} target pod(s), {len(resolution.skipped)} skipped",
         )
         # Sources: they must exist (metadata only: Secret data is never read) and be managed.
-        wanted = spec_sources(self.spec)
-        for kind, name in wanted:
+        entries = spec_source_entries(self.spec)
+        wanted = [(kind, name) for kind, name, _keys in entries]
+        for kind, name, keys in entries:
             try:
                 meta = (await engine.kube.aget_metadata(source_path(ns, kind, name))).get("metadata") or {}
             except ApiError as exc:
@@ -278,6 +286,7 @@ class Round:
                     name=name,
                     namespace=ns,
                     resource_version=meta.get("resourceVersion"),
+                    keys=keys,
                 )
             )
         problems = tg.unmanaged_sources(wanted, resolution.targets)
@@ -309,16 +318,27 @@ class Round:
             "eventId": self.event_id,
             "generation": self.generation,
             "targets": sorted(self.snapshot.targets),
-            "sources": [[s.kind.value, s.name, s.resource_version] for s in self.sources],
+            # [kind, name, resourceVersion] plus the keys when the spec restricts them.
+            "sources": [
+                [s.kind.value, s.name, s.resource_version, *([list(s.keys)] if s.keys else [])]
+                for s in self.sources
+            ],
         }
         if acked:
             record["acked"] = dict(acked)
         return record
 
     def _load_sources(self, raw: list[Any]) -> None:
-        for kind, name, rv in raw:
+        for kind, name, rv, *rest in raw:
+            keys = tuple(rest[0]) if rest and rest[0] else None
             self.sources.append(
-                Source(kind=SourceKind(kind), name=name, namespace=self.ref.namespace, resource_version=rv)
+                Source(
+                    kind=SourceKind(kind),
+                    name=name,
+                    namespace=self.ref.namespace,
+                    resource_version=rv,
+                    keys=keys,
+                )
             )
 
     async def _abort(self, text: str, reason: str) -> bool:

@@ -103,6 +103,36 @@ def test_workload_refresh_succeeds_with_one_workload_message(
     assert "Succeeded" in reasons
 
 
+def test_source_keys_are_carried_into_the_published_event(
+    cluster, namespace, start_operator, fake_sidecars
+):
+    """spec.sources[].keys reach the wire: every sidecar's event names those keys (and a
+    source without keys carries none: every key counts)."""
+    configmap(cluster, namespace, "app-config", {"application.yaml": "a: 1", "logback.xml": "<x/>"})
+    configmap(cluster, namespace, "extra", {"b": "2"})
+    fakes = orders_pods(cluster, namespace, 2, fake_sidecars, configmaps=("app-config", "extra"))
+    op = start_operator()
+    refresh(
+        cluster,
+        namespace,
+        "keyed",
+        {
+            "sources": [
+                {"configMap": {"name": "app-config", "keys": ["application.yaml", "logback.xml"]}},
+                {"configMap": {"name": "extra"}},
+            ],
+            "target": {"workload": {"kind": "Deployment", "name": "orders"}},
+        },
+    )
+    obj = wait_phase(cluster, namespace, "keyed", "Succeeded", operator=op)
+    for fake in fakes:
+        (event,) = fake.deliveries(obj["status"]["eventId"])
+        assert [(s.name, s.keys) for s in event.sources] == [
+            ("app-config", ("application.yaml", "logback.xml")),
+            ("extra", None),
+        ]
+
+
 def test_pods_target_reaches_only_the_named_pods(cluster, namespace, start_operator, fake_sidecars):
     configmap(cluster, namespace, "app-config", {"a": "1"})
     fakes = orders_pods(cluster, namespace, 3, fake_sidecars)

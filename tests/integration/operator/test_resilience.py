@@ -42,7 +42,8 @@ def test_restarted_operator_republishes_only_to_pods_that_did_not_answer(
 ):
     fakes = make_pods(cluster, namespace, 3, fake_sidecars, {2: answer_on_second_delivery})
     op = start_operator()
-    refresh(cluster, namespace, "r", {**SPEC, "deadlineSeconds": 60})
+    keyed = {**SPEC, "sources": [{"configMap": {"name": "app-config", "keys": ["a"]}}]}
+    refresh(cluster, namespace, "r", {**keyed, "deadlineSeconds": 60})
     before = wait_for(
         lambda: (
             (o := cfr(cluster, namespace, "r")).get("status", {}).get("counts", {}).get("acked") == 2 and o
@@ -60,6 +61,8 @@ def test_restarted_operator_republishes_only_to_pods_that_did_not_answer(
     assert len(fakes[0].deliveries()) == 1
     assert len(fakes[1].deliveries()) == 1
     assert [e.id for e in fakes[2].deliveries()] == [before["status"]["eventId"]] * 2
+    # The resumed round re-publishes the same sources, keys included (from the round annotation).
+    assert [s.keys for e in fakes[2].deliveries() for s in e.sources] == [("a",), ("a",)]
     assert "resumed" in op2.text()
 
 

@@ -3,12 +3,15 @@ annotation codec, spec helpers and the configuration."""
 
 from __future__ import annotations
 
+import json
 import time
+from types import SimpleNamespace
 
 import pytest
 from refreshbus_operator import lifecycle, settings
+from refreshbus_operator import status as st
 from refreshbus_operator.acks import AckRouter
-from refreshbus_wire import Ack, AckResult, encode, new_id, now
+from refreshbus_wire import Ack, AckResult, RefreshEvent, Source, SourceKind, decode, encode, new_id, now
 
 
 class Sink:
@@ -83,6 +86,53 @@ def test_spec_helpers():
     assert lifecycle.spec_action({"action": {"signal": {"name": "SIGUSR1"}}}).signal == "SIGUSR1"  # type: ignore[union-attr]
     assert lifecycle.spec_action({"action": {"none": {}}}).type == "none"  # type: ignore[union-attr]
     assert lifecycle.spec_action({}) is None
+
+
+def test_spec_source_entries_carry_keys():
+    spec = {
+        "sources": [
+            {"configMap": {"name": "a"}},
+            {"secret": {"name": "b", "keys": ["password", "username"]}},
+            {"configMap": {"name": "c", "keys": ["application.yaml"]}},
+        ]
+    }
+    assert lifecycle.spec_source_entries(spec) == [
+        ("ConfigMap", "a", None),
+        ("Secret", "b", ("password", "username")),
+        ("ConfigMap", "c", ("application.yaml",)),
+    ]
+
+
+def test_published_event_and_round_annotation_carry_source_keys():
+    """spec.sources[].keys reach the wire (Source.keys) and survive a restart (the round
+    annotation); an annotation written before keys existed still loads."""
+    engine = SimpleNamespace(config=SimpleNamespace(instance="op-0"))
+    spec = {
+        "sources": [{"configMap": {"name": "a", "keys": ["x.yaml"]}}, {"secret": {"name": "b"}}],
+        "target": {"pods": ["p0"]},
+    }
+    snap = st.Snapshot(generation=1, event_id="e1", start_time=now(), targets=frozenset({"p0"}))
+    ref = lifecycle.ObjectRef("ns", "r", "uid")
+    round_ = lifecycle.Round(engine, ref, 1, spec, snap)  # type: ignore[arg-type]
+    round_.sources = [
+        Source(SourceKind.CONFIGMAP, "a", "ns", "7", keys=("x.yaml",)),
+        Source(SourceKind.SECRET, "b", "ns", "8"),
+    ]
+    ((_key, body),) = round_._messages(None)
+    event = decode(body)
+    assert isinstance(event, RefreshEvent)
+    assert [(s.name, s.keys) for s in event.sources] == [("a", ("x.yaml",)), ("b", None)]
+    assert json.loads(body)["sources"][0]["keys"] == ["x.yaml"]
+    assert "keys" not in json.loads(body)["sources"][1]
+
+    record = lifecycle.decode_round(lifecycle.encode_round(round_._round_record()))
+    assert record is not None
+    resumed = lifecycle.Round(engine, ref, 1, spec, snap, resumed=record)  # type: ignore[arg-type]
+    resumed._load_sources(record["sources"])
+    assert resumed.sources == round_.sources
+    old = lifecycle.Round(engine, ref, 1, spec, snap)  # type: ignore[arg-type]
+    old._load_sources([["ConfigMap", "a", "7"]])
+    assert old.sources == [Source(SourceKind.CONFIGMAP, "a", "ns", "7")]
 
 
 def test_config_from_env_and_overrides():
