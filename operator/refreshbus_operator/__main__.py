@@ -98,6 +98,14 @@ def parser() -> argparse.ArgumentParser:
         help="do not watch ConfigMaps/Secrets of auto-refresh workloads",
     )
     p.add_argument(
+        "--auto-refresh-secrets",
+        dest="auto_refresh_secrets",
+        action="store_true",
+        default=None,
+        help="auto-refresh on Secret changes too (needs list/watch on Secrets; default: "
+        "ConfigMaps only, Secrets are never listed or watched)",
+    )
+    p.add_argument(
         "--ttl-seconds-after-finished",
         type=int,
         metavar="SECONDS",
@@ -127,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             verbose=args.verbose,
             status_flush_interval=args.status_flush_interval,
             auto_refresh=args.auto_refresh,
+            auto_refresh_secrets=args.auto_refresh_secrets,
             ttl_seconds_after_finished=args.ttl_seconds_after_finished,
             history_limit=args.history_limit,
         )

@@ -8,7 +8,9 @@ its pod template), this module runs **one** watch restricted to that object by n
 with every ConfigMap and Secret in the cluster, and nothing is cached. Of each version
 only a content hash is kept (data + binaryData; a Secret's values are hashed and
 dropped at once), so a metadata-only update (labels, annotations) never triggers a
-refresh. A real change starts a quiet period (``auto_refresh_debounce``); when it ends
+refresh. Secrets are watched only with ``auto_refresh_secrets`` (off by default: the
+operator then never lists or watches a Secret, and says so once per workload that names
+some). A real change starts a quiet period (``auto_refresh_debounce``); when it ends
 without further edits, one ConfigRefresh is created for the workload (``generateName``,
 an owner reference to the workload, labels linking them).
 
@@ -157,6 +159,15 @@ class AutoRefresher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gc: asyncio.Task[None] | None = None
+        #: Workloads already told that their Secrets are not watched (logged once each).
+        self._secrets_unwatched: set[WorkloadKey] = set()
+
+    def watched_sources(self, namespace: str, workload: Workload) -> set[SourceKey]:
+        """The sources of ``workload`` this operator watches: Secrets only when allowed."""
+        sources = workload.sources(namespace)
+        if not self.config.auto_refresh_secrets:
+            sources = {s for s in sources if s[1] != "Secret"}
+        return sources
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -179,16 +190,31 @@ class AutoRefresher:
         key: WorkloadKey = (meta.get("namespace", ""), kind, meta.get("name", ""))
         workload = None if event_type == "DELETED" or meta.get("deletionTimestamp") else opted_in(body)
         if workload is None:
+            self._secrets_unwatched.discard(key)
             if self.workloads.pop(key, None) is not None:
                 log.info("auto-refresh off for %s %s/%s", kind, key[0], key[2])
         else:
+            unwatched = workload.secrets and not self.config.auto_refresh_secrets
+            if unwatched and key not in self._secrets_unwatched:
+                self._secrets_unwatched.add(key)
+                log.info(
+                    "auto-refresh for %s %s/%s follows its ConfigMaps only: its Secrets (%s) are not "
+                    "watched because auto-refresh on Secrets is off (REFRESHBUS_OPERATOR_AUTO_REFRESH_SECRETS"
+                    "/--auto-refresh-secrets; Helm value operator.autoRefresh.secrets); refresh them "
+                    "with a ConfigRefresh",
+                    kind,
+                    key[0],
+                    key[2],
+                    ", ".join(sorted(workload.secrets)),
+                )
             if key not in self.workloads:
                 log.info(
                     "auto-refresh on for %s %s/%s (%s)",
                     kind,
                     key[0],
                     key[2],
-                    ", ".join(sorted(f"{k}/{n}" for _, k, n in workload.sources(key[0]))),
+                    ", ".join(sorted(f"{k}/{n}" for _, k, n in self.watched_sources(key[0], workload)))
+                    or "nothing to watch",
                 )
             self.workloads[key] = workload
         self._sync_watches()
@@ -196,7 +222,7 @@ class AutoRefresher:
     def _sync_watches(self) -> None:
         wanted: set[SourceKey] = set()
         for (ns, _, _), workload in self.workloads.items():
-            wanted |= workload.sources(ns)
+            wanted |= self.watched_sources(ns, workload)
         for key in list(self.watches):
             if key not in wanted:
                 self.watches.pop(key).stop.set()

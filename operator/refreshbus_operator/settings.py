@@ -58,6 +58,10 @@ class Config:
     publish_retry_max: float = 5.0
     ack_prefetch: int = 1000
     auto_refresh: bool = True
+    #: Also watch the Secrets opted-in workloads manage. Off (default): auto-refresh follows
+    #: ConfigMaps only and the operator never lists/watches a Secret (the Helm chart grants
+    #: Secret list/watch only when this is on; RBAC cannot scope list/watch to names).
+    auto_refresh_secrets: bool = False
     #: Quiet time after the last change of a watched ConfigMap/Secret before refreshing.
     auto_refresh_debounce: float = 1.0
     #: Finished auto-created ConfigRefreshes are deleted this long after completion.
@@ -102,6 +106,7 @@ _FIELDS: dict[str, type] = {
     "publish_retry_max": float,
     "ack_prefetch": int,
     "auto_refresh": bool,
+    "auto_refresh_secrets": bool,
     "auto_refresh_debounce": float,
     "ttl_seconds_after_finished": int,
     "history_limit": int,

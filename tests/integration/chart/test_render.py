@@ -247,6 +247,17 @@ def test_rbac_follows_features(render: Any) -> None:
     assert verbs(opted, "secrets") == {"get", "create", "update", "list", "watch"}
     off = render("no-crds", "--set", "operator.autoRefresh.secrets=true")  # auto-refresh off
     assert not {"list", "watch"} & verbs(off, "secrets")
+    # ... and the operator watches Secrets exactly when the chart grants it: its config agrees.
+    from refreshbus_operator import settings
+
+    for manifests in (default, opted):
+        env = {
+            k: v
+            for k, v in env_of(operator_container(manifests)).items()
+            if k.startswith(settings.ENV_PREFIX) and isinstance(v, str)
+        }
+        granted = {"list", "watch"} <= verbs(manifests, "secrets")
+        assert settings.from_env(env).auto_refresh_secrets is granted
 
 
 # -- webhook ---------------------------------------------------------------------------------
@@ -442,19 +453,13 @@ def test_injection_settings_are_fields_of_the_injector_config(render: Any, value
     assert (cfg.cpu_request, cfg.memory_request, cfg.memory_limit) == ("10m", "32Mi", "64Mi")
 
 
-#: Operator settings the chart sets that refreshbus_operator.settings does not read yet
-#: (agreed names, listed so the gap stays visible): auto_refresh_secrets=false means "do not
-#: watch Secrets for auto-refresh" (the chart then grants no list/watch on Secrets).
-PENDING_OPERATOR_FIELDS = {"auto_refresh_secrets"}
-
-
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_operator_settings_are_fields_of_the_operator_config(render: Any, value_set: str) -> None:
     from refreshbus_operator import settings
 
     env = env_of(operator_container(render(value_set)))
     names = [n.removeprefix(settings.ENV_PREFIX).lower() for n in env if n.startswith(settings.ENV_PREFIX)]
-    unknown = [n for n in names if n not in settings._FIELDS and n not in PENDING_OPERATOR_FIELDS]
+    unknown = [n for n in names if n not in settings._FIELDS]
     assert not unknown, f"refreshbus_operator.settings does not read {unknown}"
     assert set(env) & {settings.ENV_BROKER_URLS, settings.ENV_BROKER_URLS_FILE}
 

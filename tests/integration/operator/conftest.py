@@ -28,9 +28,10 @@ def start_operator(
         wait: bool = True,
         env: dict[str, str] | None = None,
         namespaces: tuple[str, ...] | None = None,
+        kubeconfig: str | None = None,
     ) -> OperatorProc:
         proc = OperatorProc(
-            kubeconfig=cluster.kubeconfig,
+            kubeconfig=kubeconfig or cluster.kubeconfig,
             broker_urls=[running_broker.url("refreshbus-operator")],
             namespaces=namespaces if namespaces is not None else (namespace,),
             workdir=tmp_path,

@@ -5,6 +5,8 @@ garbage-collected. Real operator, API server and broker; fake sidecars."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -116,3 +118,97 @@ def test_workload_without_the_annotation_is_not_watched(cluster, namespace, star
     )
     cluster.kubectl("-n", namespace, "delete", "deployment", "orders")
     wait_for(lambda: op.metrics().get("refreshbus_operator_watched_sources") == 0, 20, "the watch to stop")
+
+
+#: What a namespaced operator uses, except list/watch on Secrets (as the chart's ClusterRole
+#: with operator.autoRefresh.secrets=false): a Secret may only be read by name (metadata).
+ROLE_WITHOUT_SECRET_WATCH = [
+    {"apiGroups": ["refreshbus.io"], "resources": ["configrefreshes"],
+     "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
+    {"apiGroups": ["refreshbus.io"], "resources": ["configrefreshes/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+
+#: kopf's own cluster-scoped reads (it scans namespaces and CRDs at start-up).
+KOPF_CLUSTER_RULES = [
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "verbs": ["list", "watch"]},
+]
+
+
+@pytest.fixture
+def kopf_cluster_role(cluster: Any, namespace: str) -> Iterator[str]:
+    """A ClusterRole with kopf's cluster-scoped reads, deleted after the test."""
+    name = f"refreshbus-operator-kopf-{namespace}"
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name}, "rules": KOPF_CLUSTER_RULES}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(role))
+    yield name
+    cluster.kubectl("delete", "clusterrole,clusterrolebinding", name, "--ignore-not-found", check=False)
+
+
+def operator_kubeconfig(cluster: Any, ns: str, rules: list[dict[str, Any]], cluster_role: str) -> str:
+    """A kubeconfig of a ServiceAccount in ``ns`` that holds exactly ``rules`` there (plus
+    kopf's cluster-scoped reads)."""
+    sa = f"--serviceaccount={ns}:refreshbus-operator"
+    cluster.kubectl("-n", ns, "create", "serviceaccount", "refreshbus-operator")
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "refreshbus-operator", "namespace": ns}, "rules": rules}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(role))
+    cluster.kubectl("-n", ns, "create", "rolebinding", "refreshbus-operator", "--role=refreshbus-operator",
+                    sa)
+    cluster.kubectl("create", "clusterrolebinding", cluster_role, f"--clusterrole={cluster_role}", sa)
+    token = cluster.kubectl("-n", ns, "create", "token", "refreshbus-operator", "--duration=1h").stdout
+    return str(cluster.kubeconfig_for_token(token.strip(), f"operator-{ns}"))
+
+
+def test_secrets_are_never_listed_or_watched_unless_auto_refresh_secrets_is_on(
+    cluster, namespace, start_operator, kopf_cluster_role
+):
+    """Default (AUTO_REFRESH_SECRETS off): run as a ServiceAccount without Secret list/watch,
+    the operator auto-refreshes on ConfigMap edits and never touches the workload's Secret: no
+    403 anywhere in its debug log, one ConfigMap watch, one note that the Secret is not watched.
+    Control: with the setting on, the same identity gets 403s on the Secret watch (so the
+    check above would see them)."""
+    kubeconfig = operator_kubeconfig(cluster, namespace, ROLE_WITHOUT_SECRET_WATCH, kopf_cluster_role)
+    configmap(cluster, namespace, "app-config", {"k": "v0"})
+    cluster.kubectl("-n", namespace, "create", "secret", "generic", "app-secret", "--from-literal=p=1")
+    deployment(cluster, namespace, "orders", ORDERS, {**AUTO, "refreshbus.io/secrets": "app-secret"})
+
+    op = start_operator("--standalone", "--verbose", kubeconfig=kubeconfig,
+                        env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE": "0.2"})
+    wait_for(lambda: op.metrics().get("refreshbus_operator_watched_sources") == 1, 20, "the ConfigMap watch")
+    edit(cluster, namespace, {"data": {"k": "v1"}})
+    wait_for(lambda: auto_refreshes(cluster, namespace), 30, "an auto-created refresh (ConfigMap edit)")
+    cluster.kubectl("-n", namespace, "patch", "secret", "app-secret", "--type=merge", "-p",
+                    json.dumps({"stringData": {"p": "2"}}))
+    deployment(cluster, namespace, "orders", ORDERS,  # a second event of the same workload
+               {**AUTO, "refreshbus.io/secrets": "app-secret", "touched": "1"})
+    wait_for(lambda: op.text().count("auto-refresh on for") >= 1, 10, "the workload to be tracked")
+    time.sleep(3)  # a 403 retry loop would have logged several attempts by now
+    text = op.text()
+    # --verbose logs every API request (urllib3): not one Secret list or watch was issued, so
+    # no 403 either. (Reading a Secret by name -- /secrets/<name> -- would be allowed.)
+    secret_collection = f'"GET /api/v1/namespaces/{namespace}/secrets?'
+    assert "/api/v1/namespaces/" in text  # the request log is there
+    assert secret_collection not in text, op.logs_tail()
+    assert not [line for line in text.splitlines() if "secrets" in line and "403" in line]
+    assert text.count("are not watched") == 1, op.logs_tail()  # once per workload
+    assert "Secrets (app-secret) are not watched" in text
+    assert op.metrics()["refreshbus_operator_watched_sources"] == 1
+    assert len(auto_refreshes(cluster, namespace)) == 1  # the Secret edit triggered nothing
+    op.stop()
+
+    on = start_operator("--standalone", "--verbose", name="secrets-on", kubeconfig=kubeconfig,
+                        env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_SECRETS": "true"})
+    wait_for(lambda: f"{secret_collection}fieldSelector=metadata.name%3Dapp-secret" in on.text(), 20,
+             "a name-scoped Secret list (control)")
+    wait_for(lambda: "watch of Secret" in on.text() and "403 Forbidden" in on.text(), 20,
+             "the Secret watch to be refused and retried (control)")

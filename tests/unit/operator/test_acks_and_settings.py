@@ -148,6 +148,9 @@ def test_config_from_env_and_overrides():
     assert not config.clusterwide
     assert config.status_flush_interval == 0.5
     assert config.auto_refresh is False
+    assert config.auto_refresh_secrets is False  # the default: Secrets are opt-in
+    on = settings.from_env({"REFRESHBUS_OPERATOR_AUTO_REFRESH_SECRETS": "true"}, metrics_port=0)
+    assert on.auto_refresh_secrets is True
     assert config.metrics_port == 0
     assert settings.from_env({}, namespaces=["q"]).namespaces == ("q",)
     with pytest.raises(ValueError, match="REFRESHBUS_OPERATOR_METRICS_PORT"):
@@ -174,3 +177,16 @@ def test_help_is_real(capsys):
     assert "ConfigRefresh" in out
     assert "--peering" in out
     assert "REFRESHBUS_BROKER_URLS" in out
+    assert "--auto-refresh-secrets" in out
+
+
+def test_auto_refresh_secrets_flag_wins_over_the_environment(monkeypatch):
+    from refreshbus_operator import __main__ as cli
+
+    args = cli.parser().parse_args(["--auto-refresh-secrets"])
+    assert args.auto_refresh_secrets is True
+    assert cli.parser().parse_args([]).auto_refresh_secrets is None  # not given: env decides
+    config = settings.from_env(
+        {"REFRESHBUS_OPERATOR_AUTO_REFRESH_SECRETS": "false"}, auto_refresh_secrets=args.auto_refresh_secrets
+    )
+    assert config.auto_refresh_secrets is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 from refreshbus_operator import autorefresh as ar
 
@@ -90,3 +91,55 @@ def test_gc_by_ttl_and_history_limit():
         ("ns", "r6"),
         ("ns", "r7"),
     ]
+
+
+class _NoThread:
+    """Stands in for threading.Thread: records which source watches would start."""
+
+    started: ClassVar[list[str]] = []
+
+    def __init__(self, target, args, name, daemon):  # type: ignore[no-untyped-def]
+        self.name = name
+
+    def start(self) -> None:
+        _NoThread.started.append(self.name)
+
+
+def test_secrets_are_watched_only_when_auto_refresh_secrets_is_on(monkeypatch, caplog):
+    from refreshbus_operator.settings import Config
+
+    monkeypatch.setattr(ar.threading, "Thread", _NoThread)
+    body = workload(
+        {
+            "refreshbus.io/auto-refresh": "true",
+            "refreshbus.io/configmaps": "a",
+            "refreshbus.io/secrets": "s1, s2",
+        }
+    )
+    caplog.set_level("INFO", logger=ar.__name__)
+
+    _NoThread.started = []
+    off = ar.AutoRefresher(Config(), kube=None)  # type: ignore[arg-type]
+    assert Config().auto_refresh_secrets is False  # opt-in
+    off.workload_event("Deployment", "ADDED", body)
+    off.workload_event("Deployment", "MODIFIED", body)
+    assert set(off.watches) == {("ns", "ConfigMap", "a")}
+    assert _NoThread.started == ["watch-ConfigMap-a"]
+    notes = [r.getMessage() for r in caplog.records if "are not watched" in r.getMessage()]
+    assert len(notes) == 1  # once per workload, not per event
+    assert "Deployment ns/orders" in notes[0]
+    assert "s1, s2" in notes[0]
+    assert "REFRESHBUS_OPERATOR_AUTO_REFRESH_SECRETS" in notes[0]
+    # A workload naming only Secrets is tracked but watches nothing.
+    only = workload({"refreshbus.io/auto-refresh": "true", "refreshbus.io/secrets": "s"})
+    only["metadata"]["name"] = "db"
+    off.workload_event("StatefulSet", "ADDED", only)
+    assert set(off.watches) == {("ns", "ConfigMap", "a")}
+
+    _NoThread.started = []
+    caplog.clear()
+    on = ar.AutoRefresher(Config(auto_refresh_secrets=True), kube=None)  # type: ignore[arg-type]
+    on.workload_event("Deployment", "ADDED", body)
+    assert set(on.watches) == {("ns", "ConfigMap", "a"), ("ns", "Secret", "s1"), ("ns", "Secret", "s2")}
+    assert sorted(_NoThread.started) == ["watch-ConfigMap-a", "watch-Secret-s1", "watch-Secret-s2"]
+    assert not [r for r in caplog.records if "are not watched" in r.getMessage()]
