@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,8 +32,10 @@ examples:
   refreshbus-operator --all-namespaces --peering refreshbus --liveness http://0.0.0.0:8080/healthz
 
 HA: run two or more replicas with --peering NAME (the KopfPeering object from
-crds/kopf-peering.yaml); the one with the highest --priority (random when not given)
-acts, the others stand by and take over when it stops renewing its keep-alive.
+crds/kopf-peering.yaml); the one with the highest --priority acts, the others stand by
+and take over when it stops renewing its keep-alive. Without --priority it is derived
+from the pod name (REFRESHBUS_OPERATOR_POD_NAME or POD_NAME, Downward API metadata.name:
+distinct for the pods of one ReplicaSet), else drawn at random.
 Documentation: docs/operator.md.
 """
 
@@ -74,7 +77,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="take part in kopf peering NAME (HA: only the highest priority acts)",
     )
-    p.add_argument("--priority", type=int, help="peering priority (default: random, must differ per replica)")
+    p.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority (must differ per replica; default: derived from the pod name, else random)",
+    )
     p.add_argument(
         "--liveness",
         dest="liveness_endpoint",
@@ -148,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("refreshbus-operator: no broker URL (--broker-url or REFRESHBUS_BROKER_URLS)", file=sys.stderr)
         return 2
     config = dataclasses.replace(config, priority=config.effective_priority())
+    if config.pod_name and config.peering_name:
+        # kopf's peering identity = the pod name (its documented POD_ID): a container that
+        # restarts in the same pod replaces its own keep-alive instead of meeting a stale
+        # entry with its own (stable) priority and pausing until that expires.
+        os.environ.setdefault("POD_ID", config.pod_name)
 
     import kopf
 

@@ -9,6 +9,7 @@ config into kopf's own settings: persistence under ``refreshbus.io`` instead of
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -41,6 +42,10 @@ class Config:
     standalone: bool = False
     peering_name: str | None = None
     priority: int | None = None
+    #: This replica's pod name (Downward API ``metadata.name``; the chart sets it). Gives a
+    #: stable, per-replica peering priority (:func:`priority_for`) and kopf's peering identity.
+    #: Read from ``REFRESHBUS_OPERATOR_POD_NAME``, else ``POD_NAME``.
+    pod_name: str | None = None
     #: Seconds a replica's peering keep-alive is valid: a dead active replica is replaced
     #: by a standby within about this long (kopf's default is 60).
     peering_lifetime: int = 60
@@ -77,8 +82,56 @@ class Config:
         return not self.namespaces
 
     def effective_priority(self) -> int:
-        """Peering priority: the configured one, else a random one (replicas must differ)."""
-        return self.priority if self.priority is not None else random.randint(1, 32767)
+        """Peering priority: the configured one, else derived from the pod name, else random.
+
+        Replicas must differ: kopf pauses *every* replica while two live ones share the
+        highest priority. See :func:`priority_for`."""
+        if self.priority is not None:
+            return self.priority
+        if self.pod_name:
+            return priority_for(self.pod_name)
+        return random.randint(1, MAX_PRIORITY)
+
+
+#: Upper bound of a derived or random peering priority (int32, as kopf stores it in JSON).
+MAX_PRIORITY = 2**31 - 1
+#: Alphabet of the random suffix Kubernetes appends to generated names (``generateName``,
+#: apimachinery ``util/rand.String``): a ReplicaSet's pods are ``<replicaset>-<5 of these>``.
+K8S_NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_SUFFIX_LEN = 5
+_SUFFIX_SPACE = len(K8S_NAME_SUFFIX_ALPHABET) ** _SUFFIX_LEN  # 27**5 = 14,348,907 < 2**24
+_SUFFIX_BITS = 24
+_PREFIX_BITS = 6
+
+
+def priority_for(pod_name: str) -> int:
+    """A stable peering priority in ``[1, MAX_PRIORITY]`` derived from the pod name.
+
+    Why this, not ``random.randint(1, 32767)`` (1 chance in 32,767 that two replicas draw
+    the same number and both freeze):
+
+    * Pods of one Deployment ReplicaSet are named ``<replicaset>-<suffix>``, the suffix five
+      characters of a 27-letter alphabet, unique among the ReplicaSet's pods (pod names are
+      unique in a namespace). The suffix is decoded as a base-27 number (< 2**24) and forms
+      the low 24 bits, so **two replicas of one ReplicaSet never get the same priority**.
+    * During a rolling update the old and new ReplicaSets' pods meet; the top 6 bits come
+      from a SHA-256 of the ``<replicaset>`` part, so a collision across two ReplicaSets
+      needs equal hash bits (1/64) *and* the same suffix (1/14,348,907): about 1 in 9.2e8.
+    * Any other name (a StatefulSet's ``name-0``, a hand-made pod) uses 31 bits of its
+      SHA-256: two such names collide with probability 1/(2**31 - 1), about 4.7e-10.
+    * Stable: a container restarted in the same pod keeps its priority (and, with the pod
+      name as kopf's peering identity, its own keep-alive entry), so it does not rank itself
+      against a stale copy of itself.
+    """
+    base, sep, suffix = pod_name.rpartition("-")
+    if sep and base and len(suffix) == _SUFFIX_LEN and all(c in K8S_NAME_SUFFIX_ALPHABET for c in suffix):
+        code = 0
+        for char in suffix:
+            code = code * len(K8S_NAME_SUFFIX_ALPHABET) + K8S_NAME_SUFFIX_ALPHABET.index(char)
+        prefix = int.from_bytes(hashlib.sha256(base.encode()).digest()[:8], "big") % (1 << _PREFIX_BITS)
+        return (prefix << _SUFFIX_BITS) + code + 1  # <= 2**30
+    digest = int.from_bytes(hashlib.sha256(pod_name.encode()).digest()[:8], "big")
+    return digest % MAX_PRIORITY + 1
 
 
 def _bool(value: str) -> bool:
@@ -94,6 +147,7 @@ _FIELDS: dict[str, type] = {
     "standalone": bool,
     "peering_name": str,
     "priority": int,
+    "pod_name": str,
     "peering_lifetime": int,
     "liveness_endpoint": str,
     "metrics_port": int,
@@ -141,6 +195,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
             urls = _split(fh.read())
     if urls:
         values["broker_urls"] = urls
+    if "pod_name" not in values and env.get("POD_NAME"):
+        values["pod_name"] = env["POD_NAME"]
     for key, value in overrides.items():
         if value is None or value == ():
             continue

@@ -407,7 +407,9 @@ def test_peering_objects_match_the_operator(render: Any) -> None:
     deploy = one(manifests, "Deployment", "-operator")
     assert deploy["spec"]["replicas"] == 2
     args = parser().parse_args(operator_container(manifests)["args"])
-    assert args.priority is None  # each replica draws its own: priorities differ
+    assert args.priority is None  # each replica derives its own from its pod name: they differ
+    pod_name = env_of(operator_container(manifests))["REFRESHBUS_OPERATOR_POD_NAME"]
+    assert pod_name == {"fieldRef": {"fieldPath": "metadata.name"}}  # Downward API
     assert not args.standalone
     (peering,) = kinds(manifests, "ClusterKopfPeering")
     assert peering["apiVersion"] == "kopf.dev/v1"

@@ -63,3 +63,34 @@ def test_only_the_active_replica_acts_and_the_standby_takes_over(
     # ... and it resumed the round the dead leader had left in flight
     obj = wait_phase(cluster, namespace, "inflight", "Succeeded", timeout=60, operator=standby)
     assert len(late_fake.deliveries()) == 2
+
+
+def test_replicas_without_priority_derive_distinct_ones_from_their_pod_names(
+    cluster, namespace, start_operator
+):
+    """Two replicas of one ReplicaSet, no --priority, only the Downward API pod name (as the
+    chart runs them): distinct priorities from their names, pod names as kopf identities, and
+    exactly one acts (no same-priority freeze)."""
+    from refreshbus_operator.settings import priority_for
+
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+        "metadata": {"name": "refreshbus", "namespace": namespace}}))
+    names = ["refreshbus-operator-7c9d8f6b5-x2k4q", "refreshbus-operator-7c9d8f6b5-x2k4r"]
+    ops = [
+        start_operator("--peering", "refreshbus", name=f"replica{i}",
+                       env={"REFRESHBUS_OPERATOR_POD_NAME": pod, "REFRESHBUS_OPERATOR_PEERING_LIFETIME": "4"})
+        for i, pod in enumerate(names)
+    ]
+
+    def status() -> dict:
+        return cluster.get_json("-n", namespace, "kopfpeering", "refreshbus").get("status") or {}
+
+    wait_for(lambda: len(status()) == 2, 30, "both replicas in the peering object")
+    assert {ident: info["priority"] for ident, info in status().items()} == {
+        pod: priority_for(pod) for pod in names
+    }
+    leader = max(range(2), key=lambda i: priority_for(names[i]))
+    standby = ops[1 - leader]
+    wait_for(lambda: "Pausing operations in favour of" in standby.text(), 20, "the lower one to pause")
+    assert "Possibly conflicting operators with the same priority" not in ops[0].text() + ops[1].text()

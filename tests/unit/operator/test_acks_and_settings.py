@@ -190,3 +190,45 @@ def test_auto_refresh_secrets_flag_wins_over_the_environment(monkeypatch):
         {"REFRESHBUS_OPERATOR_AUTO_REFRESH_SECRETS": "false"}, auto_refresh_secrets=args.auto_refresh_secrets
     )
     assert config.auto_refresh_secrets is True
+
+
+def test_peering_priority_is_distinct_per_replicaset_pod_and_stable():
+    import random as rnd
+
+    alphabet = settings.K8S_NAME_SUFFIX_ALPHABET
+    gen = rnd.Random(7)
+    suffixes = {"".join(gen.choice(alphabet) for _ in range(5)) for _ in range(20000)}
+    old = [settings.priority_for(f"refreshbus-operator-7c9d8f6b5-{s}") for s in suffixes]
+    # Pods of one ReplicaSet: the suffix is decoded exactly, so never two equal priorities.
+    assert len(set(old)) == len(suffixes)
+    assert all(1 <= p <= settings.MAX_PRIORITY for p in old)
+    # Stable: the same pod always gets the same priority.
+    assert settings.priority_for("refreshbus-operator-7c9d8f6b5-x2k4q") == settings.priority_for(
+        "refreshbus-operator-7c9d8f6b5-x2k4q"
+    )
+    # The extremes of the suffix space stay in range and apart.
+    lo = settings.priority_for("op-5d8f9c7b6-bbbbb")
+    hi = settings.priority_for("op-5d8f9c7b6-99999")
+    assert hi - lo == len(alphabet) ** 5 - 1
+    # Two ReplicaSets (a rolling update): same suffix, different ReplicaSet -> (almost always)
+    # different; here, for a fixed pair, checked outright.
+    assert settings.priority_for("op-5d8f9c7b6-x2k4q") != settings.priority_for("op-6f7c8d9b4-x2k4q")
+    # Other names (StatefulSet ordinals, names with letters outside the alphabet): 31-bit hash.
+    others = [settings.priority_for(f"refreshbus-operator-{i}") for i in range(5000)]
+    others += [settings.priority_for(n) for n in ("laptop", "op-abcde", "op-x2k4", "-bbbbb")]
+    assert len(set(others)) == len(others)
+    assert all(1 <= p <= settings.MAX_PRIORITY for p in others)
+
+
+def test_effective_priority_explicit_then_pod_name_then_random():
+    assert settings.Config(priority=5, pod_name="op-5d8f9c7b6-x2k4q").effective_priority() == 5
+    named = settings.Config(pod_name="op-5d8f9c7b6-x2k4q")
+    assert named.effective_priority() == settings.priority_for("op-5d8f9c7b6-x2k4q")
+    drawn = {settings.Config().effective_priority() for _ in range(50)}
+    assert all(1 <= p <= settings.MAX_PRIORITY for p in drawn)
+    assert len(drawn) > 45  # random over 31 bits, not 15
+    env = {"POD_NAME": "op-5d8f9c7b6-x2k4q"}
+    assert settings.from_env(env).pod_name == "op-5d8f9c7b6-x2k4q"
+    env["REFRESHBUS_OPERATOR_POD_NAME"] = "op-5d8f9c7b6-bbbbb"
+    assert settings.from_env(env).pod_name == "op-5d8f9c7b6-bbbbb"
+    assert settings.from_env({}).pod_name is None
