@@ -29,6 +29,8 @@ environment (set by the refreshbus injector; * = required in `run` mode):
     {pods.ENV_TARGET_DIR}   shared volume (default {pods.DEFAULT_TARGET_DIR}); each source goes to
                           <dir>/configmap-<name>/ or <dir>/secret-<name>/, kubelet-style
     {pods.ENV_CONFIGMAP_MODE} / {pods.ENV_SECRET_MODE}   file modes (default 0644 / 0440)
+    {pods.ENV_INPLACE_FILES}   <source dir>/<key>,... kept as regular files under
+                          <dir>/{pods.INPLACE_DIR}/ and rewritten in place (for subPath file mounts)
   reload action
     {pods.ENV_ACTION}   signal | http | none (default: inferred from what is set)
     {pods.ENV_SIGNAL} (default SIGHUP), {pods.ENV_PROCESS} (regex over the app's command line)
@@ -115,7 +117,7 @@ def _run(settings: config.Settings) -> int:
         print(f"refreshbus-sidecar: configuration error: Kubernetes API: {exc}", file=sys.stderr)
         return 2
     state, metrics, _server = _start_health(settings, max_age=6 * TICK)
-    refresher = Refresher(settings, api, Store(settings.target_dir), metrics)
+    refresher = Refresher(settings, api, Store(settings.target_dir, settings.inplace_files), metrics)
     bus = Bus(settings.broker_urls, settings.identity, heartbeat=settings.heartbeat,
               ca_file=settings.broker_ca_file)
     service = Service(settings, refresher, bus, state, metrics)

@@ -64,6 +64,8 @@ class Settings:
     secret_mode: int = 0o440
     configmap_mode: int = 0o644
     watch_dirs: tuple[Path, ...] = ()
+    #: (kind, name, key) of every key kept as an in-place file for a subPath file mount.
+    inplace_files: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def identity(self) -> PodIdentity:
@@ -166,6 +168,7 @@ def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) 
                 raise ConfigError(f"broker URLs must start with amqp:// or amqps:// (got {url.split(':')[0]}://...)")
 
     reload = _reload_settings(get, number)
+    inplace_files = _inplace_files(get(pods.ENV_INPLACE_FILES), configmaps, secrets)
 
     kubeconfig = get(pods.ENV_KUBECONFIG)
     watch_dirs = tuple(Path(d) for d in pods.split_names(get(pods.ENV_WATCH_DIRS)))
@@ -199,7 +202,28 @@ def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) 
         secret_mode=mode(pods.ENV_SECRET_MODE, 0o440),
         configmap_mode=mode(pods.ENV_CONFIGMAP_MODE, 0o644),
         watch_dirs=watch_dirs,
+        inplace_files=inplace_files,
     )
+
+
+_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _inplace_files(
+    raw: str | None, configmaps: tuple[str, ...], secrets: tuple[str, ...]
+) -> tuple[tuple[str, str, str], ...]:
+    """Parse ``<source dir>/<key>`` entries; each must name a managed source and a valid key."""
+    dirs = {pods.source_dir_name("ConfigMap", n): ("ConfigMap", n) for n in configmaps}
+    dirs.update({pods.source_dir_name("Secret", n): ("Secret", n) for n in secrets})
+    result: list[tuple[str, str, str]] = []
+    for entry in pods.split_names(raw):
+        dirname, _, key = entry.partition("/")
+        if dirname not in dirs or not _KEY_RE.match(key) or key.startswith(".."):
+            raise ConfigError(
+                f"{pods.ENV_INPLACE_FILES}: {entry!r} is not <source dir>/<key> of a managed source "
+                f"(one of {', '.join(sorted(dirs)) or 'none'})")
+        result.append((*dirs[dirname], key))
+    return tuple(result)
 
 
 def _reload_settings(

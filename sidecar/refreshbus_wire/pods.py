@@ -84,6 +84,11 @@ ENV_HEALTH_BIND: Final = "REFRESHBUS_HEALTH_BIND"
 ENV_BROKER_CA_FILE: Final = "REFRESHBUS_BROKER_CA_FILE"
 #: Comma-separated directories watched in `watch` mode.
 ENV_WATCH_DIRS: Final = "REFRESHBUS_WATCH_DIRS"
+#: Comma-separated ``<source dir>/<key>`` entries (e.g. ``configmap-web/app.yaml``): keys
+#: that an app container mounts as a single file (``subPath``). The sidecar keeps a regular
+#: file per entry at :func:`inplace_path` and rewrites it *in place* (same inode) on every
+#: change, because a file bind mount pins its inode and never sees a ``..data`` swap.
+ENV_INPLACE_FILES: Final = "REFRESHBUS_INPLACE_FILES"
 
 #: Where the shared volume is mounted in the sidecar by default.
 DEFAULT_TARGET_DIR: Final = "/refreshbus"
@@ -96,6 +101,21 @@ def source_dir_name(kind: str, name: str) -> str:
     ``configmap-app-config``; the kind prefix keeps a ConfigMap and a Secret of the
     same name apart."""
     return f"{kind.lower()}-{name}"
+
+
+#: Directory (in the shared volume) of the files kept in place for subPath file mounts.
+INPLACE_DIR: Final = ".inplace"
+
+
+def inplace_entry(kind: str, name: str, key: str) -> str:
+    """One ``REFRESHBUS_INPLACE_FILES`` entry: ``<source dir>/<key>``."""
+    return f"{source_dir_name(kind, name)}/{key}"
+
+
+def inplace_path(kind: str, name: str, key: str) -> str:
+    """Path, relative to the shared volume, of the in-place copy of one key: the
+    ``subPath`` the injector mounts in place of the app's own subPath file mount."""
+    return f"{INPLACE_DIR}/{inplace_entry(kind, name, key)}"
 
 
 def split_names(value: str | None) -> tuple[str, ...]:

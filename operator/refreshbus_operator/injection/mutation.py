@@ -18,8 +18,11 @@ Rules (docs/injection.md has the user-facing version):
 * app containers' mounts of a managed ConfigMap/Secret volume (configMap, secret, or a
   single-source projected volume, without ``items``) are replaced by the shared volume at
   the same mountPath (``subPath: <source dir>``); a volume left unused is dropped.
-  ``subPath`` file mounts are left as Kubernetes made them (never updated, as without
-  refreshbus) and the source directory is additionally mounted at
+  A ``subPath`` mount of one key (a file bind mount, which pins an inode and never sees
+  a ``..data`` swap) becomes a subPath mount of the sidecar's in-place copy of that key
+  (``.inplace/<source dir>/<key>``, rewritten in its own inode on every change; listed in
+  ``REFRESHBUS_INPLACE_FILES``). Other ``subPath``/``subPathExpr`` mounts are left as
+  Kubernetes made them and the source directory is additionally mounted at
   ``/refreshbus/<source dir>`` in that container; a warning says so;
 * signal action: ``shareProcessNamespace: true``; the sidecar runs as the app's UID when
   the app's containers agree on one, else as root with only CAP_KILL -- rejected when the
@@ -45,6 +48,8 @@ from refreshbus_operator.injection.config import (
     InjectionConfig,
 )
 
+#: A ConfigMap/Secret key (what a subPath of a whole-object volume names).
+_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 #: The shared (emptyDir) volume the sidecar writes and the app reads.
 SHARED_VOLUME = "refreshbus-config"
 #: The broker URLs Secret, mounted into the sidecar only.
@@ -352,7 +357,8 @@ def _volume_source(volume: Mapping[str, Any]) -> tuple[str, str, bool] | str | N
 
 
 def _sidecar(
-    pod: Mapping[str, Any], options: Options, config: InjectionConfig, sc: Mapping[str, Any], same_uid: bool
+    pod: Mapping[str, Any], options: Options, config: InjectionConfig, sc: Mapping[str, Any], same_uid: bool,
+    inplace: Sequence[str] = (),
 ) -> dict[str, Any]:
     kind, name = workload_of(pod)
 
@@ -378,6 +384,7 @@ def _sidecar(
     add(pods.ENV_CONFIGMAPS, ",".join(options.configmaps))
     add(pods.ENV_SECRETS, ",".join(options.secrets))
     add(pods.ENV_TARGET_DIR, pods.DEFAULT_TARGET_DIR)
+    add(pods.ENV_INPLACE_FILES, ",".join(inplace))
     add(pods.ENV_ACTION, options.action)
     add(pods.ENV_SIGNAL, options.signal)
     add(pods.ENV_PROCESS, options.process)
@@ -466,11 +473,16 @@ def _new_volumes(config: InjectionConfig) -> list[dict[str, Any]]:
     ]
 
 
-def _rewrite_mounts(spec: dict[str, Any], managed: set[tuple[str, str]]) -> tuple[set[str], list[str]]:
+def _rewrite_mounts(
+    spec: dict[str, Any], managed: set[tuple[str, str]]
+) -> tuple[set[str], list[str], list[str]]:
     """Point app mounts of managed volumes at the shared volume, in place. Returns the
-    names of volumes no container uses any more, and warnings."""
+    names of volumes no container uses any more, warnings, and the in-place file entries
+    (``<source dir>/<key>``) the sidecar must keep for subPath file mounts."""
     warnings: list[str] = []
     replaceable: dict[str, str] = {}
+    replaceable_sources: dict[str, tuple[str, str]] = {}
+    inplace: dict[str, None] = {}
     for volume in spec.get("volumes") or []:
         source = _volume_source(volume)
         if isinstance(source, str):
@@ -487,6 +499,7 @@ def _rewrite_mounts(spec: dict[str, Any], managed: set[tuple[str, str]]) -> tupl
                 )
             else:
                 replaceable[volume["name"]] = pods.source_dir_name(kind, name)
+                replaceable_sources[volume["name"]] = (kind, name)
     still_used: set[str] = set()
     for group in ("initContainers", "containers"):
         for container in spec.get(group) or []:
@@ -497,12 +510,25 @@ def _rewrite_mounts(spec: dict[str, Any], managed: set[tuple[str, str]]) -> tupl
                 if dir_name is None:
                     still_used.add(mount.get("name", ""))
                     continue
+                key = mount.get("subPath") or ""
+                if key and not mount.get("subPathExpr") and _KEY_RE.match(key) and not key.startswith(".."):
+                    # A file bind mount pins one inode: mount the sidecar's in-place copy of the key.
+                    kind, name = replaceable_sources[mount["name"]]
+                    mounts[i] = {
+                        "name": SHARED_VOLUME,
+                        "mountPath": mount["mountPath"],
+                        "subPath": pods.inplace_path(kind, name, key),
+                        "readOnly": True,
+                    }
+                    inplace.setdefault(pods.inplace_entry(kind, name, key), None)
+                    continue
                 if mount.get("subPath") or mount.get("subPathExpr"):
                     still_used.add(mount["name"])
                     alt = f"{pods.DEFAULT_TARGET_DIR}/{dir_name}"
                     warnings.append(
-                        f"refreshbus: {container['name']}: {mount['mountPath']} is a subPath mount, which "
-                        f"Kubernetes never updates; it keeps its start-up content. The refreshed files "
+                        f"refreshbus: {container['name']}: {mount['mountPath']} mounts a nested path or uses "
+                        f"subPathExpr, which cannot be kept up to date; it keeps its start-up content. The "
+                        f"refreshed files "
                         f"are at {alt} in the same container"
                     )
                     if not any(m.get("mountPath") == alt for m in (*mounts, *extra)):
@@ -519,7 +545,7 @@ def _rewrite_mounts(spec: dict[str, Any], managed: set[tuple[str, str]]) -> tupl
             if extra:
                 container["volumeMounts"] = [*mounts, *extra]
     unused = set(replaceable) - still_used
-    return unused, warnings
+    return unused, warnings, list(inplace)
 
 
 # -- the decision ------------------------------------------------------------------------
@@ -553,12 +579,12 @@ def decide(pod: Mapping[str, Any], namespace: Namespace, config: InjectionConfig
             )
         if not spec.get("hostPID"):
             spec["shareProcessNamespace"] = True
-    unused, mount_warnings = _rewrite_mounts(spec, set(options.sources))
+    unused, mount_warnings, inplace = _rewrite_mounts(spec, set(options.sources))
     warnings.extend(mount_warnings)
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in unused]
     spec["volumes"] = [*volumes, *_new_volumes(config)]
     spec["initContainers"] = [
-        _sidecar(pod, options, config, sc, same_uid),
+        _sidecar(pod, options, config, sc, same_uid, inplace),
         *(spec.get("initContainers") or []),
     ]
     annotations = {**_annotations(pod), pods.ANN_INJECTED: INJECTED_VALUE}

@@ -346,18 +346,23 @@ def test_configmap_edit_reloads_every_auto_refresh_pod_in_place_within_2s(
         assert item["status"]["counts"]["succeeded"] == 2
 
 
-def test_subpath_mount_keeps_its_startup_content_and_the_refreshed_copy_is_alongside(
+def test_subpath_file_mount_serves_the_new_content_after_a_configmap_edit(
     cluster: ControlPlane, demo: str
 ) -> None:
-    """docs/injection.md: a subPath file mount is left as Kubernetes made it (never updated);
-    the refreshed files are at /refreshbus/<source dir> in the same container."""
-    pod = pods(cluster, demo, "app=web-go")[0].name
+    """docs/injection.md "subPath file mounts": the app's subPath file mount is the
+    sidecar's in-place copy of the key, rewritten in its own inode, so the bind-mounted
+    file serves what step 3's edit wrote -- in the same containers, never restarted."""
+    for view in pods(cluster, demo, "app=web-go"):
+        spec = cluster.get_json("-n", demo, "pod", view.name)["spec"]
+        mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts["/etc/demo/banner.txt"]["subPath"] == ".inplace/configmap-go-config/banner.txt"
 
-    def cat(path: str) -> str:
-        return cluster.kubectl("-n", demo, "exec", pod, "-c", "go", "--", "cat", path).stdout
+        def cat(path: str, pod: str = view.name) -> str:
+            return cluster.kubectl("-n", demo, "exec", pod, "-c", "go", "--", "cat", path).stdout
 
-    assert cat("/etc/demo/banner.txt") == "go banner v1"
-    assert cat("/refreshbus/configmap-go-config/banner.txt") == "go banner v2"
+        wait_for(lambda cat=cat: cat("/etc/demo/banner.txt") == "go banner v2", 10, "the new banner")
+        assert cat("/etc/demo/config/banner.txt") == "go banner v2"
+        assert view.restarts == 0
 
 
 # -- step 4 ----------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def test_deployment_pod_learns_its_workload_from_the_replicaset(
     assert env[pods.ENV_WORKLOAD_NAME] == "orders-api"
 
 
-def test_subpath_file_mount_is_kept_and_the_refreshed_dir_mounted_beside_it(
+def test_subpath_file_mount_is_pointed_at_the_sidecars_in_place_file(
     cluster: Any, with_config: str
 ) -> None:
     body = pod(OPT_IN)
@@ -218,19 +218,18 @@ def test_subpath_file_mount_is_kept_and_the_refreshed_dir_mounted_beside_it(
         {"name": "config", "mountPath": "/etc/nginx/conf.d/default.conf", "subPath": "default.conf"}
     ]
     proc = cluster.kubectl("-n", with_config, "create", "-o", "json", "-f", "-", input=json.dumps(body))
-    mounts = json.loads(proc.stdout)["spec"]["containers"][0]["volumeMounts"]
-    assert {
-        "name": "config",
-        "mountPath": "/etc/nginx/conf.d/default.conf",
-        "subPath": "default.conf",
-    } in mounts
-    assert {
+    stored = json.loads(proc.stdout)
+    mounts = {m["mountPath"]: m for m in stored["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["/etc/nginx/conf.d/default.conf"] == {
         "name": "refreshbus-config",
-        "mountPath": "/refreshbus/configmap-web-config",
-        "subPath": "configmap-web-config",
+        "mountPath": "/etc/nginx/conf.d/default.conf",
+        "subPath": ".inplace/configmap-web-config/default.conf",
         "readOnly": True,
-    } in mounts
-    assert "subPath mount, which Kubernetes never updates" in proc.stderr
+    }
+    assert not [p for p in mounts if p.startswith("/refreshbus")]  # no copy beside it any more
+    assert "config" not in [v["name"] for v in stored["spec"]["volumes"]]
+    assert env_of(sidecars(stored)[0])[pods.ENV_INPLACE_FILES] == "configmap-web-config/default.conf"
+    assert "subPath" not in proc.stderr
 
 
 def test_an_already_injected_pod_is_not_injected_again(

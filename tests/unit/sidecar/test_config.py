@@ -76,3 +76,17 @@ def test_watch_mode_needs_neither_identity_nor_broker() -> None:
 
     assert settings.watch_dirs == (Path("/etc/app"),)
     assert settings.broker_urls == ()
+
+
+def test_inplace_files_name_keys_of_managed_sources() -> None:
+    env = {**BASE, podc.ENV_SECRETS: "db", podc.ENV_INPLACE_FILES: "configmap-shared/app.yaml, secret-db/pw"}
+
+    assert load(env).inplace_files == (("ConfigMap", "shared", "app.yaml"), ("Secret", "db", "pw"))
+    assert podc.inplace_path("ConfigMap", "shared", "app.yaml") == ".inplace/configmap-shared/app.yaml"
+
+
+@pytest.mark.parametrize("entry", ["configmap-other/app.yaml", "configmap-shared", "configmap-shared/../x",
+                                   "configmap-shared/a/b", "secret-shared/app.yaml"])
+def test_inplace_files_outside_the_managed_sources_are_refused(entry: str) -> None:
+    with pytest.raises(ConfigError, match=podc.ENV_INPLACE_FILES):
+        load({**BASE, podc.ENV_INPLACE_FILES: entry})

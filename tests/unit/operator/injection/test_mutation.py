@@ -402,15 +402,55 @@ def test_unmanaged_volumes_are_left_alone() -> None:
     assert {"name": "other", "configMap": {"name": "not-managed"}} in out["spec"]["volumes"]
 
 
-def test_subpath_file_mount_is_kept_and_the_refreshed_dir_mounted_beside_it() -> None:
+def test_subpath_file_mount_gets_the_sidecars_in_place_copy_of_the_key() -> None:
     pod = make_pod()
     pod["spec"]["containers"][0]["volumeMounts"] = [
-        {"name": "config", "mountPath": "/etc/app/app.yaml", "subPath": "app.yaml"}
+        {"name": "config", "mountPath": "/etc/app/app.yaml", "subPath": "app.yaml"},
+        {"name": "config", "mountPath": "/etc/app/other.yaml", "subPath": "other.yaml"},
     ]
     decision = decide(pod, NS, CONFIG)
     out = apply_patch(pod, decision.patch)
     assert mounts(out) == [
-        {"name": "config", "mountPath": "/etc/app/app.yaml", "subPath": "app.yaml"},
+        {
+            "name": SHARED_VOLUME,
+            "mountPath": "/etc/app/app.yaml",
+            "subPath": ".inplace/configmap-app-config/app.yaml",
+            "readOnly": True,
+        },
+        {
+            "name": SHARED_VOLUME,
+            "mountPath": "/etc/app/other.yaml",
+            "subPath": ".inplace/configmap-app-config/other.yaml",
+            "readOnly": True,
+        },
+    ]
+    assert "config" not in [v["name"] for v in out["spec"]["volumes"]]  # nobody uses it any more
+    env = {e["name"]: e.get("value") for e in sidecar(out)["env"]}
+    assert env[pods.ENV_INPLACE_FILES] == "configmap-app-config/app.yaml,configmap-app-config/other.yaml"
+    assert not any("subPath" in w for w in decision.warnings)
+
+
+def test_without_subpath_file_mounts_the_sidecar_keeps_no_in_place_files() -> None:
+    env = {e["name"]: e.get("value") for e in sidecar(injected(make_pod()))["env"]}
+    assert pods.ENV_INPLACE_FILES not in env
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        {"name": "config", "mountPath": "/etc/app/app.yaml", "subPathExpr": "$(POD_NAME).yaml"},
+        {"name": "config", "mountPath": "/etc/app/data", "subPath": "..data"},
+    ],
+)
+def test_other_subpath_mounts_are_kept_and_the_refreshed_dir_mounted_beside_them(
+    mount: dict[str, Any],
+) -> None:
+    pod = make_pod()
+    pod["spec"]["containers"][0]["volumeMounts"] = [dict(mount)]
+    decision = decide(pod, NS, CONFIG)
+    out = apply_patch(pod, decision.patch)
+    assert mounts(out) == [
+        mount,
         {
             "name": SHARED_VOLUME,
             "mountPath": "/refreshbus/configmap-app-config",
@@ -419,7 +459,7 @@ def test_subpath_file_mount_is_kept_and_the_refreshed_dir_mounted_beside_it() ->
         },
     ]
     assert "config" in [v["name"] for v in out["spec"]["volumes"]]
-    assert any("subPath mount, which Kubernetes never updates" in w for w in decision.warnings)
+    assert any("cannot be kept up to date" in w for w in decision.warnings)
 
 
 def test_items_and_multi_source_projected_volumes_stay_with_a_warning() -> None:
