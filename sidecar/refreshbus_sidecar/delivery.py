@@ -162,6 +162,14 @@ class Store:
         self._hashes[dirname] = content_hash(kind, name, files)
         return self._hashes[dirname]
 
+    def current_value(self, kind: str, name: str, key: str) -> bytes | None:
+        """The applied content of one key (None: the key, or the source, is not on disk)."""
+        try:
+            with open(os.path.join(self.root, source_dir_name(kind, name), DATA_DIR, key), "rb") as fh:
+                return fh.read()
+        except OSError:
+            return None
+
     def apply(self, payloads: Iterable[Payload]) -> list[Payload]:
         """Write every payload whose content differs from what is on disk, as one change.
 

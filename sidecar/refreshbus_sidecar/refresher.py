@@ -150,8 +150,21 @@ class Refresher:
         except SyncError as exc:
             return Outcome(AckResult.FAILED, self._hash_on_disk(refs), error=str(exc))
         fetch_ms = (time.monotonic() - fetch_started) * 1000
+        if (any(s.keys is not None for s in event.sources) and not self.reload_pending
+                and all(self._is_current(p, s.keys) for p, s in zip(payloads, event.sources, strict=True))):
+            # Protocol 1.1 sources[].keys: only a change in the named keys counts.
+            return Outcome(AckResult.UNCHANGED, self._hash_on_disk(refs), fetch_ms=fetch_ms)
         outcome = self._write_and_reload(payloads, self._action_for(event.action), t0, reload=True)
         return dataclasses.replace(outcome, fetch_ms=fetch_ms)
+
+    def _is_current(self, payload: Payload, keys: tuple[str, ...] | None) -> bool:
+        """Whether what is applied already matches ``payload`` in ``keys`` (None: every key)."""
+        if keys is None:
+            return self.store.current_hash(payload.kind, payload.name) == payload.hash
+        if self.store.current_hash(payload.kind, payload.name) is None:
+            return False  # nothing applied yet
+        return all(payload.files.get(key) == self.store.current_value(payload.kind, payload.name, key)
+                   for key in keys)
 
     def _remember(self, event_id: str, config_hash: str | None) -> None:
         self._done[event_id] = config_hash

@@ -111,9 +111,9 @@ class Source:
     namespace: str
     #: resourceVersion the operator observed; a sidecar that reads an older one retries.
     resource_version: str | None = None
-    #: Only a change in these keys counts (protocol 1.1); ``None`` = every key. The sidecar
-    #: still writes the whole object, but acks ``unchanged`` and does not reload when none
-    #: of these keys differ from what it applied.
+    #: Only a change in these keys counts (protocol 1.1); ``None`` = every key. When none of
+    #: these keys differ from what it applied, the sidecar acks ``unchanged`` and neither
+    #: writes nor reloads; otherwise it applies the whole object and reloads.
     keys: tuple[str, ...] | None = None
 
     @property

@@ -207,3 +207,74 @@ def test_rv_older_compares_etcd_revisions_only() -> None:
     assert not rv_older("11", "10")
     assert not rv_older("abc", "10")
     assert not rv_older("9", None)
+
+
+def keyed_event(keys: tuple[str, ...] | None, rv: str, event_id: str, *more: Source) -> RefreshEvent:
+    t = now()
+    return RefreshEvent(id=event_id, origin="test", target=Target(scope=Scope.ALL),
+                        sources=(Source(SourceKind.CONFIGMAP, "cfg", "shop", rv, keys), *more),
+                        issued_at=t, deadline=t + timedelta(minutes=1))
+
+
+def test_keys_whose_content_is_already_applied_ack_unchanged_without_writing_or_reloading(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1", b="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    data_before = (tmp_path / "configmap-cfg" / "..data").readlink()
+    api.put("cfg", "11", a="2", b="1")  # only a changed
+
+    ack = refresher.handle(keyed_event(("b",), "11", "e-b"), now(), 0.0)
+
+    assert ack.result is AckResult.UNCHANGED
+    assert reloads.calls == 0
+    assert (tmp_path / "configmap-cfg" / "..data").readlink() == data_before  # nothing written
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "1"
+    assert ack.config_hash == refresher._hash_on_disk([("ConfigMap", "cfg", None)])
+
+
+@pytest.mark.parametrize("keys", [("a",), ("a", "b"), ("gone",), None])
+def test_a_change_in_a_named_key_applies_the_whole_object_and_reloads_once(
+    settings: Settings, reloads: Reloads, tmp_path: Path, keys: tuple[str, ...] | None
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1", b="1", gone="x")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2", b="2")  # a and b changed, "gone" removed
+
+    ack = refresher.handle(keyed_event(keys, "11", "e-a"), now(), 0.0)
+
+    assert ack.result is AckResult.OK
+    assert reloads.calls == 1
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "2"
+    assert (tmp_path / "configmap-cfg" / "b").read_text() == "2"  # the whole object
+
+
+def test_keys_are_ignored_for_the_decision_when_another_source_without_keys_changed(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    settings = load({**_env_of(settings), podc.ENV_CONFIGMAPS: "cfg,other"})
+    api = FakeApi()
+    api.put("cfg", "10", a="1", b="1")
+    api.put("other", "10", x="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2", b="1")
+    api.put("other", "11", x="2")
+
+    unchanged_keys = keyed_event(("b",), "11", "e-1", Source(SourceKind.CONFIGMAP, "other", "shop", "11"))
+    ack = refresher.handle(unchanged_keys, now(), 0.0)
+
+    assert ack.result is AckResult.OK
+    assert reloads.calls == 1
+
+
+def _env_of(settings: Settings) -> dict[str, str]:
+    return {
+        podc.ENV_NAMESPACE: settings.namespace, podc.ENV_POD_NAME: settings.pod_name,
+        podc.ENV_BROKER_URLS: "amqp://x", podc.ENV_TARGET_DIR: str(settings.target_dir),
+        podc.ENV_FETCH_JITTER: "0", podc.ENV_ACTION: "signal", podc.ENV_PROCESS: "app",
+    }
