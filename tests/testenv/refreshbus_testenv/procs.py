@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,11 +18,36 @@ class InfraError(RuntimeError):
     """Test infrastructure could not be started; the message says what to look at."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on loopback that nothing listens on right now, chosen OUTSIDE the
+    kernel's ephemeral range.
+
+    A server that tests stop and restart (the broker) must get its port back. Inside the
+    ephemeral range the kernel may hand that very port to an outgoing connection -- or a
+    client retrying ``connect(127.0.0.1:P)`` while nothing listens may be given local
+    port P and connect to itself (TCP simultaneous open) -- and the restart then fails
+    with EADDRINUSE.
+    """
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10000, 32768) if not low <= p <= high] or list(range(1024, low))
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(candidates)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise InfraError("no free TCP port found outside the ephemeral range")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
