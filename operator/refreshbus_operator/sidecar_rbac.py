@@ -187,9 +187,16 @@ def cleanup(kube: Kube, namespace: str, kind: str, name: str) -> bool:
     return found
 
 
-def ensure_broker_secret(kube: Kube, namespace: str, source_namespace: str, name: str) -> str:
-    """Copy the sidecars' broker Secret into ``namespace``: "written", "unchanged", or
-    "missing" (no source yet: logged, not raised -- the chart may not have created it)."""
+def ensure_broker_secret(
+    kube: Kube, namespace: str, source_namespace: str, name: str, key: str = "urls"
+) -> str:
+    """Copy the sidecars' broker URLs -- only ``key`` of the Secret ``name``, the one key the
+    injected sidecar mounts -- into ``namespace``: "written", "unchanged", or "missing" (no
+    source or no such key yet: logged, not raised -- the chart may not have created it).
+
+    Only that key travels: the source may be a user's Secret that also holds other
+    credentials (e.g. the operator's own broker URLs), which must not land in every app
+    namespace. A copy with other keys (an older operator copied them all) is rewritten."""
     if namespace == source_namespace:
         return "unchanged"
     path = f"/api/v1/namespaces/{q(source_namespace)}/secrets/{q(name)}"
@@ -205,7 +212,17 @@ def ensure_broker_secret(kube: Kube, namespace: str, source_namespace: str, name
             )
             return "missing"
         raise
-    data = source.get("data") or {}
+    value = (source.get("data") or {}).get(key)
+    if value is None:
+        log.warning(
+            "broker Secret %s/%s has no key %r; sidecars in %s cannot connect yet",
+            source_namespace,
+            name,
+            key,
+            namespace,
+        )
+        return "missing"
+    data = {key: value}
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -85,6 +85,7 @@ async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Lo
             namespace,
             cfg.operator_namespace,
             cfg.broker_secret,
+            cfg.broker_secret_key,
         )
         if copied != "missing":
             reconciler.broker_done(namespace)

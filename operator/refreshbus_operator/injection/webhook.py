@@ -37,6 +37,7 @@ from refreshbus_operator.injection.config import (
 )
 from refreshbus_operator.injection.mutation import Decision, Namespace, decide, wants_injection
 from refreshbus_operator.kube import ApiError, Kube, q, source_path
+from refreshbus_operator.publishing import backoff
 
 log = logging.getLogger("refreshbus.injection")
 
@@ -319,33 +320,53 @@ class WebhookServer:
         self._mounted: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._upkeep: asyncio.Task[None] | None = None
+        #: False while the last certificate upkeep or caBundle patch failed: the upkeep loop
+        #: then retries within seconds (with backoff), not after ``check_interval``.
+        self.healthy = False
+        self._ca_failing = False
 
     def refresh_tls(self) -> bool:
         """Renew if needed, load the serving cert, patch the caBundle. True if anything changed.
 
         With ``manage_tls`` off (cert-manager), only (re)load tls.crt/tls.key from
         ``cert_dir`` when their content changed; the caBundle is someone else's job
-        (cert-manager's CA injector)."""
+        (cert-manager's CA injector). A caBundle that cannot be patched (configuration not
+        created yet, API trouble) is logged and leaves :attr:`healthy` False; certificate
+        trouble raises."""
+        self.healthy = False
         if not self.config.manage_tls:
-            return self._load_mounted()
+            changed = self._load_mounted()
+            self.healthy = True
+            return changed
         bundle = ensure_tls(self.kube, self.config, self.names)
         changed = bundle != self.bundle
         if changed:
             crt, key = write_files(bundle, self.config.cert_dir)
             self.ssl.load_cert_chain(crt, key)  # new handshakes use it; no restart
             self.bundle = bundle
-        if self.config.webhook_configuration:
-            try:
-                changed = (
-                    patch_ca_bundle(self.kube, self.config.webhook_configuration, bundle.ca_crt) or changed
-                )
-            except ApiError as exc:
-                if not exc.not_found:
-                    raise
-                log.warning(
-                    "MutatingWebhookConfiguration %s not found; caBundle not patched",
-                    self.config.webhook_configuration,
-                )
+        return self.sync_ca_bundle() or changed
+
+    def sync_ca_bundle(self) -> bool:
+        """Make the configuration's caBundle our CA (one GET when it already is). True if it
+        was patched; sets :attr:`healthy` (False: not found yet, or the API refused)."""
+        self.healthy = False
+        if not self.config.manage_tls or not self.config.webhook_configuration or self.bundle is None:
+            self.healthy = self.bundle is not None or not self.config.manage_tls
+            return False
+        name = self.config.webhook_configuration
+        try:
+            changed = patch_ca_bundle(self.kube, name, self.bundle.ca_crt)
+        except ApiError as exc:
+            # Warn once per outage; the retries (every few seconds) log at debug level.
+            say = log.debug if self._ca_failing else log.warning
+            self._ca_failing = True
+            if exc.not_found:
+                say("MutatingWebhookConfiguration %s not found (yet); caBundle not patched, retrying", name)
+            else:
+                say("could not patch the caBundle of MutatingWebhookConfiguration %s, retrying: %s",
+                    name, exc)
+            return False
+        self.healthy, self._ca_failing = True, False
         return changed
 
     def _load_mounted(self) -> bool:
@@ -363,7 +384,17 @@ class WebhookServer:
         )
         return True
 
-    async def start(self, check_interval: float = 3600.0) -> None:
+    async def start(
+        self,
+        check_interval: float = 3600.0,
+        ca_check_interval: float = 10.0,
+        retry_initial: float = 1.0,
+        retry_max: float = 30.0,
+    ) -> None:
+        """Serve; keep the certificate current (every ``check_interval``) and the caBundle in
+        place (checked every ``ca_check_interval``: Helm may recreate the configuration
+        without it, e.g. ``helm upgrade --force``). After a failure, retry from
+        ``retry_initial`` doubling up to ``retry_max`` seconds."""
         await asyncio.to_thread(self.refresh_tls)
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app["injector"] = Injector(self.kube, self.config)
@@ -381,15 +412,31 @@ class WebhookServer:
             self.config.webhook_port,
             WEBHOOK_PATH,
         )
-        self._upkeep = asyncio.create_task(self._keep_tls(check_interval))
+        self._upkeep = asyncio.create_task(
+            self._keep_tls(check_interval, ca_check_interval, retry_initial, retry_max)
+        )
 
-    async def _keep_tls(self, interval: float) -> None:
+    async def _keep_tls(self, interval: float, ca_interval: float, initial: float, maximum: float) -> None:
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + interval
+        tls_ok, attempt = True, 0
         while True:
-            await asyncio.sleep(interval)
+            if self.healthy and tls_ok:
+                attempt = 0
+                delay = max(0.0, min(ca_interval, next_full - loop.time()))
+            else:
+                delay = backoff(attempt, initial, maximum)
+                attempt += 1
+            await asyncio.sleep(delay)
             try:
-                await asyncio.to_thread(self.refresh_tls)
+                if not tls_ok or loop.time() >= next_full:
+                    tls_ok = False
+                    await asyncio.to_thread(self.refresh_tls)
+                    tls_ok, next_full = True, loop.time() + interval
+                else:
+                    await asyncio.to_thread(self.sync_ca_bundle)
             except Exception:
-                log.exception("webhook certificate upkeep failed; retrying in %.0fs", interval)
+                log.exception("webhook certificate upkeep failed; retrying with backoff")
 
     async def stop(self) -> None:
         if self._upkeep is not None:

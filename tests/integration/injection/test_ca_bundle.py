@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from injharness import Injector
 from refreshbus_operator.injection import certs
 from refreshbus_operator.injection.config import InjectionConfig
 from refreshbus_operator.injection.webhook import patch_ca_bundle, webhook_configuration
@@ -71,3 +74,51 @@ def test_a_concurrent_write_is_not_lost_and_the_patch_is_retried(cluster: Any, m
     stored = cluster.get_json("mutatingwebhookconfiguration", mwc)
     assert stored["metadata"]["labels"]["raced"] == "yes"
     assert bundle_of(cluster, mwc) == ca
+
+
+def _wait_bundle(cluster: Any, name: str, ca: bytes | None, timeout: float) -> float:
+    """Seconds until the configuration's caBundle is ``ca``; AssertionError after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        got = cluster.kubectl("get", "mutatingwebhookconfiguration", name, "-o", "json", check=False)
+        if got.returncode == 0:
+            bundle = json.loads(got.stdout)["webhooks"][0]["clientConfig"].get("caBundle", "")
+            if base64.b64decode(bundle) == ca:
+                return time.monotonic() - start
+        time.sleep(0.2)
+    raise AssertionError(f"caBundle of {name} not restored within {timeout}s")
+
+
+def test_operator_patches_the_ca_bundle_within_seconds_when_the_configuration_comes_late_or_is_wiped(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """The operator's own wiring (kopf handlers, default intervals: certificates hourly):
+    started before the MutatingWebhookConfiguration exists (Helm creates it after the
+    Deployment), it patches the caBundle seconds after the object appears; when the object
+    is recreated without one (``helm upgrade --force``), it is put back within seconds."""
+    operator_ns = f"rb-sys-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", operator_ns)
+    inj = Injector(cluster, tmp_path, operator_ns, mode="kopf")
+    try:
+        inj.start()  # no configuration yet: serving, caBundle pending
+        ca = inj.ca_pem()
+        assert ca
+        assert cluster.kubectl("get", "mutatingwebhookconfiguration", inj.mwc_name, check=False).returncode
+        time.sleep(2)  # a couple of failed attempts
+        inj.register()  # created without a caBundle, as Helm renders it
+        late = _wait_bundle(cluster, inj.mwc_name, ca, timeout=40)
+
+        cluster.kubectl("delete", "mutatingwebhookconfiguration", inj.mwc_name)
+        inj.register()  # --force: deleted and recreated, caBundle gone
+        assert bundle_of(cluster, inj.mwc_name) == b""
+        wiped = _wait_bundle(cluster, inj.mwc_name, ca, timeout=30)
+        log = inj.log.read_text()
+        assert log.count("not found (yet)") == 1, log[-3000:]  # warned once, retried quietly
+        assert late < 40
+        assert wiped < 30
+    finally:
+        inj.stop()
+        cluster.kubectl(
+            "delete", "mutatingwebhookconfiguration", inj.mwc_name, "--ignore-not-found", check=False
+        )
+        cluster.kubectl("delete", "namespace", operator_ns, "--wait=false", check=False)

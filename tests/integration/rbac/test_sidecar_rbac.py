@@ -90,6 +90,8 @@ def operator_ns(cluster: Any) -> Iterator[str]:
         "generic",
         "refreshbus-broker",
         "--from-literal=urls=amqp://sidecar:pw@rabbitmq:5672/%2F",
+        # A user's Secret may hold more than the sidecars' URLs: never copied.
+        "--from-literal=operator-urls=amqp://operator:secret@rabbitmq:5672/%2F",
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
@@ -177,10 +179,11 @@ def test_sidecar_reads_exactly_its_managed_objects(
     # Another ServiceAccount in the namespace gets nothing.
     assert not can_i(cluster, ns, "default", "get", "secret/app-secret", "-n", ns)
 
-    # The broker Secret was copied in for the pods to mount.
+    # The broker Secret was copied in for the pods to mount: only the sidecars' key.
     copied = cluster.get_json("-n", ns, "secret", "refreshbus-broker")
     original = cluster.get_json("-n", operator_ns, "secret", "refreshbus-broker")
-    assert copied["data"] == original["data"]
+    assert set(original["data"]) == {"urls", "operator-urls"}
+    assert copied["data"] == {"urls": original["data"]["urls"]}
 
 
 def test_role_follows_annotation_changes_and_goes_with_the_workload(
@@ -231,3 +234,40 @@ def test_role_carries_an_owner_reference_for_garbage_collection(
     for kind in ("role", "rolebinding"):
         refs = cluster.get_json("-n", ns, kind, ROLE)["metadata"]["ownerReferences"]
         assert [(r["kind"], r["name"], r["uid"]) for r in refs] == [("Deployment", "web", uid)]
+
+
+def test_broker_secret_copy_holds_only_the_sidecar_key(
+    cluster: Any, workload_ns: str, operator_ns: str
+) -> None:
+    """ensure_broker_secret against the real API server: only ``key`` is copied; a copy with
+    other keys (written by an older operator) is rewritten; a source without the key is
+    "missing" and nothing is written."""
+    from refreshbus_operator.kube import Kube, load_client
+    from refreshbus_operator.sidecar_rbac import ensure_broker_secret
+
+    kube = Kube(load_client(cluster.kubeconfig))
+    original = cluster.get_json("-n", operator_ns, "secret", "refreshbus-broker")["data"]
+
+    def copy() -> dict[str, str]:
+        return dict(cluster.get_json("-n", workload_ns, "secret", "refreshbus-broker")["data"])
+
+    assert ensure_broker_secret(kube, workload_ns, operator_ns, "refreshbus-broker") == "written"
+    assert copy() == {"urls": original["urls"]}
+    assert ensure_broker_secret(kube, workload_ns, operator_ns, "refreshbus-broker") == "unchanged"
+
+    # An old full copy (other credentials included) is replaced by the one key.
+    cluster.kubectl("-n", workload_ns, "patch", "secret", "refreshbus-broker", "--type=merge",
+                    "-p", json.dumps({"data": {"operator-urls": original["operator-urls"]}}))
+    assert "operator-urls" in copy()
+    assert ensure_broker_secret(kube, workload_ns, operator_ns, "refreshbus-broker") == "written"
+    assert copy() == {"urls": original["urls"]}
+
+    # Another key name (REFRESHBUS_INJECTION_BROKER_SECRET_KEY), and a missing key.
+    cluster.kubectl("-n", workload_ns, "delete", "secret", "refreshbus-broker")
+    ensure = ensure_broker_secret
+    assert ensure(kube, workload_ns, operator_ns, "refreshbus-broker", "operator-urls") == "written"
+    assert copy() == {"operator-urls": original["operator-urls"]}
+    cluster.kubectl("-n", workload_ns, "delete", "secret", "refreshbus-broker")
+    assert ensure(kube, workload_ns, operator_ns, "refreshbus-broker", "nope") == "missing"
+    gone = cluster.kubectl("-n", workload_ns, "get", "secret", "refreshbus-broker", check=False)
+    assert gone.returncode != 0
