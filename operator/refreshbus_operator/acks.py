@@ -28,7 +28,7 @@ from refreshbus_wire import Ack, ProtocolError, decode
 from refreshbus_wire.routing import OPERATOR_ACK_QUEUE
 
 from refreshbus_operator import metrics
-from refreshbus_operator.publishing import backoff, connect, declare_topology
+from refreshbus_operator.broker import Link, backoff, declare_topology
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,15 @@ class AckConsumer:
         self._stopping = threading.Event()
         self._settle: queue.SimpleQueue[Tag] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="refreshbus-acks", daemon=True)
-        self._conn: Any = None
-        self._channel: Any = None
+        self._link = Link(self.urls, "consumer", "ack consumer", log)
         self._generation = 0
         self._lost = False
-        self.connected = False
-        metrics.BROKER_CONNECTED.labels(role="consumer").set(0)
         #: Called (in the consumer thread) after a *re*connect: messages may have been lost.
         self.on_reconnect: Callable[[], None] = lambda: None
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
 
     def start(self) -> None:
         self._thread.start()
@@ -88,39 +89,37 @@ class AckConsumer:
         attempt = 0
         while not self._stopping.is_set():
             if not self._active.is_set():
-                if self._conn is not None:
+                if self._link.conn is not None:
                     self._drain_settle()
-                    self._close()
+                    self._link.close()
                 self._lost = False  # a deliberate close: nothing was lost
                 self._active.wait(1.0)
                 continue
             try:
                 self._ensure()
-                self._conn.process_data_events(time_limit=0.05)
+                self._link.conn.process_data_events(time_limit=0.05)
                 self._drain_settle()
                 attempt = 0
             except Exception as exc:
                 # Only a connection that broke may have lost messages; a failed connect did not.
                 self._lost = self._lost or self.connected
-                self._close()
+                self._link.close()
                 delay = backoff(attempt, self.retry_initial, self.retry_max)
                 attempt += 1
                 log.warning("ack consumer: broker trouble (%s); reconnecting in %.1fs", exc, delay)
                 self._stopping.wait(delay)
         self._drain_settle()
-        self._close()
+        self._link.close()
 
     def _ensure(self) -> None:
-        if (
-            self._conn is not None
-            and self._conn.is_open
-            and self._channel is not None
-            and self._channel.is_open
-        ):
+        if self._link.is_open:
             return
-        self._close()
-        self._conn = connect(self.urls)
-        channel = self._conn.channel()
+        self._link.open(self._prepare)
+        if self._lost:
+            self._lost = False
+            self.on_reconnect()
+
+    def _prepare(self, channel: Any) -> None:
         declare_topology(channel)
         channel.basic_qos(prefetch_count=self.prefetch)
         self._generation += 1
@@ -130,13 +129,6 @@ class AckConsumer:
             self.deliver(body, (generation, method.delivery_tag))
 
         channel.basic_consume(queue=OPERATOR_ACK_QUEUE, on_message_callback=on_message, auto_ack=False)
-        self._channel = channel
-        self.connected = True
-        metrics.BROKER_CONNECTED.labels(role="consumer").set(1)
-        log.info("ack consumer connected to the broker")
-        if self._lost:
-            self._lost = False
-            self.on_reconnect()
 
     def _drain_settle(self) -> None:
         while True:
@@ -144,24 +136,12 @@ class AckConsumer:
                 generation, tag = self._settle.get_nowait()
             except queue.Empty:
                 return
-            if generation == self._generation and self._channel is not None and self._channel.is_open:
+            channel = self._link.channel
+            if generation == self._generation and channel is not None and channel.is_open:
                 try:
-                    self._channel.basic_ack(delivery_tag=tag)
+                    channel.basic_ack(delivery_tag=tag)
                 except Exception as exc:  # redelivered later; rounds dedupe per pod
                     log.debug("could not ack delivery %s: %s", tag, exc)
-
-    def _close(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        if self.connected:
-            log.info("ack consumer disconnected from the broker")
-        self.connected = False
-        metrics.BROKER_CONNECTED.labels(role="consumer").set(0)
-        if conn is not None:
-            try:
-                if conn.is_open:
-                    conn.close()
-            except Exception:
-                pass
 
 
 class AckSink(Protocol):

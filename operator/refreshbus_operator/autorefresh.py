@@ -35,8 +35,8 @@ from refreshbus_wire import pods as podc
 
 from refreshbus_operator import API_VERSION, KIND, metrics
 from refreshbus_operator import status as st
+from refreshbus_operator.broker import backoff
 from refreshbus_operator.kube import ApiError, Kube, cfr_path, q
-from refreshbus_operator.publishing import backoff
 from refreshbus_operator.settings import AUTO_REFRESH_LABEL, Config
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures as cf
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,49 +24,28 @@ from typing import Any
 import pika
 import pika.exceptions
 from refreshbus_wire import CONTENT_TYPE
-from refreshbus_wire.routing import ACK_BINDING, EXCHANGE, EXCHANGE_TYPE, OPERATOR_ACK_QUEUE
+from refreshbus_wire.routing import EXCHANGE
 
 from refreshbus_operator import metrics
+from refreshbus_operator.broker import (  # re-exported: callers import them from here too
+    Link,
+    PublishError,
+    backoff,
+    connect,
+    connection_parameters,
+    declare_topology,
+)
+
+__all__ = [
+    "PublishError",
+    "Publisher",
+    "backoff",
+    "connect",
+    "connection_parameters",
+    "declare_topology",
+]
 
 log = logging.getLogger(__name__)
-
-
-class PublishError(Exception):
-    """The job could not be confirmed by the broker before its deadline."""
-
-
-def connection_parameters(urls: Sequence[str], heartbeat: int = 30) -> list[pika.URLParameters]:
-    """One parameter set per URL, shuffled (failover order is random, as ActiveMQ's)."""
-    params = []
-    for url in urls:
-        p = pika.URLParameters(url)
-        p.heartbeat = heartbeat
-        p.blocked_connection_timeout = 30
-        p.connection_attempts = 1
-        p.socket_timeout = 5
-        p.client_properties = {"connection_name": "refreshbus-operator"}
-        params.append(p)
-    random.shuffle(params)
-    return params
-
-
-def connect(urls: Sequence[str]) -> pika.BlockingConnection:
-    if not urls:
-        raise PublishError("no broker URLs configured (REFRESHBUS_BROKER_URLS)")
-    return pika.BlockingConnection(connection_parameters(urls))
-
-
-def declare_topology(channel: Any) -> None:
-    """The exchange and the operators' shared, durable ack queue (idempotent)."""
-    channel.exchange_declare(exchange=EXCHANGE, exchange_type=EXCHANGE_TYPE, durable=True)
-    channel.queue_declare(queue=OPERATOR_ACK_QUEUE, durable=True)
-    channel.queue_bind(queue=OPERATOR_ACK_QUEUE, exchange=EXCHANGE, routing_key=ACK_BINDING)
-
-
-def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential, capped, with +-20 % jitter so replicas do not retry in lockstep."""
-    delay = min(maximum, initial * (2 ** min(attempt, 16)))
-    return float(delay * random.uniform(0.8, 1.2))
 
 
 @dataclass
@@ -89,11 +67,12 @@ class Publisher:
         self.retry_max = retry_max
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="refreshbus-publisher", daemon=True)
-        self._conn: pika.BlockingConnection | None = None
-        self._channel: Any = None
+        self._link = Link(self.urls, "publisher", "publisher", log)
         self._stopping = threading.Event()
-        self.connected = False
-        metrics.BROKER_CONNECTED.labels(role="publisher").set(0)
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
 
     def start(self) -> None:
         self._thread.start()
@@ -143,16 +122,16 @@ class Publisher:
             if job is None:
                 break
             self._do(job)
-        self._close()
+        self._link.close()
 
     def _heartbeat(self) -> None:
-        if self._conn is None:
+        if self._link.conn is None:
             return
         try:
-            self._conn.process_data_events(0)
+            self._link.conn.process_data_events(0)
         except Exception as exc:  # the broker went away while idle
             log.warning("publisher connection lost while idle: %s", exc)
-            self._close()
+            self._link.close()
 
     def _do(self, job: _Job) -> None:
         while not self._stopping.is_set():
@@ -160,7 +139,7 @@ class Publisher:
                 self._ensure()
                 while job.sent < len(job.messages):
                     key, body = job.messages[job.sent]
-                    self._channel.basic_publish(
+                    self._link.channel.basic_publish(
                         exchange=EXCHANGE,
                         routing_key=key,
                         body=body,
@@ -174,7 +153,7 @@ class Publisher:
                 return
             except Exception as exc:
                 # NackError, connection/channel errors, socket errors: all "broker trouble".
-                self._close()
+                self._link.close()
                 job.attempts += 1
                 metrics.PUBLISH_RETRIES.inc()
                 reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
@@ -195,32 +174,10 @@ class Publisher:
             job.future.set_exception(PublishError("operator is stopping"))
 
     def _ensure(self) -> None:
-        if (
-            self._conn is not None
-            and self._conn.is_open
-            and self._channel is not None
-            and self._channel.is_open
-        ):
-            return
-        self._close()
-        self._conn = connect(self.urls)
-        channel = self._conn.channel()
-        channel.confirm_delivery()
-        declare_topology(channel)
-        self._channel = channel
-        self.connected = True
-        metrics.BROKER_CONNECTED.labels(role="publisher").set(1)
-        log.info("publisher connected to the broker")
+        if not self._link.is_open:
+            self._link.open(_confirm_and_declare)
 
-    def _close(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        if self.connected:
-            log.info("publisher disconnected from the broker")
-        self.connected = False
-        metrics.BROKER_CONNECTED.labels(role="publisher").set(0)
-        if conn is not None:
-            try:
-                if conn.is_open:
-                    conn.close()
-            except Exception:
-                pass
+
+def _confirm_and_declare(channel: Any) -> None:
+    channel.confirm_delivery()
+    declare_topology(channel)

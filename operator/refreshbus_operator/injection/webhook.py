@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from refreshbus_operator.broker import backoff
 from refreshbus_operator.injection import certs
 from refreshbus_operator.injection.config import (
     NAMESPACE_LABEL,
@@ -37,7 +38,6 @@ from refreshbus_operator.injection.config import (
 )
 from refreshbus_operator.injection.mutation import Decision, Namespace, decide, wants_injection
 from refreshbus_operator.kube import ApiError, Kube, q, source_path
-from refreshbus_operator.publishing import backoff
 
 log = logging.getLogger("refreshbus.injection")
 
