@@ -365,6 +365,48 @@ def test_subpath_file_mount_serves_the_new_content_after_a_configmap_edit(
         assert view.restarts == 0
 
 
+def _sidecar_restarts(cluster: ControlPlane, ns: str, pod: str) -> int:
+    statuses = cluster.get_json("-n", ns, "pod", pod)["status"].get("initContainerStatuses", [])
+    return next(s.get("restartCount", 0) for s in statuses if s["name"] == "refreshbus-sidecar")
+
+
+KILL_SIDECAR = (
+    "import os, signal\n"
+    "for pid in os.listdir('/proc'):\n"
+    "    if pid.isdigit() and int(pid) != os.getpid():\n"
+    "        try: cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+    "        except OSError: continue\n"
+    "        if b'refreshbus-sidecar' in cmd: os.kill(int(pid), signal.SIGTERM)\n"
+)
+
+
+def test_a_restarted_sidecar_that_finds_the_current_config_neither_writes_nor_reloads(
+    cluster: ControlPlane, demo: str
+) -> None:
+    """A sidecar container restart keeps the emptyDir: its start-up and connect syncs find
+    the current content on disk and must not reload the app once more (signal: web-go,
+    with its in-place subPath file; HTTP: web-node)."""
+    targets = [pods(cluster, demo, "app=web-go")[0], pods(cluster, demo, "app=web-node")[0]]
+    loads = {p.name: json.loads(http_get(p.ip))["loads"] for p in targets}
+    restarts = {p.name: _sidecar_restarts(cluster, demo, p.name) for p in targets}
+    for p in targets:
+        cluster.kubectl("-n", demo, "exec", p.name, "-c", "refreshbus-sidecar", "--",
+                        "python3", "-c", KILL_SIDECAR)
+    for p in targets:
+        wait_for(lambda p=p: _sidecar_restarts(cluster, demo, p.name) > restarts[p.name], 60,
+                 f"{p.name}'s sidecar to restart")
+        wait_for(lambda p=p: "initial config written" in cluster.kubectl(
+            "-n", demo, "logs", p.name, "-c", "refreshbus-sidecar").stdout, 30, f"{p.name}'s sidecar ready")
+    time.sleep(3)  # the connect sync, and an auto-refresh nudge if there were one
+
+    for p in targets:
+        log = cluster.kubectl("-n", demo, "logs", p.name, "-c", "refreshbus-sidecar").stdout
+        msgs = [json.loads(line)["msg"] for line in log.splitlines() if line.startswith("{")]
+        assert "initial config written" in msgs
+        assert not [m for m in msgs if m.startswith(("wrote ", "reloaded"))], f"{p.name}: {msgs}"
+        assert json.loads(http_get(p.ip))["loads"] == loads[p.name], f"{p.name} was reloaded again"
+
+
 # -- step 4 ----------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,45 @@ def test_a_duplicate_event_causes_one_signal_and_acks_unchanged(
     assert json.loads(node.get("/")[1])["loads"] == loads + 1  # exactly one SIGHUP
     assert sidecar.metrics()['refreshbus_sidecar_reloads_total{result="success"}'] == 1
 
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_a_sidecar_restarted_over_current_content_neither_writes_nor_reloads(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, apps: Apps, bus: TestBus, tmp_path: Path,
+    kill: bool,
+) -> None:
+    """A sidecar container restart keeps the emptyDir: the new process finds the current
+    content on disk, and its start-up, connect and periodic syncs must leave it (and the
+    app) alone."""
+    configs.put_configmap(cluster, namespace, "settings", {"config.json": '{"v": 1}'})
+    configs.put_secret(cluster, namespace, "creds", {"password": b"s3cret"})
+    shared = tmp_path / "shared"
+    node = apps.node(shared / "configmap-settings" / "config.json")
+    pod = create_pod(cluster, namespace, "api-r", configmaps=["settings"], secrets=["creds"], action={
+        podc.ENV_ACTION: "signal", podc.ENV_PROCESS: node.process_pattern})
+    env = {podc.ENV_FETCH_JITTER: "0", podc.ENV_RESYNC_INTERVAL: "1",
+           podc.ENV_INPLACE_FILES: "configmap-settings/config.json"}
+    first = sidecars.start(pod, target_dir=shared, env=env)
+    rv = configs.put_configmap(cluster, namespace, "settings", {"config.json": '{"v": 2}'})
+    event = make_event(namespace, [("ConfigMap", "settings", rv)])
+    bus.publish(event)
+    assert bus.wait_ack(event.id).result is AckResult.OK
+    loads = json.loads(node.get("/")[1])["loads"]
+    data = (shared / "configmap-settings" / "..data").readlink()
+    if kill:
+        first.proc.kill()
+        first.proc.wait(5)
+    else:
+        first.stop()
+
+    second = sidecars.start(pod, target_dir=shared, env=env)
+    replay = make_event(namespace, [("ConfigMap", "settings", rv)])  # e.g. the operator's nudge
+    bus.publish(replay)
+    assert bus.wait_ack(replay.id).result is AckResult.UNCHANGED
+    time.sleep(2.5)  # two periodic syncs
+
+    assert json.loads(node.get("/")[1])["loads"] == loads  # no extra signal
+    assert (shared / "configmap-settings" / "..data").readlink() == data  # nothing written
+    metrics = second.metrics()
+    assert metrics.get('refreshbus_sidecar_reloads_total{result="success"}', 0) == 0
+    assert "wrote " not in second.log.read_text().split("starting")[-1]

@@ -278,3 +278,25 @@ def _env_of(settings: Settings) -> dict[str, str]:
         podc.ENV_BROKER_URLS: "amqp://x", podc.ENV_TARGET_DIR: str(settings.target_dir),
         podc.ENV_FETCH_JITTER: "0", podc.ENV_ACTION: "signal", podc.ENV_PROCESS: "app",
     }
+
+
+def test_a_restarted_sidecar_over_the_current_content_neither_writes_nor_reloads(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    make(settings, api, tmp_path).sync("start-up")
+    api.put("cfg", "11", a="2")
+    make(settings, api, tmp_path).handle(event("11"), now(), 0.0)  # the previous process
+    data = (tmp_path / "configmap-cfg" / "..data").readlink()
+    reloads.calls = 0
+
+    restarted = make(settings, api, tmp_path)  # new process, same emptyDir
+    outcomes = [restarted.sync(why) for why in ("start-up", "connected", "periodic")]
+    replay = restarted.handle(event("11", event_id="e-replayed"), now(), 0.0)
+
+    assert [o.result for o in outcomes] == [AckResult.UNCHANGED] * 3
+    assert replay.result is AckResult.UNCHANGED
+    assert restarted.ready
+    assert reloads.calls == 0
+    assert (tmp_path / "configmap-cfg" / "..data").readlink() == data
