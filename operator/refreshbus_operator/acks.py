@@ -28,7 +28,7 @@ from refreshbus_wire import Ack, ProtocolError, decode
 from refreshbus_wire.routing import OPERATOR_ACK_QUEUE
 
 from refreshbus_operator import metrics
-from refreshbus_operator.broker import Link, backoff, declare_topology
+from refreshbus_operator.broker import LinkThread, backoff, declare_topology
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 Tag = tuple[int, int]
 
 
-class AckConsumer:
+class AckConsumer(LinkThread):
     def __init__(
         self,
         urls: Sequence[str],
@@ -45,32 +45,20 @@ class AckConsumer:
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
     ) -> None:
-        self.urls = tuple(urls)
+        super().__init__(urls, "consumer", "ack consumer", "refreshbus-acks", log)
         self.deliver = deliver
         self.prefetch = prefetch
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._active = threading.Event()
-        self._stopping = threading.Event()
         self._settle: queue.SimpleQueue[Tag] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="refreshbus-acks", daemon=True)
-        self._link = Link(self.urls, "consumer", "ack consumer", log)
         self._generation = 0
         self._lost = False
         #: Called (in the consumer thread) after a *re*connect: messages may have been lost.
         self.on_reconnect: Callable[[], None] = lambda: None
 
-    @property
-    def connected(self) -> bool:
-        return self._link.connected
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
+    def _wake(self) -> None:
         self._active.set()
-        self._thread.join(timeout)
 
     def set_active(self, active: bool) -> None:
         if active:

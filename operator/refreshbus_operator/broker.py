@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -107,3 +108,34 @@ class Link:
                     conn.close()
             except Exception:
                 pass
+
+
+class LinkThread:
+    """Base of the publisher and the ack consumer: a daemon thread (``_run``) that owns one
+    :class:`Link`. ``stop`` sets ``_stopping``, wakes the thread (``_wake``) and joins it."""
+
+    def __init__(
+        self, urls: Sequence[str], role: str, name: str, thread_name: str, logger: logging.Logger
+    ) -> None:
+        self.urls = tuple(urls)
+        self._link = Link(self.urls, role, name, logger)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._wake()
+        self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        """Make a waiting ``_run`` notice ``_stopping`` at once."""
+
+    def _run(self) -> None:
+        raise NotImplementedError

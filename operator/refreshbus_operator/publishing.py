@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures as cf
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from refreshbus_wire.routing import EXCHANGE
 
 from refreshbus_operator import metrics
 from refreshbus_operator.broker import (  # re-exported: callers import them from here too
-    Link,
+    LinkThread,
     PublishError,
     backoff,
     connect,
@@ -58,29 +57,17 @@ class _Job:
     attempts: int = field(default=0)
 
 
-class Publisher:
+class Publisher(LinkThread):
     """Owns the publishing thread. ``publish`` is the coroutine the operator awaits."""
 
     def __init__(self, urls: Sequence[str], retry_initial: float = 0.2, retry_max: float = 5.0) -> None:
-        self.urls = tuple(urls)
+        super().__init__(urls, "publisher", "publisher", "refreshbus-publisher", log)
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="refreshbus-publisher", daemon=True)
-        self._link = Link(self.urls, "publisher", "publisher", log)
-        self._stopping = threading.Event()
 
-    @property
-    def connected(self) -> bool:
-        return self._link.connected
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
+    def _wake(self) -> None:
         self._jobs.put(None)
-        self._thread.join(timeout)
 
     def submit(
         self,
