@@ -257,6 +257,38 @@ def publish_raw(url: str, key: str, body: bytes) -> None:
 
 # -- Kubernetes objects ------------------------------------------------------------------------
 
+#: Labels of the ``orders`` Deployment's pods in the operator tests.
+ORDERS = {"app": "orders"}
+
+
+def orders_pods(
+    cluster: Any,
+    namespace: str,
+    n: int,
+    fake_sidecars: Callable[..., FakeSidecar],
+    behaviours: Mapping[int, Behaviour | None] | None = None,
+    configmaps: tuple[str, ...] = ("app-config",),
+) -> list[FakeSidecar]:
+    """``n`` running, opted-in pods of Deployment ``orders`` (``orders-5d8f9c7b6-p<i>``,
+    managing ``configmaps``), each with a fake sidecar answering as ``behaviours[i]`` says
+    (default: ``ok``). The Deployment object and the ConfigMaps are the caller's."""
+    from refreshbus_support.pods import Owner, create_pod
+
+    fakes = []
+    for i in range(n):
+        pod = create_pod(
+            cluster,
+            namespace,
+            f"orders-5d8f9c7b6-p{i}",
+            labels=ORDERS,
+            owner=Owner.replicaset_of("orders"),
+            configmaps=configmaps,
+        )
+        behaviour = (behaviours or {}).get(i)
+        fakes.append(fake_sidecars(namespace, pod.name, (pod.workload_kind, pod.workload_name), behaviour))
+    return fakes
+
+
 
 def deployment(
     cluster: Any,

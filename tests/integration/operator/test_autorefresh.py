@@ -10,12 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opharness import configmap, deployment, wait_for
-from refreshbus_support.pods import Owner, create_pod
+from opharness import ORDERS, configmap, deployment, orders_pods, wait_for
 
 pytestmark = pytest.mark.integration
 
-ORDERS = {"app": "orders"}
 AUTO = {
     "refreshbus.io/inject": "true",
     "refreshbus.io/auto-refresh": "true",
@@ -33,18 +31,7 @@ def auto_refreshes(cluster: Any, ns: str) -> list[dict[str, Any]]:
 def setup(cluster: Any, ns: str, fake_sidecars: Any, n: int = 2) -> list[Any]:
     configmap(cluster, ns, "app-config", {"k": "v0"})
     deployment(cluster, ns, "orders", ORDERS, AUTO)
-    fakes = []
-    for i in range(n):
-        pod = create_pod(
-            cluster,
-            ns,
-            f"orders-5d8f9c7b6-p{i}",
-            labels=ORDERS,
-            owner=Owner.replicaset_of("orders"),
-            configmaps=("app-config",),
-        )
-        fakes.append(fake_sidecars(ns, pod.name, ("Deployment", "orders")))
-    return fakes
+    return orders_pods(cluster, ns, n, fake_sidecars)
 
 
 def edit(cluster: Any, ns: str, patch: dict[str, Any]) -> None:

@@ -7,12 +7,11 @@ import json
 import re
 
 import pytest
-from opharness import cfr, configmap, refresh, wait_for, wait_phase
+from opharness import ORDERS, cfr, configmap, refresh, wait_for, wait_phase
 from refreshbus_support.pods import Owner, create_pod
 
 pytestmark = pytest.mark.integration
 
-ORDERS = {"app": "orders"}
 SPEC = {"sources": [{"configMap": {"name": "app-config"}}], "target": {"selector": {"matchLabels": ORDERS}}}
 
 

@@ -9,28 +9,36 @@ from typing import Any
 
 import pytest
 from opharness import (
+    ORDERS,
     always,
     cfr,
     condition,
     configmap,
     deployment,
     events_for,
+    orders_pods,
     publish_raw,
     refresh,
     silent,
     wait_for,
     wait_phase,
 )
-from refreshbus_support.pods import Owner, create_pod
+from refreshbus_support.pods import create_pod
 from refreshbus_wire import Ack, AckResult, encode, new_id, now
 from refreshbus_wire.routing import ack_key
 
 pytestmark = pytest.mark.integration
 
-ORDERS = {"app": "orders"}
+WORKLOAD = {"workload": {"kind": "Deployment", "name": "orders"}}
+SELECTOR = {"selector": {"matchLabels": ORDERS}}
 
 
-def orders_pods(
+def spec(target: dict[str, Any], source: str = "app-config", **extra: Any) -> dict[str, Any]:
+    """A ConfigRefresh spec with one ConfigMap source, ``target`` and any other fields."""
+    return {"sources": [{"configMap": {"name": source}}], "target": target, **extra}
+
+
+def orders_deployment_pods(
     cluster: Any,
     ns: str,
     n: int,
@@ -40,37 +48,16 @@ def orders_pods(
 ) -> list[Any]:
     """Deployment ``orders`` with ``n`` running, opted-in pods and a fake sidecar for each."""
     deployment(cluster, ns, "orders", ORDERS)
-    fakes = []
-    for i in range(n):
-        pod = create_pod(
-            cluster,
-            ns,
-            f"orders-5d8f9c7b6-p{i}",
-            labels=ORDERS,
-            owner=Owner.replicaset_of("orders"),
-            configmaps=configmaps,
-        )
-        fakes.append(
-            fake_sidecars(ns, pod.name, (pod.workload_kind, pod.workload_name), (behaviours or {}).get(i))
-        )
-    return fakes
+    return orders_pods(cluster, ns, n, fake_sidecars, behaviours, configmaps)
 
 
 def test_workload_refresh_succeeds_with_one_workload_message(
     cluster, namespace, start_operator, fake_sidecars
 ):
     configmap(cluster, namespace, "app-config", {"a": "1"})
-    fakes = orders_pods(cluster, namespace, 3, fake_sidecars)
+    fakes = orders_deployment_pods(cluster, namespace, 3, fake_sidecars)
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "r1",
-        {
-            "sources": [{"configMap": {"name": "app-config"}}],
-            "target": {"workload": {"kind": "Deployment", "name": "orders"}},
-        },
-    )
+    refresh(cluster, namespace, "r1", spec(WORKLOAD))
     obj = wait_phase(cluster, namespace, "r1", "Succeeded", operator=op)
     status = obj["status"]
     assert status["counts"] == {
@@ -110,7 +97,7 @@ def test_source_keys_are_carried_into_the_published_event(
     source without keys carries none: every key counts)."""
     configmap(cluster, namespace, "app-config", {"application.yaml": "a: 1", "logback.xml": "<x/>"})
     configmap(cluster, namespace, "extra", {"b": "2"})
-    fakes = orders_pods(cluster, namespace, 2, fake_sidecars, configmaps=("app-config", "extra"))
+    fakes = orders_deployment_pods(cluster, namespace, 2, fake_sidecars, configmaps=("app-config", "extra"))
     op = start_operator()
     refresh(
         cluster,
@@ -121,7 +108,7 @@ def test_source_keys_are_carried_into_the_published_event(
                 {"configMap": {"name": "app-config", "keys": ["application.yaml", "logback.xml"]}},
                 {"configMap": {"name": "extra"}},
             ],
-            "target": {"workload": {"kind": "Deployment", "name": "orders"}},
+            "target": WORKLOAD,
         },
     )
     obj = wait_phase(cluster, namespace, "keyed", "Succeeded", operator=op)
@@ -135,17 +122,9 @@ def test_source_keys_are_carried_into_the_published_event(
 
 def test_pods_target_reaches_only_the_named_pods(cluster, namespace, start_operator, fake_sidecars):
     configmap(cluster, namespace, "app-config", {"a": "1"})
-    fakes = orders_pods(cluster, namespace, 3, fake_sidecars)
+    fakes = orders_deployment_pods(cluster, namespace, 3, fake_sidecars)
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "only-one",
-        {
-            "sources": [{"configMap": {"name": "app-config"}}],
-            "target": {"pods": [fakes[1].pod, "does-not-exist"]},
-        },
-    )
+    refresh(cluster, namespace, "only-one", spec({"pods": [fakes[1].pod, "does-not-exist"]}))
     obj = wait_phase(cluster, namespace, "only-one", "Succeeded", operator=op)
     assert obj["status"]["counts"]["targets"] == 1
     assert obj["status"]["skipped"] == [{"pod": "does-not-exist", "reason": "pod not found"}]
@@ -159,7 +138,7 @@ def test_one_failure_gives_partially_failed_with_the_reason(
     cluster, namespace, start_operator, fake_sidecars
 ):
     configmap(cluster, namespace, "app-config", {"a": "1"})
-    orders_pods(
+    orders_deployment_pods(
         cluster,
         namespace,
         3,
@@ -167,12 +146,7 @@ def test_one_failure_gives_partially_failed_with_the_reason(
         {2: always("failed", "reload endpoint returned 500"), 1: always("unchanged")},
     )
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "r",
-        {"sources": [{"configMap": {"name": "app-config"}}], "target": {"selector": {"matchLabels": ORDERS}}},
-    )
+    refresh(cluster, namespace, "r", spec(SELECTOR))
     obj = wait_phase(cluster, namespace, "r", "PartiallyFailed", operator=op)
     status = obj["status"]
     assert status["counts"]["failed"] == 1
@@ -191,18 +165,9 @@ def test_one_failure_gives_partially_failed_with_the_reason(
 
 def test_deadline_times_out_naming_the_silent_pod(cluster, namespace, start_operator, fake_sidecars):
     configmap(cluster, namespace, "app-config", {"a": "1"})
-    orders_pods(cluster, namespace, 2, fake_sidecars, {0: silent()})
+    orders_deployment_pods(cluster, namespace, 2, fake_sidecars, {0: silent()})
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "r",
-        {
-            "sources": [{"configMap": {"name": "app-config"}}],
-            "target": {"destination": "orders"},
-            "deadlineSeconds": 3,
-        },
-    )
+    refresh(cluster, namespace, "r", spec({"destination": "orders"}, deadlineSeconds=3))
     obj = wait_phase(cluster, namespace, "r", "TimedOut", timeout=20, operator=op)
     status = obj["status"]
     assert status["counts"] == {
@@ -220,17 +185,9 @@ def test_deadline_times_out_naming_the_silent_pod(cluster, namespace, start_oper
 
 
 def test_missing_source_publishes_nothing(cluster, namespace, start_operator, fake_sidecars):
-    fakes = orders_pods(cluster, namespace, 1, fake_sidecars)
+    fakes = orders_deployment_pods(cluster, namespace, 1, fake_sidecars)
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "r",
-        {
-            "sources": [{"configMap": {"name": "nope"}}],
-            "target": {"workload": {"kind": "Deployment", "name": "orders"}},
-        },
-    )
+    refresh(cluster, namespace, "r", spec(WORKLOAD, source="nope"))
     obj = wait_phase(cluster, namespace, "r", "Failed", operator=op)
     cond = condition(obj, "SourcesReady")
     assert cond["status"] == "False"
@@ -242,14 +199,9 @@ def test_missing_source_publishes_nothing(cluster, namespace, start_operator, fa
 
 def test_unmanaged_source_publishes_nothing(cluster, namespace, start_operator, fake_sidecars):
     configmap(cluster, namespace, "other", {"a": "1"})
-    fakes = orders_pods(cluster, namespace, 2, fake_sidecars)
+    fakes = orders_deployment_pods(cluster, namespace, 2, fake_sidecars)
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "r",
-        {"sources": [{"configMap": {"name": "other"}}], "target": {"selector": {"matchLabels": ORDERS}}},
-    )
+    refresh(cluster, namespace, "r", spec(SELECTOR, source="other"))
     obj = wait_phase(cluster, namespace, "r", "Failed", operator=op)
     assert condition(obj, "SourcesReady")["reason"] == "SourceNotManaged"
     assert all(f.deliveries() == [] for f in fakes)
@@ -260,12 +212,7 @@ def test_no_targets_and_skipped_pods(cluster, namespace, start_operator):
     create_pod(cluster, namespace, "plain", labels=ORDERS, with_sidecar=False)
     create_pod(cluster, namespace, "starting", labels=ORDERS, configmaps=("app-config",), running=False)
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "r",
-        {"sources": [{"configMap": {"name": "app-config"}}], "target": {"selector": {"matchLabels": ORDERS}}},
-    )
+    refresh(cluster, namespace, "r", spec(SELECTOR))
     obj = wait_phase(cluster, namespace, "r", "Failed", operator=op)
     cond = condition(obj, "TargetsResolved")
     assert cond["status"] == "False"
@@ -280,30 +227,18 @@ def test_no_targets_and_skipped_pods(cluster, namespace, start_operator):
 def test_missing_workload(cluster, namespace, start_operator):
     configmap(cluster, namespace, "app-config", {"a": "1"})
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "r",
-        {
-            "sources": [{"configMap": {"name": "app-config"}}],
-            "target": {"workload": {"kind": "StatefulSet", "name": "ghost"}},
-        },
-    )
+    refresh(cluster, namespace, "r", spec({"workload": {"kind": "StatefulSet", "name": "ghost"}}))
     obj = wait_phase(cluster, namespace, "r", "Failed", operator=op)
     assert condition(obj, "TargetsResolved")["reason"] == "WorkloadNotFound"
 
 
 def test_spec_change_after_completion_starts_a_new_round(cluster, namespace, start_operator, fake_sidecars):
     configmap(cluster, namespace, "app-config", {"a": "1"})
-    fakes = orders_pods(cluster, namespace, 2, fake_sidecars)
+    fakes = orders_deployment_pods(cluster, namespace, 2, fake_sidecars)
     op = start_operator()
-    spec = {
-        "sources": [{"configMap": {"name": "app-config"}}],
-        "target": {"selector": {"matchLabels": ORDERS}},
-    }
-    refresh(cluster, namespace, "r", spec)
+    refresh(cluster, namespace, "r", spec(SELECTOR))
     first = wait_phase(cluster, namespace, "r", "Succeeded", operator=op)["status"]["eventId"]
-    refresh(cluster, namespace, "r", {**spec, "deadlineSeconds": 30})
+    refresh(cluster, namespace, "r", spec(SELECTOR, deadlineSeconds=30))
     obj = wait_for(
         lambda: (
             (o := cfr(cluster, namespace, "r"))["status"].get("eventId") != first
@@ -320,18 +255,9 @@ def test_spec_change_after_completion_starts_a_new_round(cluster, namespace, sta
 
 def test_bad_acks_are_counted_and_ignored(cluster, namespace, running_broker, start_operator, fake_sidecars):
     configmap(cluster, namespace, "app-config", {"a": "1"})
-    fakes = orders_pods(cluster, namespace, 2, fake_sidecars, {1: silent()})
+    fakes = orders_deployment_pods(cluster, namespace, 2, fake_sidecars, {1: silent()})
     op = start_operator()
-    refresh(
-        cluster,
-        namespace,
-        "r",
-        {
-            "sources": [{"configMap": {"name": "app-config"}}],
-            "target": {"selector": {"matchLabels": ORDERS}},
-            "deadlineSeconds": 20,
-        },
-    )
+    refresh(cluster, namespace, "r", spec(SELECTOR, deadlineSeconds=20))
     wait_for(lambda: fakes[1].deliveries(), 10, "the event to reach the silent pod")
     event_id = fakes[1].deliveries()[0].id
     url = running_broker.url("refreshbus-sidecar")

@@ -6,31 +6,28 @@ import threading
 from typing import Any
 
 import pytest
-from opharness import cfr, condition, configmap, publish_raw, refresh, wait_for, wait_phase
-from refreshbus_support.pods import Owner, create_pod
+from opharness import (
+    ORDERS,
+    cfr,
+    condition,
+    configmap,
+    orders_pods,
+    publish_raw,
+    refresh,
+    wait_for,
+    wait_phase,
+)
 from refreshbus_wire import Ack, AckResult, RefreshEvent, encode, new_id, now
 from refreshbus_wire.routing import ack_key
 
 pytestmark = pytest.mark.integration
 
-ORDERS = {"app": "orders"}
 SPEC = {"sources": [{"configMap": {"name": "app-config"}}], "target": {"selector": {"matchLabels": ORDERS}}}
 
 
 def make_pods(cluster: Any, ns: str, n: int, fake_sidecars: Any, behaviours: dict[int, Any]) -> list[Any]:
     configmap(cluster, ns, "app-config", {"a": "1"})
-    fakes = []
-    for i in range(n):
-        pod = create_pod(
-            cluster,
-            ns,
-            f"orders-5d8f9c7b6-p{i}",
-            labels=ORDERS,
-            owner=Owner.replicaset_of("orders"),
-            configmaps=("app-config",),
-        )
-        fakes.append(fake_sidecars(ns, pod.name, ("Deployment", "orders"), behaviours.get(i)))
-    return fakes
+    return orders_pods(cluster, ns, n, fake_sidecars, behaviours)
 
 
 def answer_on_second_delivery(event: RefreshEvent, nth: int) -> tuple[str, None] | None:
