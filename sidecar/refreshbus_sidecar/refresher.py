@@ -30,6 +30,12 @@ from refreshbus_sidecar.metrics import Metrics
 
 log = logging.getLogger("refreshbus.sidecar")
 
+#: File in the shared volume holding the hash of every managed source as the app last
+#: loaded it (after a successful reload, or the initial write the app starts with). A
+#: restarted sidecar that finds the content on disk ahead of it knows its predecessor
+#: died between a swap and the reload, and reloads.
+LOADED_MARKER = ".loaded"
+
 #: Delays (seconds) between fetch attempts while handling one event: about 4 s in all,
 #: short enough to keep the broker connection's heartbeats serviced.
 FETCH_RETRY_DELAYS = (0.2, 0.4, 0.8, 1.2, 1.5)
@@ -98,6 +104,7 @@ class Refresher:
         #: Written to disk but the last reload of it failed: the next sync/event retries it.
         self.reload_pending = False
         self.ready = False
+        self._marker_checked = False
         self._done: OrderedDict[str, str | None] = OrderedDict()  # event id -> config hash
 
     # -- events ------------------------------------------------------------------------
@@ -185,6 +192,8 @@ class Refresher:
             self.sleep(random.uniform(0, self.settings.fetch_jitter))
         t0 = time.monotonic()
         first_time = any(self.store.current_hash(k, n) is None for k, n in self.settings.sources)
+        if not first_time and not self._marker_checked:
+            self._check_marker()
         try:
             payloads = [self._fetch(kind, name, None, retry=False) for kind, name in self.settings.sources]
         except SyncError as exc:
@@ -253,15 +262,46 @@ class Refresher:
                      extra={"config_hash": config_hash})
         self.store.prune()
         if not reload:
+            self._write_marker()  # the app starts with this content
             return Outcome(AckResult.OK, config_hash, written_ms=written_ms)
         if error is not None:
             self.reload_pending = True
             self.metrics.inc("refreshbus_sidecar_reloads_total", result="failure")
             return Outcome(AckResult.FAILED, config_hash, written_ms=written_ms, error=error)
         self.reload_pending = False
+        self._write_marker()
         self.metrics.inc("refreshbus_sidecar_reloads_total", result="success")
         log.info("reloaded: %s", done)
         return Outcome(AckResult.OK, config_hash, written_ms=written_ms, reloaded_ms=reloaded_ms)
+
+    def _all_on_disk(self) -> str | None:
+        return self._hash_on_disk([(kind, name, None) for kind, name in self.settings.sources])
+
+    def _check_marker(self) -> None:
+        """Once per process: content on disk newer than what the app last loaded means the
+        previous sidecar died between a swap and the reload -- reload at this sync."""
+        self._marker_checked = True
+        try:
+            loaded = (self.settings.target_dir / LOADED_MARKER).read_text().strip()
+        except OSError:
+            return  # no marker (written by an older sidecar, or never): nothing to go by
+        if loaded != self._all_on_disk():
+            log.warning("the config on disk is newer than what the app last loaded (the previous "
+                        "sidecar stopped between writing and reloading): reloading")
+            self.reload_pending = True
+
+    def _write_marker(self) -> None:
+        self._marker_checked = True
+        value = self._all_on_disk()
+        if value is None:
+            return
+        path = self.settings.target_dir / LOADED_MARKER
+        tmp = self.settings.target_dir / (LOADED_MARKER + ".tmp")
+        try:
+            tmp.write_text(value + "\n")
+            tmp.replace(path)
+        except OSError as exc:  # best effort: only a restart's reload decision depends on it
+            log.debug("cannot record the loaded config: %s", exc)
 
     def _hash_on_disk(self, refs: list[tuple[str, str, str | None]]) -> str | None:
         hashes = [self.store.current_hash(kind, name) for kind, name, _ in refs]

@@ -89,3 +89,29 @@ def test_a_sidecar_restarted_over_current_content_neither_writes_nor_reloads(
     metrics = second.metrics()
     assert metrics.get('refreshbus_sidecar_reloads_total{result="success"}', 0) == 0
     assert "wrote " not in second.log.read_text().split("starting")[-1]
+
+
+def test_a_sidecar_restarted_after_dying_between_swap_and_reload_reloads_once(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, apps: Apps, tmp_path: Path
+) -> None:
+    """The predecessor swapped the new content in but died before signalling: the record
+    of what the app last loaded (``.loaded``) is behind the disk, so the successor reloads."""
+    configs.put_configmap(cluster, namespace, "settings", {"config.json": '{"v": 1}'})
+    shared = tmp_path / "shared"
+    node = apps.node(shared / "configmap-settings" / "config.json")
+    pod = create_pod(cluster, namespace, "api-d", configmaps=["settings"], action={
+        podc.ENV_ACTION: "signal", podc.ENV_PROCESS: node.process_pattern})
+    env = {podc.ENV_FETCH_JITTER: "0"}
+    sidecars.start(pod, target_dir=shared, env=env).stop()
+    loaded_v1 = (shared / ".loaded").read_text()
+    configs.put_configmap(cluster, namespace, "settings", {"config.json": '{"v": 2}'})
+    sidecars.start(pod, target_dir=shared, env=env).stop()  # wrote v2 and reloaded
+    (shared / ".loaded").write_text(loaded_v1)  # ... as if it had died before reloading
+    loads = json.loads(node.get("/")[1])["loads"]
+
+    sidecar = sidecars.start(pod, target_dir=shared, env=env)
+    time.sleep(1)  # the connect sync after the start-up one
+
+    assert json.loads(node.get("/")[1])["loads"] == loads + 1
+    assert sidecar.metrics()['refreshbus_sidecar_reloads_total{result="success"}'] == 1
+    assert (shared / ".loaded").read_text() != loaded_v1

@@ -300,3 +300,45 @@ def test_a_restarted_sidecar_over_the_current_content_neither_writes_nor_reloads
     assert restarted.ready
     assert reloads.calls == 0
     assert (tmp_path / "configmap-cfg" / "..data").readlink() == data
+
+
+class Crash(BaseException):
+    """The process dying between the swap and the reload."""
+
+
+def test_a_sidecar_that_died_between_the_swap_and_the_reload_is_followed_by_one_reload(
+    settings: Settings, reloads: Reloads, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    make(settings, api, tmp_path).sync("start-up")
+    api.put("cfg", "11", a="2")
+
+    def die(action: reload_mod.ReloadAction) -> str:
+        raise Crash
+
+    monkeypatch.setattr(reload_mod, "run", die)
+    with pytest.raises(Crash):
+        make(settings, api, tmp_path).handle(event("11"), now(), 0.0)
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "2"  # swapped, never reloaded
+    monkeypatch.setattr(reload_mod, "run", reloads)
+
+    restarted = make(settings, api, tmp_path)
+    outcomes = [restarted.sync(why) for why in ("start-up", "connected", "periodic")]
+
+    assert [o.result for o in outcomes] == [AckResult.OK, AckResult.UNCHANGED, AckResult.UNCHANGED]
+    assert reloads.calls == 1
+    assert make(settings, api, tmp_path).sync("start-up").result is AckResult.UNCHANGED  # recorded
+    assert reloads.calls == 1
+
+
+def test_without_a_loaded_marker_a_restart_over_current_content_does_not_reload(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    make(settings, api, tmp_path).sync("start-up")
+    (tmp_path / ".loaded").unlink()  # e.g. written by a sidecar version without the marker
+
+    assert make(settings, api, tmp_path).sync("start-up").result is AckResult.UNCHANGED
+    assert reloads.calls == 0
