@@ -70,26 +70,6 @@ def test_a_key_removed_from_the_source_keeps_its_last_content(tmp_path: Path) ->
     assert inplace(tmp_path, "configmap-app", "app.yaml").read_text() == "a: 1\n"
 
 
-def test_a_file_that_cannot_be_opened_fails_the_change_and_nothing_is_swapped(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores file permissions")
-    store = Store(tmp_path, [("ConfigMap", "app", "app.yaml")])
-    store.apply([cm("app", **{"app.yaml": "a: 1\n"})])
-    path = inplace(tmp_path, "configmap-app", "app.yaml")
-    before = os.readlink(tmp_path / "configmap-app" / "..data")
-    path.chmod(0o444)
-    path.parent.chmod(0o555)
-    try:
-        with pytest.raises(DeliveryError, match="permission denied"):
-            Store(tmp_path, [("ConfigMap", "app", "app.yaml")]).apply([cm("app", **{"app.yaml": "a: 2\n"})])
-    finally:
-        path.parent.chmod(0o755)
-    assert path.read_text() == "a: 1\n"
-    assert os.readlink(tmp_path / "configmap-app" / "..data") == before
-    assert (tmp_path / "configmap-app" / "app.yaml").read_text() == "a: 1\n"
-    assert store.apply([cm("app", **{"app.yaml": "a: 1\n"})]) == []
-
-
 def test_an_open_refused_by_the_kernel_fails_the_change_with_everything_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
