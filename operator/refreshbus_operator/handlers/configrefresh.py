@@ -6,6 +6,7 @@ No finalizer: deleting a ConfigRefresh needs no clean-up beyond stopping its rou
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kopf
@@ -34,6 +35,5 @@ async def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) ->
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
-    import copy
-
+    # The engine keeps parts of the body beyond this handler call; kopf's Body is a live view.
     return copy.deepcopy(dict(body))
