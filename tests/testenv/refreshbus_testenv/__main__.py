@@ -24,7 +24,8 @@ def _state_file(workdir: Path) -> Path:
     return workdir / "state.json"
 
 
-def up(workdir: Path, with_node: bool = False) -> int:
+def up(workdir: Path, with_node: bool = False, api_port: int = DEFAULT_API_PORT,
+       amqp_port: int = DEFAULT_AMQP_PORT) -> int:
     """Start etcd, kube-apiserver and RabbitMQ in the background, install the CRDs.
     With ``with_node``: also a real node (node.py) with the project's images imported."""
     state_path = _state_file(workdir)
@@ -39,8 +40,8 @@ def up(workdir: Path, with_node: bool = False) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if with_node:
         return _up_node(workdir)
-    plane = ControlPlane(workdir / "k8s", api_port=DEFAULT_API_PORT)
-    broker = Broker(workdir / "rabbitmq", port=DEFAULT_AMQP_PORT)
+    plane = ControlPlane(workdir / "k8s", api_port=api_port)
+    broker = Broker(workdir / "rabbitmq", port=amqp_port)
     with ThreadPoolExecutor(2) as pool:
         jobs = [pool.submit(plane.start), pool.submit(broker.start)]
         for job in jobs:
@@ -152,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
                         "manager, kube-proxy; needs root) and import the project's images")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                         help=f"where state, data and logs live (default: {DEFAULT_DIR})")
+    parser.add_argument("--api-port", type=int, default=DEFAULT_API_PORT,
+                        help=f"up: kube-apiserver port (default: {DEFAULT_API_PORT})")
+    parser.add_argument("--amqp-port", type=int, default=DEFAULT_AMQP_PORT,
+                        help=f"up: RabbitMQ AMQP port (default: {DEFAULT_AMQP_PORT})")
     args = parser.parse_args(argv)
     args.dir = args.dir.resolve()  # kubeconfigs name files by path: relative ones would break
     try:
         if args.command == "up":
-            return up(args.dir, with_node=args.node)
+            return up(args.dir, with_node=args.node, api_port=args.api_port, amqp_port=args.amqp_port)
         return {"down": down, "status": status}[args.command](args.dir)
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
