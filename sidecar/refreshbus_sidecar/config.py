@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,22 @@ from refreshbus_wire.routing import WORKLOAD_KINDS, PodIdentity
 
 class ConfigError(ValueError):
     """The sidecar's environment is incomplete or inconsistent; the text says which variable."""
+
+
+def _check_broker_url(number: int, url: str) -> None:
+    """Refuse a broker URL that does not parse (typically a password with an unencoded
+    ``/``, ``#``, ``?`` or ``@``), without echoing it: the parser's own message would quote
+    part of the password, and pika would raise it from the main loop."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # ValueError when "host:port" is really part of the credentials
+        valid = bool(parts.hostname) and "#" not in url
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"broker URL #{number} is not a valid amqp[s]://user:password@host:port/vhost URL "
+            "(percent-encode any / # ? @ : % in the user name and password)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +180,10 @@ def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) 
         broker_urls = tuple(u for u in re.split(r"[\s,]+", raw_urls or "") if u)
         if not broker_urls:
             raise ConfigError(f"set {pods.ENV_BROKER_URLS} or {pods.ENV_BROKER_URLS_FILE}")
-        for url in broker_urls:
+        for number_, url in enumerate(broker_urls, 1):
             if not url.startswith(("amqp://", "amqps://")):
                 raise ConfigError(f"broker URLs must start with amqp:// or amqps:// (got {url.split(':')[0]}://...)")
+            _check_broker_url(number_, url)
 
     reload = _reload_settings(get, number)
     inplace_files = _inplace_files(get(pods.ENV_INPLACE_FILES), configmaps, secrets)

@@ -90,3 +90,13 @@ def test_inplace_files_name_keys_of_managed_sources() -> None:
 def test_inplace_files_outside_the_managed_sources_are_refused(entry: str) -> None:
     with pytest.raises(ConfigError, match=podc.ENV_INPLACE_FILES):
         load({**BASE, podc.ENV_INPLACE_FILES: entry})
+
+
+@pytest.mark.parametrize("password", ["Xq7#zW9", "Xq7/zW9", "Xq7?zW9", "1234#zW9"])
+def test_a_broker_url_that_does_not_parse_is_refused_without_quoting_the_password(password: str) -> None:
+    # Unencoded, these made pika raise "Port could not be cast to integer value as 'Xq7'"
+    # from the main loop: a crash, with part of the password in the traceback.
+    with pytest.raises(ConfigError, match="not a valid amqp") as info:
+        load({**BASE, podc.ENV_BROKER_URLS: f"amqp://sidecar:{password}@rabbit-0:5672/%2F"})
+    assert "Xq7" not in str(info.value)
+    assert "zW9" not in str(info.value)
