@@ -90,12 +90,12 @@ test-integration: deps ## Integration and end-to-end tests (real RabbitMQ + kube
 ##@ Demo
 
 .PHONY: demo
-demo: deps ## Run it: control plane, broker, operator, 3 pods with real sidecars + apps, one refresh
-	$(BIN)/python demo/demo.py
+demo: deps ## Run it: control plane, broker, operator, 3 pods with real sidecars + apps, one refresh (on the real node if cluster-up-node is up)
+	REFRESHBUS_NODE_DIR=$(NODE_DIR) $(BIN)/python demo/demo.py
 
 .PHONY: demo-down
-demo-down: ## Stop what `make demo` left running
-	$(BIN)/python demo/demo.py down
+demo-down: ## Stop what `make demo` left running (on the real node: helm uninstall + namespace; the node stays)
+	REFRESHBUS_NODE_DIR=$(NODE_DIR) $(BIN)/python demo/demo.py down
 
 ##@ Benchmarks (figures go to docs/; never timed assertions in tests)
 

@@ -7,6 +7,10 @@ changes their ConfigMap, applies ``examples/refresh.yaml`` and shows what happen
 ``kubectl get cfr`` table and every app's config before and after (same PID: reloaded in
 place, not restarted).
 
+When the real single-node cluster of ``make cluster-up-node`` is up, the demo runs there
+instead (``demo/node_demo.py``: helm install, real nginx pods with injected sidecars); set
+``REFRESHBUS_DEMO=processes`` to keep the process-level demo anyway.
+
 Interactive terminal: everything keeps running until Ctrl-C (or ``make demo-down`` from
 another shell). Without a terminal, or with CI=true: exits after printing the result,
 non-zero if the refresh did not succeed.
@@ -88,8 +92,14 @@ def put_configmap(plane: ControlPlane, data: dict[str, str]) -> None:
 
 
 def main() -> int:
+    sys.path.insert(0, str(ROOT / "demo"))
+    import node_demo
+
     if len(sys.argv) > 1 and sys.argv[1] == "down":
+        node_demo.down()
         return down()
+    if os.environ.get("REFRESHBUS_DEMO") != "processes" and node_demo.available():
+        return node_demo.main()
     if STATE.exists():
         down()
     WORK.mkdir(exist_ok=True)
