@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import random
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,7 +207,25 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         raise ValueError(f"log format must be json or plain, got {config.log_format!r}")
     if config.status_flush_interval < 0:
         raise ValueError("status flush interval must be >= 0")
+    for number, url in enumerate(config.broker_urls, 1):
+        _check_broker_url(number, url)
     return config
+
+
+def _check_broker_url(number: int, url: str) -> None:
+    """Refuse a broker URL that does not parse (typically a password with an unencoded
+    ``/``, ``#``, ``?`` or ``@``), without echoing it: pika's own message quotes part of the
+    password, and the publisher would carry it into statuses, Events and logs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # ValueError when "host:port" is really part of the credentials
+        valid = bool(parts.hostname) and "#" not in url
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"broker URL #{number} is not a valid amqp[s]://user:password@host:port/vhost URL "
+            "(percent-encode any / # ? @ : % in the user name and password)")
 
 
 def apply_kopf_settings(settings: kopf.OperatorSettings, config: Config) -> None:

@@ -157,6 +157,17 @@ def test_config_from_env_and_overrides():
         settings.from_env({"REFRESHBUS_OPERATOR_METRICS_PORT": "nope"})
 
 
+@pytest.mark.parametrize("password", ["Xq7#zW9", "Xq7/zW9", "Xq7?zW9", "1234#zW9"])
+def test_a_broker_url_that_does_not_parse_is_refused_without_quoting_the_password(password):
+    # Unencoded, pika raised "Port could not be cast to integer value as 'Xq7'" on every
+    # publish, and the publisher put that text in statuses, Events and logs.
+    env = {"REFRESHBUS_BROKER_URLS": f"amqp://operator:{password}@rabbit:5672/%2F"}
+    with pytest.raises(ValueError, match="not a valid amqp") as info:
+        settings.from_env(env)
+    assert "Xq7" not in str(info.value)
+    assert "zW9" not in str(info.value)
+
+
 def test_kopf_settings_use_our_group():
     import kopf
 
