@@ -362,6 +362,8 @@ def main() -> int:
                 f"Ctrl-C (or `make demo-down`) removes the demo; `make cluster-down-node` stops the node.",
                 flush=True,
             )
+            for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or kill: remove the demo (finally)
+                signal.signal(sig, signal.default_int_handler)
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
         return 0 if ok else 1
