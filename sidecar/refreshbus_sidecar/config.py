@@ -271,6 +271,14 @@ def _reload_settings(
     for var, value in ((pods.ENV_RELOAD_URL, url), (pods.ENV_HEALTH_URL, get_(pods.ENV_HEALTH_URL))):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ConfigError(f"{var} must be an http:// or https:// URL")
+        if value is not None:
+            try:
+                parts = urllib.parse.urlsplit(value)
+                _ = parts.port  # ValueError on a port that is not a number in 0..65535
+            except ValueError:
+                raise ConfigError(f"{var} has an invalid port") from None
+            if not parts.hostname:
+                raise ConfigError(f"{var} has no host")
     method = (get_(pods.ENV_RELOAD_METHOD) or "POST").upper()
     if method not in HTTP_METHODS:
         raise ConfigError(f"{pods.ENV_RELOAD_METHOD} must be one of {', '.join(sorted(HTTP_METHODS))}")

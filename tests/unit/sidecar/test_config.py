@@ -64,6 +64,9 @@ def test_the_action_is_inferred_from_what_is_set() -> None:
         ({podc.ENV_SECRET_MODE: "999"}, "octal file mode"),
         ({podc.ENV_FETCH_JITTER: "-1"}, "within"),
         ({podc.ENV_BROKER_URLS_FILE: "/nonexistent/urls"}, "cannot read"),
+        ({podc.ENV_RELOAD_URL: "http://app:reload/-/reload"}, "RELOAD_URL has an invalid port"),
+        ({podc.ENV_HEALTH_URL: "http://app:99999/healthz"}, "HEALTH_URL has an invalid port"),
+        ({podc.ENV_RELOAD_URL: "http:///-/reload"}, "REFRESHBUS_RELOAD_URL has no host"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_variable_named(change: dict[str, str], message: str) -> None:
