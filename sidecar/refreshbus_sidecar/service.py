@@ -143,12 +143,16 @@ class Service:
         self.metrics.set("refreshbus_sidecar_broker_connected", 1 if value else 0)
 
     def _sync(self, why: str, jitter: bool = False) -> None:
-        outcome = self.refresher.sync(why, jitter=jitter)
+        try:
+            error = self.refresher.sync(why, jitter=jitter).error
+        except Exception as exc:  # a bug must cost a retry later, never the sidecar
+            log.exception("sync crashed")
+            error = f"internal error in the sidecar: {type(exc).__name__}: {exc}"
         self.state.ready = self.refresher.ready
-        if outcome.error:
+        if error:
             delay = self._sync_backoff.next()
             self._next_sync = time.monotonic() + delay
-            self.state.detail = f"last sync failed ({outcome.error}); retrying in {delay:.0f}s"
+            self.state.detail = f"last sync failed ({error}); retrying in {delay:.0f}s"
         else:
             self._sync_backoff.reset()
             interval = self.settings.resync_interval
