@@ -14,7 +14,10 @@ Errors are :class:`ApiError` subclasses whose text says what to fix.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import binascii
+import contextlib
 import http.client
 import json
 import os
@@ -214,9 +217,15 @@ def load_kubeconfig(path: Path) -> Credentials:
         if source.get(file_key):
             return str(base / source[file_key])
         if source.get(data_key):
+            try:
+                content = base64.b64decode(source[data_key], validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise ApiError(f"kubeconfig {path}: {data_key} is not valid base64") from None
+            # ssl wants files; mkstemp makes them 0600, and they go when the process exits.
             fd, name = tempfile.mkstemp(prefix="refreshbus-kube-")
+            atexit.register(_remove_quietly, name)
             with os.fdopen(fd, "wb") as out:
-                out.write(base64.b64decode(source[data_key]))
+                out.write(content)
             return name
         return None
 
@@ -230,6 +239,11 @@ def load_kubeconfig(path: Path) -> Credentials:
         token_file=str(base / token_file) if token_file else None,
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
     )
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _status_message(body: bytes) -> str:

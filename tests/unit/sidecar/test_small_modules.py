@@ -80,6 +80,27 @@ def test_kubeconfig_with_inline_data_and_token(tmp_path: Path) -> None:
     assert Path(creds.ca_file).read_bytes() == b"-----BEGIN CERTIFICATE-----\n"
 
 
+def test_inline_credentials_that_are_not_base64_are_a_clear_error(tmp_path: Path) -> None:
+    path = kubeconfig(tmp_path, {"client-key-data": "not base64 !"}, {})
+
+    with pytest.raises(ApiError, match="client-key-data is not valid base64"):
+        load_kubeconfig(path)
+
+
+def test_inline_credentials_written_to_files_are_removed_when_the_process_exits(tmp_path: Path) -> None:
+    key = base64.b64encode(b"PRIVATE KEY").decode()
+    path = kubeconfig(tmp_path, {"client-key-data": key}, {})
+    script = ("import sys; from pathlib import Path; from refreshbus_sidecar.kubeapi import load_kubeconfig;"
+              " print(load_kubeconfig(Path(sys.argv[1])).key_file)")
+
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                          timeout=30, check=True)
+
+    key_file = Path(proc.stdout.strip())
+    assert key_file.name.startswith("refreshbus-kube-")
+    assert not key_file.exists()
+
+
 def test_a_yaml_kubeconfig_is_refused_with_the_conversion_command(tmp_path: Path) -> None:
     path = tmp_path / "config"
     path.write_text("apiVersion: v1\nkind: Config\n")
