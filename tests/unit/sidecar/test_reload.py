@@ -164,3 +164,9 @@ def test_the_found_process_is_reused_until_it_is_replaced(proc_dir: Path) -> Non
     fake_proc(proc_dir, 105, ["node", "server.js"], "node", start=200)
 
     assert reload.find_process_cached(r"^node$", proc_dir) == 105
+
+
+@pytest.mark.parametrize("url", ["http://app:reload/x", "http://127.0.0.1:70000/x", "ftp://app/x", "http:///x"])
+def test_an_unusable_reload_url_is_a_reload_error_not_a_crash(url: str) -> None:
+    with pytest.raises(reload.ReloadError, match="not an http"):
+        reload.http_call(url, "POST", 1)
