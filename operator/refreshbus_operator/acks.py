@@ -102,6 +102,9 @@ class AckConsumer(LinkThread):
     def _ensure(self) -> None:
         if self._link.is_open:
             return
+        # A link still marked connected but no longer open broke under us (e.g. a broker
+        # restart): note it before open() resets the mark, even if this reconnect fails.
+        self._lost = self._lost or self._link.connected
         self._link.open(self._prepare)
         if self._lost:
             self._lost = False
