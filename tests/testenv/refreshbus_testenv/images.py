@@ -402,22 +402,15 @@ def app_layer(component: str, console_script: str, module: str) -> Layer:
             return Layer.from_tar(out)
         for stale in images_cache().glob(f"app-{component}-*.tar*"):
             stale.unlink()
-        _run(
-            [
-                "tar",
-                "--numeric-owner",
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "-C",
-                str(root),
-                "-cf",
-                str(out),
-                ".",
-            ]
-        )
-        return Layer.from_tar(out)
+        return _tar_layer(root, out)
+
+
+def _tar_layer(root: Path, out: Path) -> Layer:
+    """Pack ``root`` into ``out`` reproducibly (sorted, owner 0, mtime 0): the same files
+    always give the same digest, which is what makes the layer cache work."""
+    _run(["tar", "--numeric-owner", "--sort=name", "--mtime=@0", "--owner=0", "--group=0",
+          "-C", str(root), "-cf", str(out), "."])
+    return Layer.from_tar(out)
 
 
 def _dir_layer(
@@ -445,22 +438,7 @@ def _dir_layer(
         out = images_cache() / f"{name}-{listing.hexdigest()[:12]}.tar"
         if out.exists():
             return Layer.from_tar(out)
-        _run(
-            [
-                "tar",
-                "--numeric-owner",
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "-C",
-                str(root),
-                "-cf",
-                str(out),
-                ".",
-            ]
-        )
-        return Layer.from_tar(out)
+        return _tar_layer(root, out)
 
 
 def _go_build(source: str | Path, name: str) -> Path:
