@@ -8,7 +8,8 @@ Layout (kopf style):
 - ``targets``: resolving ``spec.target`` into pods, skipped pods and routing keys.
 - ``status``: pure functions that fold results into the ``status`` of a ConfigRefresh.
 - ``publishing`` / ``acks``: the broker side (pika, each in its own thread).
-- ``lifecycle``: one refresh round from resolution to a final phase.
+- ``engine`` / ``rounds`` / ``records``: the rounds of this replica; one refresh round from
+  resolution to a final phase; the round record (annotation) and spec helpers.
 - ``autorefresh``: ConfigRefreshes created when a watched ConfigMap/Secret changes.
 - ``kube``, ``events``, ``metrics``: API access, Kubernetes Events, Prometheus metrics.
 """

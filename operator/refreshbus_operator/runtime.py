@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from refreshbus_operator import metrics
+from refreshbus_operator.engine import Engine
 from refreshbus_operator.kube import Kube
-from refreshbus_operator.lifecycle import Engine
 from refreshbus_operator.settings import Config
 
 log = logging.getLogger(__name__)

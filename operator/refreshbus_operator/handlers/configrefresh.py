@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from refreshbus_operator import GROUP, PLURAL, VERSION
-from refreshbus_operator.lifecycle import Engine
+from refreshbus_operator.engine import Engine
 
 
 def _engine(memo: kopf.Memo) -> Engine:

@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from refreshbus_operator import lifecycle, settings
+from refreshbus_operator import records, rounds, settings
 from refreshbus_operator import status as st
 from refreshbus_operator.acks import AckRouter
 from refreshbus_wire import Ack, AckResult, RefreshEvent, Source, SourceKind, decode, encode, new_id, now
@@ -67,11 +67,11 @@ def test_router_drops_unknown_events_after_the_grace_period_and_late_acks_at_onc
 
 def test_round_annotation_round_trip_is_compact():
     record = {"eventId": "e", "generation": 2, "targets": [f"orders-5d8f9c7b6-{i:05d}" for i in range(5000)]}
-    encoded = lifecycle.encode_round(record)
-    assert lifecycle.decode_round(encoded) == record
+    encoded = records.encode_round(record)
+    assert records.decode_round(encoded) == record
     assert len(encoded) < 64 * 1024
-    assert lifecycle.decode_round("garbage!") is None
-    assert lifecycle.decode_round(None) is None
+    assert records.decode_round("garbage!") is None
+    assert records.decode_round(None) is None
 
 
 def test_spec_helpers():
@@ -79,13 +79,13 @@ def test_spec_helpers():
         "sources": [{"configMap": {"name": "a"}}, {"secret": {"name": "b", "keys": ["k"]}}],
         "action": {"http": {"port": 8080, "path": "/-/reload"}},
     }
-    assert lifecycle.spec_sources(spec) == [("ConfigMap", "a"), ("Secret", "b")]
-    action = lifecycle.spec_action(spec)
+    assert records.spec_sources(spec) == [("ConfigMap", "a"), ("Secret", "b")]
+    action = records.spec_action(spec)
     assert action is not None
     assert (action.type, action.method, action.port, action.timeout_seconds) == ("http", "POST", 8080, 5)
-    assert lifecycle.spec_action({"action": {"signal": {"name": "SIGUSR1"}}}).signal == "SIGUSR1"  # type: ignore[union-attr]
-    assert lifecycle.spec_action({"action": {"none": {}}}).type == "none"  # type: ignore[union-attr]
-    assert lifecycle.spec_action({}) is None
+    assert records.spec_action({"action": {"signal": {"name": "SIGUSR1"}}}).signal == "SIGUSR1"  # type: ignore[union-attr]
+    assert records.spec_action({"action": {"none": {}}}).type == "none"  # type: ignore[union-attr]
+    assert records.spec_action({}) is None
 
 
 def test_spec_source_entries_carry_keys():
@@ -96,7 +96,7 @@ def test_spec_source_entries_carry_keys():
             {"configMap": {"name": "c", "keys": ["application.yaml"]}},
         ]
     }
-    assert lifecycle.spec_source_entries(spec) == [
+    assert records.spec_source_entries(spec) == [
         ("ConfigMap", "a", None),
         ("Secret", "b", ("password", "username")),
         ("ConfigMap", "c", ("application.yaml",)),
@@ -112,8 +112,8 @@ def test_published_event_and_round_annotation_carry_source_keys():
         "target": {"pods": ["p0"]},
     }
     snap = st.Snapshot(generation=1, event_id="e1", start_time=now(), targets=frozenset({"p0"}))
-    ref = lifecycle.ObjectRef("ns", "r", "uid")
-    round_ = lifecycle.Round(engine, ref, 1, spec, snap)  # type: ignore[arg-type]
+    ref = records.ObjectRef("ns", "r", "uid")
+    round_ = rounds.Round(engine, ref, 1, spec, snap)  # type: ignore[arg-type]
     round_.sources = [
         Source(SourceKind.CONFIGMAP, "a", "ns", "7", keys=("x.yaml",)),
         Source(SourceKind.SECRET, "b", "ns", "8"),
@@ -125,12 +125,12 @@ def test_published_event_and_round_annotation_carry_source_keys():
     assert json.loads(body)["sources"][0]["keys"] == ["x.yaml"]
     assert "keys" not in json.loads(body)["sources"][1]
 
-    record = lifecycle.decode_round(lifecycle.encode_round(round_._round_record()))
+    record = records.decode_round(records.encode_round(round_._round_record()))
     assert record is not None
-    resumed = lifecycle.Round(engine, ref, 1, spec, snap, resumed=record)  # type: ignore[arg-type]
+    resumed = rounds.Round(engine, ref, 1, spec, snap, resumed=record)  # type: ignore[arg-type]
     resumed._load_sources(record["sources"])
     assert resumed.sources == round_.sources
-    old = lifecycle.Round(engine, ref, 1, spec, snap)  # type: ignore[arg-type]
+    old = rounds.Round(engine, ref, 1, spec, snap)  # type: ignore[arg-type]
     old._load_sources([["ConfigMap", "a", "7"]])
     assert old.sources == [Source(SourceKind.CONFIGMAP, "a", "ns", "7")]
 

@@ -1,0 +1,232 @@
+"""The engine: every round of this replica, the broker links they share, and the
+per-object serialisation of their writes.
+
+Rounds run as our own asyncio tasks (kopf handlers only start them), so a long refresh
+never holds a kopf worker, and acks arrive from the consumer thread through the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from refreshbus_wire import new_id, now
+
+from refreshbus_operator import metrics
+from refreshbus_operator import status as st
+from refreshbus_operator.acks import AckConsumer, AckRouter, Tag
+from refreshbus_operator.events import Recorder
+from refreshbus_operator.kube import Kube, cfr_path
+from refreshbus_operator.publishing import Publisher
+from refreshbus_operator.records import ObjectRef, decode_round, encode_round
+from refreshbus_operator.rounds import Round
+from refreshbus_operator.settings import ROUND_ANNOTATION, Config
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Owns the broker threads and every round of this replica."""
+
+    def __init__(self, config: Config, kube: Kube, publisher: Publisher | None = None) -> None:
+        self.config = config
+        self.kube = kube
+        self.publisher = publisher or Publisher(
+            config.broker_urls, config.publish_retry_initial, config.publish_retry_max
+        )
+        self.recorder = Recorder(kube, config.instance)
+        self.rounds: dict[tuple[str, str], Round] = {}
+        self._writes: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.router = AckRouter(
+            settle=lambda tags: self.consumer.settle(tags), grace=config.unknown_ack_grace
+        )
+        self.consumer = AckConsumer(
+            config.broker_urls,
+            deliver=self._deliver_threadsafe,
+            prefetch=config.ack_prefetch,
+            retry_initial=config.publish_retry_initial,
+            retry_max=config.publish_retry_max,
+        )
+        self.router.on_change = lambda: self.consumer.set_active(bool(self.router.rounds))
+        self.consumer.on_reconnect = self._reconnected_threadsafe
+        self._janitor: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.publisher.start()
+        self.consumer.start()
+        self._janitor = asyncio.create_task(self._expire_parked(), name="refreshbus-ack-janitor")
+
+    async def stop(self) -> None:
+        """Stop without finishing rounds: their status stays InProgress and a restarted
+        operator resumes them."""
+        tasks = [r.task for r in self.rounds.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.consumer.stop)
+        await asyncio.to_thread(self.publisher.stop)
+
+    def _deliver_threadsafe(self, body: bytes, tag: Tag) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.router.handle, body, tag)
+
+    def _reconnected_threadsafe(self) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._reconnected)
+
+    def _reconnected(self) -> None:
+        """The broker connection was lost and is back: events or acks may have been lost
+        with it (a restarted broker, a dropped connection). Nudge every pod that has not
+        answered yet, with the same event id (idempotent for the sidecars)."""
+        for round_ in list(self.rounds.values()):
+            round_.nudge()
+
+    async def _expire_parked(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.router.expire()
+
+    # -- kopf entry points -----------------------------------------------------------------
+
+    def reconcile(self, body: Mapping[str, Any]) -> str:
+        """Start, resume or leave alone the round of one ConfigRefresh. Returns what it did."""
+        meta = body.get("metadata") or {}
+        ns, name = meta["namespace"], meta["name"]
+        uid = meta.get("uid")
+        generation = int(meta.get("generation") or 1)
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        key = (ns, name)
+        existing = self.rounds.get(key)
+        if existing is not None:
+            if existing.ref.uid == uid and existing.generation == generation:
+                return "running"
+            log.info("%r superseded (generation %s)", existing, generation)
+            if existing.task is not None:
+                existing.task.cancel()
+            self.rounds.pop(key, None)
+        if meta.get("deletionTimestamp"):
+            return "deleting"
+        ref = ObjectRef(ns, name, uid)
+        phase = status.get("phase")
+        same_generation = status.get("observedGeneration") == generation
+        if same_generation and phase in {p.value for p in st.FINAL_PHASES}:
+            return "done"
+        record = decode_round((meta.get("annotations") or {}).get(ROUND_ANNOTATION))
+        if (
+            same_generation
+            and phase in (st.Phase.PENDING.value, st.Phase.IN_PROGRESS.value)
+            and status.get("eventId")
+            and record is not None
+            and record.get("eventId") == status["eventId"]
+            and record.get("generation") == generation
+        ):
+            round_ = self._resumed_round(ref, generation, spec, status, record)
+            self._launch(round_)
+            return "resumed"
+        snapshot = st.Snapshot(generation=generation, event_id=new_id(), start_time=now())
+        round_ = Round(self, ref, generation, spec, snapshot, previous_conditions=status.get("conditions"))
+        self._launch(round_)
+        return "started"
+
+    def _resumed_round(
+        self,
+        ref: ObjectRef,
+        generation: int,
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any],
+        record: Mapping[str, Any],
+    ) -> Round:
+        start = st.parse_time(status.get("startTime")) or now()
+        snap = st.Snapshot(
+            generation=generation,
+            event_id=status["eventId"],
+            start_time=start,
+            targets=frozenset(record.get("targets") or ()),
+            skipped=[(s.get("pod", ""), s.get("reason", "")) for s in status.get("skipped") or ()],
+        )
+        for entry in status.get("results") or ():
+            result = st.PodResult.from_json(entry)
+            if result is not None and result.outcome is not st.Outcome.TIMEOUT:
+                snap.results[result.pod] = result
+        for pod, code in (record.get("acked") or {}).items():
+            if pod not in snap.results and pod in snap.targets:
+                outcome = st.Outcome.UNCHANGED if code == "u" else st.Outcome.OK
+                snap.results[pod] = st.PodResult(pod=pod, outcome=outcome, at=start)
+        for cond in status.get("conditions") or ():
+            if cond.get("type") in ("TargetsResolved", "SourcesReady", "Published"):
+                snap.conditions[cond["type"]] = st.Condition(
+                    cond["type"],
+                    cond.get("status", "Unknown"),
+                    cond.get("reason", "Unknown"),
+                    cond.get("message", ""),
+                )
+        round_ = Round(self, ref, generation, spec, snap, list(status.get("conditions") or ()), dict(record))
+        if not st.pending_pods(snap):
+            round_.answered.set()
+        return round_
+
+    def _launch(self, round_: Round) -> None:
+        self.rounds[(round_.ref.namespace, round_.ref.name)] = round_
+        metrics.IN_FLIGHT.set(len(self.rounds))
+        round_.task = asyncio.create_task(round_.run(), name=repr(round_))
+        log.info("%r %s", round_, "resumed" if round_.resumed is not None else "started")
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The object is being deleted: stop its round (nothing else to clean up)."""
+        round_ = self.rounds.pop((namespace, name), None)
+        if round_ is not None and round_.task is not None:
+            round_.task.cancel()
+        metrics.IN_FLIGHT.set(len(self.rounds))
+
+    def round_ended(self, round_: Round) -> None:
+        key = (round_.ref.namespace, round_.ref.name)
+        if self.rounds.get(key) is round_:
+            del self.rounds[key]
+        metrics.IN_FLIGHT.set(len(self.rounds))
+
+    # -- writes (serialised per object, across rounds) -----------------------------------
+
+    async def _serialised(self, key: tuple[str, str], call: Any, *args: Any) -> Any:
+        previous = self._writes.get(key)
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        future: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        self._writes[key] = future
+        try:
+            return await asyncio.shield(future)
+        finally:
+            if self._writes.get(key) is future and future.done():
+                del self._writes[key]
+
+    async def write_status(self, round_: Round, body: Mapping[str, Any]) -> None:
+        started = time.monotonic()
+        patch = {"metadata": {"uid": round_.ref.uid}, "status": body} if round_.ref.uid else {"status": body}
+        await self._serialised(
+            (round_.ref.namespace, round_.ref.name),
+            self.kube.patch,
+            cfr_path(round_.ref.namespace, round_.ref.name, status=True),
+            patch,
+        )
+        metrics.STATUS_PATCHES.inc()
+        log.debug("%r status written in %.0f ms", round_, (time.monotonic() - started) * 1000)
+
+    async def write_annotation(self, round_: Round, record: Mapping[str, Any]) -> None:
+        patch: dict[str, Any] = {"metadata": {"annotations": {ROUND_ANNOTATION: encode_round(record)}}}
+        if round_.ref.uid:
+            patch["metadata"]["uid"] = round_.ref.uid
+        await self._serialised(
+            (round_.ref.namespace, round_.ref.name),
+            self.kube.patch,
+            cfr_path(round_.ref.namespace, round_.ref.name),
+            patch,
+        )
