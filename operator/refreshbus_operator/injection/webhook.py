@@ -36,7 +36,9 @@ from refreshbus_operator.injection.config import (
     WEBHOOK_PATH,
     InjectionConfig,
 )
-from refreshbus_operator.injection.mutation import Decision, Namespace, decide, wants_injection
+from refreshbus_operator.injection.mutation import Decision, decide
+from refreshbus_operator.injection.options import wants_injection
+from refreshbus_operator.injection.security import Namespace
 from refreshbus_operator.kube import ApiError, Kube, q, source_path
 
 log = logging.getLogger("refreshbus.injection")

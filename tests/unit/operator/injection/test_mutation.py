@@ -7,17 +7,11 @@ from typing import Any
 
 import pytest
 from refreshbus_operator.injection.config import InjectionConfig
-from refreshbus_operator.injection.mutation import (
-    BROKER_VOLUME,
-    SHARED_VOLUME,
-    TOKEN_VOLUME,
-    Decision,
-    Namespace,
-    apply_patch,
-    decide,
-    parse_options,
-    workload_of,
-)
+from refreshbus_operator.injection.identity import workload_of
+from refreshbus_operator.injection.mutation import Decision, apply_patch, decide
+from refreshbus_operator.injection.options import parse_options
+from refreshbus_operator.injection.security import Namespace
+from refreshbus_operator.injection.volumes import BROKER_VOLUME, SHARED_VOLUME, TOKEN_VOLUME
 from refreshbus_wire import pods
 
 CONFIG = InjectionConfig(sidecar_image="example/sidecar:1", operator_namespace="refreshbus-system")
