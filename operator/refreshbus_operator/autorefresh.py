@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from refreshbus_wire import pods as podc
+from refreshbus_wire import contract
 
 from refreshbus_operator import API_VERSION, KIND, metrics
 from refreshbus_operator import status as st
@@ -61,17 +61,22 @@ class Workload:
 
 
 def opted_in(body: Mapping[str, Any]) -> Workload | None:
-    """The workload's managed sources if its pod template opts in to auto-refresh."""
+    """The workload's managed sources if its pod template opts in to auto-refresh.
+
+    Read with the same parser as the injection webhook: a template the webhook would
+    refuse (``auto-refresh: "yes"``, a bad name...) never gets pods, so it is not tracked."""
     template = ((body.get("spec") or {}).get("template") or {}).get("metadata") or {}
-    annotations = template.get("annotations") or {}
-    if annotations.get(podc.ANN_AUTO_REFRESH) != "true":
+    try:
+        options = contract.parse_annotations(template.get("annotations") or {})
+    except contract.ContractError:
         return None
-    workload = Workload(
+    if not options.auto_refresh:
+        return None
+    return Workload(
         uid=(body.get("metadata") or {}).get("uid"),
-        configmaps=frozenset(podc.split_names(annotations.get(podc.ANN_CONFIGMAPS))),
-        secrets=frozenset(podc.split_names(annotations.get(podc.ANN_SECRETS))),
+        configmaps=frozenset(options.configmaps),
+        secrets=frozenset(options.secrets),
     )
-    return workload if workload.configmaps or workload.secrets else None
 
 
 def content_hash(kind: str, obj: Mapping[str, Any]) -> str:

@@ -13,12 +13,12 @@ import hashlib
 import logging
 import os
 import random
-import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import kopf
+from refreshbus_wire import contract
 
 from refreshbus_operator import GROUP
 
@@ -77,6 +77,11 @@ class Config:
     gc_interval: float = 60.0
     #: Set on Kubernetes Events as reportingInstance (pod name in-cluster).
     instance: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "refreshbus-operator"))
+
+    def __repr__(self) -> str:
+        # The broker URLs carry credentials: a logged or printed config must not show them.
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return contract.mask_url(f"{type(self).__name__}({shown})")
 
     @property
     def clusterwide(self) -> bool:
@@ -190,10 +195,10 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
             raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
     urls: tuple[str, ...] = ()
     if env.get(ENV_BROKER_URLS):
-        urls = _split(env[ENV_BROKER_URLS])
+        urls = contract.parse_broker_urls(env[ENV_BROKER_URLS])
     elif env.get(ENV_BROKER_URLS_FILE):
         with open(env[ENV_BROKER_URLS_FILE], encoding="utf-8") as fh:
-            urls = _split(fh.read())
+            urls = contract.parse_broker_urls(fh.read())
     if urls:
         values["broker_urls"] = urls
     if "pod_name" not in values and env.get("POD_NAME"):
@@ -208,24 +213,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     if config.status_flush_interval < 0:
         raise ValueError("status flush interval must be >= 0")
     for number, url in enumerate(config.broker_urls, 1):
-        _check_broker_url(number, url)
+        contract.check_broker_url(number, url)
     return config
-
-
-def _check_broker_url(number: int, url: str) -> None:
-    """Refuse a broker URL that does not parse (typically a password with an unencoded
-    ``/``, ``#``, ``?`` or ``@``), without echoing it: pika's own message quotes part of the
-    password, and the publisher would carry it into statuses, Events and logs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        _ = parts.port  # ValueError when "host:port" is really part of the credentials
-        valid = bool(parts.hostname) and "#" not in url
-    except ValueError:
-        valid = False
-    if not valid:
-        raise ValueError(
-            f"broker URL #{number} is not a valid amqp[s]://user:password@host:port/vhost URL "
-            "(percent-encode any / # ? @ : % in the user name and password)")
 
 
 def apply_kopf_settings(settings: kopf.OperatorSettings, config: Config) -> None:

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from refreshbus_wire import pods
+from refreshbus_wire import contract, pods
 
 from refreshbus_operator.kube import ApiError, Kube, q
 
@@ -66,8 +66,9 @@ def _template(workload: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def opted_in(workload: Mapping[str, Any]) -> bool:
-    annotations = (_template(workload).get("metadata") or {}).get("annotations") or {}
-    return str(annotations.get(pods.ANN_INJECT, "")).strip().lower() in {"true", "yes", "1", "on"}
+    """The pod template asks for the sidecar, as the injection webhook reads it."""
+    meta = _template(workload).get("metadata") or {}
+    return contract.asks_for_injection(meta.get("annotations") or {}, meta.get("labels") or {})
 
 
 def desired(workload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from refreshbus_wire import contract
 from refreshbus_wire import pods as podc
 from refreshbus_wire.destination import app_name, instance_id, matches
 from refreshbus_wire.routing import pod_key, workload_key
@@ -140,7 +141,7 @@ def pod_from_json(obj: Mapping[str, Any]) -> Pod:
         phase=str((obj.get("status") or {}).get("phase") or ""),
         terminating=meta.get("deletionTimestamp") is not None,
         has_sidecar=sidecar is not None,
-        opted_in=sidecar is not None or annotations.get(podc.ANN_INJECT) == "true",
+        opted_in=sidecar is not None or contract.asks_for_injection(annotations, labels),
         workload=workload,
         workload_declared=declared,
         configmaps=frozenset(configmaps),

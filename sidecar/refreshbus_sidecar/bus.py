@@ -21,6 +21,7 @@ from pathlib import Path
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from refreshbus_wire.contract import mask_url
 from refreshbus_wire.events import CONTENT_TYPE, Ack, encode
 from refreshbus_wire.routing import (
     EXCHANGE,
@@ -31,8 +32,6 @@ from refreshbus_wire.routing import (
     sidecar_queue,
     sidecar_queue_arguments,
 )
-
-from refreshbus_sidecar.logs import mask_url
 
 log = logging.getLogger("refreshbus.sidecar.bus")
 

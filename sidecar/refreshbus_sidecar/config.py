@@ -9,34 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refreshbus_wire import pods
-from refreshbus_wire.events import HTTP_METHODS, SIGNALS
+from refreshbus_wire import contract, pods
+from refreshbus_wire.contract import HTTP_METHODS, SIGNALS
 from refreshbus_wire.routing import WORKLOAD_KINDS, PodIdentity
 
 
 class ConfigError(ValueError):
     """The sidecar's environment is incomplete or inconsistent; the text says which variable."""
-
-
-def _check_broker_url(number: int, url: str) -> None:
-    """Refuse a broker URL that does not parse (typically a password with an unencoded
-    ``/``, ``#``, ``?`` or ``@``), without echoing it: the parser's own message would quote
-    part of the password, and pika would raise it from the main loop."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        _ = parts.port  # ValueError when "host:port" is really part of the credentials
-        valid = bool(parts.hostname) and "#" not in url
-    except ValueError:
-        valid = False
-    if not valid:
-        raise ConfigError(
-            f"broker URL #{number} is not a valid amqp[s]://user:password@host:port/vhost URL "
-            "(percent-encode any / # ? @ : % in the user name and password)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +82,6 @@ class Settings:
         return tuple(("ConfigMap", n) for n in self.configmaps) + tuple(("Secret", n) for n in self.secrets)
 
 
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-
-
 def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) -> Settings:
     """Build :class:`Settings` from the environment (``os.environ`` by default).
 
@@ -151,7 +131,7 @@ def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) 
         namespace = need(pods.ENV_NAMESPACE)
         pod_name = need(pods.ENV_POD_NAME)
     for var, value in ((pods.ENV_NAMESPACE, namespace), (pods.ENV_POD_NAME, pod_name)):
-        if not _NAME_RE.match(value):
+        if not contract.is_name(value):
             raise ConfigError(f"{var} {value!r} is not a valid Kubernetes name")
 
     workload_kind = get(pods.ENV_WORKLOAD_KIND, "Pod") or "Pod"
@@ -159,11 +139,11 @@ def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) 
         raise ConfigError(f"{pods.ENV_WORKLOAD_KIND} must be one of {', '.join(WORKLOAD_KINDS)}")
     workload_name = get(pods.ENV_WORKLOAD_NAME, pod_name) or pod_name
 
-    configmaps = pods.split_names(get(pods.ENV_CONFIGMAPS))
-    secrets = pods.split_names(get(pods.ENV_SECRETS))
-    for name in configmaps + secrets:
-        if not _NAME_RE.match(name):
-            raise ConfigError(f"{name!r} (in {pods.ENV_CONFIGMAPS}/{pods.ENV_SECRETS}) is not a valid name")
+    try:
+        configmaps = contract.parse_names(get(pods.ENV_CONFIGMAPS), pods.ENV_CONFIGMAPS)
+        secrets = contract.parse_names(get(pods.ENV_SECRETS), pods.ENV_SECRETS)
+    except contract.ContractError as exc:
+        raise ConfigError(str(exc)) from None
     if not watch_mode and not configmaps and not secrets:
         raise ConfigError(f"set {pods.ENV_CONFIGMAPS} and/or {pods.ENV_SECRETS}: nothing to manage")
 
@@ -177,13 +157,12 @@ def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) 
             except OSError as exc:
                 raise ConfigError(
                     f"{pods.ENV_BROKER_URLS_FILE}: cannot read {urls_file}: {exc.strerror}") from None
-        broker_urls = tuple(u for u in re.split(r"[\s,]+", raw_urls or "") if u)
+        try:
+            broker_urls = contract.parse_broker_urls(raw_urls or "")
+        except contract.ContractError as exc:
+            raise ConfigError(str(exc)) from None
         if not broker_urls:
             raise ConfigError(f"set {pods.ENV_BROKER_URLS} or {pods.ENV_BROKER_URLS_FILE}")
-        for number_, url in enumerate(broker_urls, 1):
-            if not url.startswith(("amqp://", "amqps://")):
-                raise ConfigError(f"broker URLs must start with amqp:// or amqps:// (got {url.split(':')[0]}://...)")
-            _check_broker_url(number_, url)
 
     reload = _reload_settings(get, number)
     inplace_files = _inplace_files(get(pods.ENV_INPLACE_FILES), configmaps, secrets)
@@ -224,9 +203,6 @@ def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) 
     )
 
 
-_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
-
-
 def _inplace_files(
     raw: str | None, configmaps: tuple[str, ...], secrets: tuple[str, ...]
 ) -> tuple[tuple[str, str, str], ...]:
@@ -236,7 +212,7 @@ def _inplace_files(
     result: list[tuple[str, str, str]] = []
     for entry in pods.split_names(raw):
         dirname, _, key = entry.partition("/")
-        if dirname not in dirs or not _KEY_RE.match(key) or key.startswith(".."):
+        if dirname not in dirs or not contract.is_key(key):
             raise ConfigError(
                 f"{pods.ENV_INPLACE_FILES}: {entry!r} is not <source dir>/<key> of a managed source "
                 f"(one of {', '.join(sorted(dirs)) or 'none'})")
@@ -269,16 +245,8 @@ def _reload_settings(
     if action == "http" and not url:
         raise ConfigError(f"{pods.ENV_ACTION}=http needs {pods.ENV_RELOAD_URL}")
     for var, value in ((pods.ENV_RELOAD_URL, url), (pods.ENV_HEALTH_URL, get_(pods.ENV_HEALTH_URL))):
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ConfigError(f"{var} must be an http:// or https:// URL")
-        if value is not None:
-            try:
-                parts = urllib.parse.urlsplit(value)
-                _ = parts.port  # ValueError on a port that is not a number in 0..65535
-            except ValueError:
-                raise ConfigError(f"{var} has an invalid port") from None
-            if not parts.hostname:
-                raise ConfigError(f"{var} has no host")
+        if value is not None and (problem := contract.http_url_problem(value)):
+            raise ConfigError(f"{var} {problem}")
     method = (get_(pods.ENV_RELOAD_METHOD) or "POST").upper()
     if method not in HTTP_METHODS:
         raise ConfigError(f"{pods.ENV_RELOAD_METHOD} must be one of {', '.join(sorted(HTTP_METHODS))}")

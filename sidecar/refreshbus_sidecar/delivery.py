@@ -37,7 +37,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -46,12 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refreshbus_wire import contract
 from refreshbus_wire.pods import INPLACE_DIR, source_dir_name
 
 DATA_DIR = "..data"
 DATA_TMP = "..data_tmp"
-#: Valid ConfigMap/Secret key (the API server enforces the same rule).
-_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 
 class DeliveryError(RuntimeError):
@@ -118,7 +116,7 @@ def payload_from_object(obj: Mapping[str, Any], kind: str, mode: int) -> Payload
     except (binascii.Error, ValueError) as exc:
         raise DeliveryError(f"{kind} {name}: undecodable value: {exc}") from None
     for key in files:
-        if not _KEY_RE.match(key) or key.startswith("..") or key in {".", DATA_DIR}:
+        if not contract.is_key(key):
             raise DeliveryError(f"{kind} {name}: key {key!r} cannot be a file name")
     return Payload(kind=kind, name=name, files=files, mode=mode, resource_version=meta.get("resourceVersion"))
 

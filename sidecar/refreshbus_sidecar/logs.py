@@ -2,25 +2,20 @@
 
 Pass context as ``extra={"event_id": ..., ...}``; every extra field lands in the JSON
 object. Never log secrets: config content is never logged at all, and broker URLs go
-through :func:`mask_url` first.
+through :func:`refreshbus_wire.contract.mask_url` first.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
 
+from refreshbus_wire.contract import mask_url
+
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@", re.I)
-
-
-def mask_url(text: str) -> str:
-    """Replace the password of every ``scheme://user:password@host`` in ``text`` with ``***``."""
-    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
+from refreshbus_wire.contract import HTTP_METHODS, SIGNALS, is_key, is_name
+
 PROTOCOL_VERSION: Final = "1.1"
 PROTOCOL_MAJOR: Final = 1
 #: Larger bodies are refused before JSON parsing. Events never carry config content
@@ -26,12 +28,6 @@ PROTOCOL_MAJOR: Final = 1
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 CONTENT_TYPE: Final = "application/json"
 
-SIGNALS: Final = frozenset(
-    {"SIGHUP", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGTERM", "SIGQUIT", "SIGWINCH", "SIGCONT"}
-)
-HTTP_METHODS: Final = frozenset({"GET", "POST", "PUT"})
-
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class ProtocolError(ValueError):
@@ -434,7 +430,7 @@ def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
 
 def _k8s_name(obj: dict[str, Any], key: str, where: str) -> str:
     value = _req_str(obj, key, where)
-    if not _NAME_RE.match(value):
+    if not is_name(value):
         raise ProtocolError(f"{where}.{key} {value!r} is not a valid Kubernetes name")
     return value
 
@@ -444,14 +440,12 @@ def _keys(value: Any) -> tuple[str, ...] | None:
         return None
     if (
         not isinstance(value, list) or not 1 <= len(value) <= 64
-        or not all(isinstance(k, str) and _KEY_RE.match(k) and k not in (".", "..") for k in value)
+        or not all(isinstance(k, str) and is_key(k) for k in value)
         or len(set(value)) != len(value)
     ):
         raise ProtocolError("sources[].keys must be 1..64 unique ConfigMap/Secret key names")
     return tuple(value)
 
-
-_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 
 def _event_id(obj: dict[str, Any], key: str) -> str:

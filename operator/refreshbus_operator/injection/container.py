@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refreshbus_wire import pods
+from refreshbus_wire.contract import PodOptions
 
 from refreshbus_operator.injection.config import InjectionConfig
 from refreshbus_operator.injection.identity import workload_of
-from refreshbus_operator.injection.options import Options
 from refreshbus_operator.injection.volumes import (
     BROKER_MOUNT,
     BROKER_VOLUME,
@@ -22,7 +22,11 @@ HEALTH_PORT_NAME = "rb-health"
 
 
 def sidecar_container(
-    pod: Mapping[str, Any], options: Options, config: InjectionConfig, sc: Mapping[str, Any], same_uid: bool,
+    pod: Mapping[str, Any],
+    options: PodOptions,
+    config: InjectionConfig,
+    sc: Mapping[str, Any],
+    same_uid: bool,
     inplace: Sequence[str] = (),
 ) -> dict[str, Any]:
     kind, name = workload_of(pod)

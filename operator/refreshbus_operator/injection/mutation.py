@@ -8,7 +8,8 @@ exist? -- is left to the caller: :attr:`Decision.sources` says what to look up.
 
 Rules (docs/injection.md has the user-facing version):
 
-* opt-in: annotation ``refreshbus.io/inject: "true"`` (or the same label, which lets a
+* opt-in: annotation ``refreshbus.io/inject: "true"`` (any case; a value that is neither
+  true nor false is refused, as every boolean of the contract) (or the same label, which lets a
   webhook ``objectSelector`` narrow the calls); skipped in excluded namespaces, in
   namespaces labelled ``refreshbus.io/injection: disabled``, and on pods already injected
   (sidecar container present or ``refreshbus.io/injected`` set);
@@ -45,12 +46,7 @@ from refreshbus_operator.injection.config import (
     InjectionConfig,
 )
 from refreshbus_operator.injection.container import sidecar_container
-from refreshbus_operator.injection.options import (
-    already_injected,
-    annotations_of,
-    parse_options,
-    wants_injection,
-)
+from refreshbus_operator.injection.options import already_injected, annotations_of, opt_in, parse_options
 from refreshbus_operator.injection.security import Namespace, security
 from refreshbus_operator.injection.volumes import new_volumes, rewrite_mounts
 
@@ -84,7 +80,8 @@ def reject(reason: str) -> Decision:
 
 def decide(pod: Mapping[str, Any], namespace: Namespace, config: InjectionConfig) -> Decision:
     """What to do with a Pod being created in ``namespace``."""
-    if not wants_injection(pod):
+    wanted = opt_in(pod)
+    if wanted is False:
         return skip("not opted in")
     if namespace.name in config.excluded():
         return skip(f"namespace {namespace.name} is excluded from injection")
@@ -94,6 +91,8 @@ def decide(pod: Mapping[str, Any], namespace: Namespace, config: InjectionConfig
         return skip(f"namespace {namespace.name} is not labelled {NAMESPACE_LABEL}={NAMESPACE_OPT_IN}")
     if already_injected(pod):
         return skip("already injected")
+    if isinstance(wanted, str):
+        return reject(wanted)
     options = parse_options(annotations_of(pod))
     if isinstance(options, str):
         return reject(options)

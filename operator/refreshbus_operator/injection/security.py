@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refreshbus_wire import pods
+from refreshbus_wire.contract import PodOptions
 
 from refreshbus_operator.injection.config import InjectionConfig
-from refreshbus_operator.injection.options import Options
 
 #: Pod Security Admission label naming the enforced level.
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
@@ -29,7 +29,7 @@ def _uid_of(container: Mapping[str, Any], pod_sc: Mapping[str, Any], key: str) -
 
 
 def security(
-    pod: Mapping[str, Any], options: Options, namespace: Namespace, config: InjectionConfig
+    pod: Mapping[str, Any], options: PodOptions, namespace: Namespace, config: InjectionConfig
 ) -> tuple[dict[str, Any], bool, list[str]] | str:
     """(sidecar securityContext, shares the app's UID, warnings) or a rejection message."""
     spec = pod.get("spec") or {}

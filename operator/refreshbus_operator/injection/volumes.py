@@ -3,16 +3,13 @@ ConfigMaps/Secrets pointed at the shared volume the sidecar keeps up to date."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from refreshbus_wire import pods
+from refreshbus_wire import contract, pods
 
 from refreshbus_operator.injection.config import InjectionConfig
 
-#: A ConfigMap/Secret key (what a subPath of a whole-object volume names).
-_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 #: The shared (emptyDir) volume the sidecar writes and the app reads.
 SHARED_VOLUME = "refreshbus-config"
 #: The broker URLs Secret, mounted into the sidecar only.
@@ -123,7 +120,7 @@ def rewrite_mounts(
                     still_used.add(mount.get("name", ""))
                     continue
                 key = mount.get("subPath") or ""
-                if key and not mount.get("subPathExpr") and _KEY_RE.match(key) and not key.startswith(".."):
+                if key and not mount.get("subPathExpr") and contract.is_key(key):
                     # A file bind mount pins one inode: mount the sidecar's in-place copy of the key.
                     kind, name = replaceable_sources[mount["name"]]
                     mounts[i] = {

@@ -168,6 +168,18 @@ def test_a_broker_url_that_does_not_parse_is_refused_without_quoting_the_passwor
     assert "zW9" not in str(info.value)
 
 
+def test_the_config_never_prints_broker_passwords():
+    env = {"REFRESHBUS_BROKER_URLS": "amqp://operator:s3cr%40t@rabbit:5672/%2F,amqps://op:Pw2@r2/"}
+    config = settings.from_env(env, metrics_port=0, broker_urls=None)
+    assert config.broker_urls[0] == "amqp://operator:s3cr%40t@rabbit:5672/%2F"
+    for text in (repr(config), str(config), f"{config}", repr([config])):
+        assert "s3cr" not in text
+        assert "Pw2" not in text
+        assert "amqp://operator:***@rabbit:5672/%2F" in text
+        assert "amqps://op:***@r2/" in text
+        assert "metrics_port=0" in text
+
+
 def test_kopf_settings_use_our_group():
     import kopf
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from refreshbus_sidecar.kubeapi import ApiError, load_kubeconfig
-from refreshbus_sidecar.logs import JsonFormatter, mask_url
+from refreshbus_sidecar.logs import JsonFormatter
 from refreshbus_sidecar.metrics import Metrics
+from refreshbus_wire.contract import mask_url
 
 
 def test_passwords_in_urls_are_masked() -> None:
