@@ -16,6 +16,10 @@ set -euo pipefail
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 CACHE="${REFRESHBUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/refreshbus}"
 BIN="$CACHE/helm-$HELM_VERSION/bin"
+# One build at a time per cache (see build-k8s-binaries.sh).
+mkdir -p "$CACHE"
+exec 9>"$CACHE/helm-$HELM_VERSION.lock"
+flock 9
 
 if [ -x "$BIN/helm" ]; then
   echo "helm $HELM_VERSION cached in $BIN" >&2

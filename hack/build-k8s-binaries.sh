@@ -16,6 +16,11 @@ K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 CACHE="${REFRESHBUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/refreshbus}"
 BIN="$CACHE/k8s-$K8S_VERSION/bin"
 components=("$@")
+# One build at a time per cache: parallel runs (several checkouts, or tests that build on
+# demand) wait for the first one instead of compiling the same binaries again side by side.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/k8s-$K8S_VERSION.lock"
+flock 9
 [ ${#components[@]} -gt 0 ] || components=(kube-apiserver kubectl etcd)
 
 declare -A pkg=(
