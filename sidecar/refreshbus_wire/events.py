@@ -165,12 +165,12 @@ class Action:
             return cls(type="none")
         if kind == "signal":
             sig = obj.get("signal")
-            if sig not in SIGNALS:
+            if not isinstance(sig, str) or sig not in SIGNALS:  # a list or object is unhashable
                 raise ProtocolError(f"action.signal must be one of {sorted(SIGNALS)}, got {sig!r}")
             return cls(type="signal", signal=sig)
         if kind == "http":
             method, port, path = obj.get("method"), obj.get("port"), obj.get("path")
-            if method not in HTTP_METHODS:
+            if not isinstance(method, str) or method not in HTTP_METHODS:
                 raise ProtocolError(f"action.method must be one of {sorted(HTTP_METHODS)}, got {method!r}")
             if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
                 raise ProtocolError(f"action.port must be an integer 1..65535, got {port!r}")
@@ -383,14 +383,21 @@ def decode(body: bytes | str) -> Message:
     """
     if len(body) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message is {len(body)} bytes, more than the {MAX_MESSAGE_BYTES} allowed")
+    if isinstance(body, bytes):
+        # Strictly: json.loads would also take UTF-16/32 bodies and UTF-8-encoded surrogates.
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"not valid UTF-8: {exc}") from None
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")
     version = obj.get("v")
-    if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
+    # ASCII digits, few of them: int() of thousands of digits raises a ValueError of its own.
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9]{1,9}\.[0-9]{1,9}", version):
         raise ProtocolError(f"missing or malformed protocol version 'v': {version!r}")
     if int(version.split(".")[0]) != PROTOCOL_MAJOR:
         raise ProtocolError(f"unsupported protocol version {version} (this build speaks {PROTOCOL_MAJOR}.x)")

@@ -100,7 +100,7 @@ def _mutated(change: Any) -> bytes:
     ("body", "message"),
     [
         (b"{not json", "not valid JSON"),
-        (b"\xff\xfe", "not valid JSON"),
+        (b"\xff\xfe", "not valid UTF-8"),
         (b"[1, 2]", "must be a JSON object"),
         (b"null", "must be a JSON object"),
         (_mutated(lambda b: b.update(v="2.0")), "unsupported protocol version 2.0"),
@@ -304,3 +304,67 @@ def test_any_corrupted_field_is_either_accepted_or_a_protocol_error(
         return
     # If it was accepted, it must be a well-formed message that encodes again.
     assert decode(encode(decoded)) == decoded
+
+
+def _leaves(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a wire message, nested fields included."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    out = [path] if path else []
+    for key, value in items:
+        out += _leaves(value, (*path, key))
+    return out
+
+
+@settings(max_examples=500)
+@given(st.one_of(events, acks), st.data(), json_values)
+def test_any_corrupted_nested_field_is_either_accepted_or_a_protocol_error(
+    message: RefreshEvent | Ack, data: st.DataObject, value: Any
+) -> None:
+    body = wire(message)
+    *parents, last = data.draw(st.sampled_from(_leaves(body)))
+    holder: Any = body
+    for step in parents:
+        holder = holder[step]
+    holder[last] = value
+    try:
+        decoded = decode(json.dumps(body))
+    except ProtocolError:
+        return
+    # Accepted: it encodes again, and that encoding is stable (timings are rounded once).
+    assert encode(decode(encode(decoded))) == encode(decoded)
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        ({"type": "signal", "signal": []}, "action.signal"),
+        ({"type": "signal", "signal": {"SIGHUP": 1}}, "action.signal"),
+        ({"type": "http", "method": ["POST"], "port": 80, "path": "/"}, "action.method"),
+        ({"type": "http", "method": {}, "port": 80, "path": "/"}, "action.method"),
+    ],
+)
+def test_an_unhashable_signal_or_method_is_a_protocol_error_not_a_crash(
+    action: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        decode(_mutated(lambda b: b.update(action=action)))
+
+
+@pytest.mark.parametrize("version", ["9" * 5000 + ".0", "1." + "0" * 5000, "\u0661.\u0660"])
+def test_a_version_of_thousands_of_digits_or_non_ascii_digits_is_refused(version: str) -> None:
+    with pytest.raises(ProtocolError, match="protocol version"):
+        decode(_mutated(lambda b: b.update(v=version)))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_body_in_another_encoding_than_utf8_is_refused(encoding: str) -> None:
+    body = json.dumps(wire(refresh_event())).encode(encoding)
+    # without a BOM, UTF-16 ASCII text is valid UTF-8 (with NULs) but not JSON
+    with pytest.raises(ProtocolError, match=r"not valid (UTF-8|JSON)"):
+        decode(body)
+
+
+def test_utf8_encoded_surrogates_are_refused() -> None:
+    body = _mutated(lambda b: b.update(origin="op-SURROGATE")).replace(b"SURROGATE", b"\xed\xa0\x80")
+    with pytest.raises(ProtocolError, match="not valid UTF-8"):
+        decode(body)
