@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import ssl
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -275,8 +276,11 @@ class Injector:
         return decision
 
 
+_INJECTOR = web.AppKey("injector", Injector)
+
+
 async def _handle(request: web.Request) -> web.Response:
-    injector: Injector = request.app["injector"]
+    injector = request.app[_INJECTOR]
     try:
         review = await request.json()
         req = review["request"]
@@ -350,10 +354,19 @@ class WebhookServer:
 
     def sync_ca_bundle(self) -> bool:
         """Make the configuration's caBundle our CA (one GET when it already is). True if it
-        was patched; sets :attr:`healthy` (False: not found yet, or the API refused)."""
+        was patched; sets :attr:`healthy` (False: not found yet, or the API refused).
+
+        With ``manage_tls`` off the caBundle is not ours; the mounted pair is re-read
+        instead, on the same short period: cert-manager renews it whenever it likes (with a
+        self-signed issuer, under a new CA that its CA injector puts in the caBundle at
+        once), so an hourly re-read left the API server rejecting the old certificate."""
         self.healthy = False
-        if not self.config.manage_tls or not self.config.webhook_configuration or self.bundle is None:
-            self.healthy = self.bundle is not None or not self.config.manage_tls
+        if not self.config.manage_tls:
+            changed = self._load_mounted()
+            self.healthy = True
+            return changed
+        if not self.config.webhook_configuration or self.bundle is None:
+            self.healthy = self.bundle is not None
             return False
         name = self.config.webhook_configuration
         try:
@@ -373,16 +386,24 @@ class WebhookServer:
 
     def _load_mounted(self) -> bool:
         directory = Path(self.config.cert_dir)
-        crt, key = directory / certs.TLS_CRT, directory / certs.TLS_KEY
-        content = crt.read_bytes() + key.read_bytes()
-        if content == self._mounted:
+        crt_pem = (directory / certs.TLS_CRT).read_bytes()
+        key_pem = (directory / certs.TLS_KEY).read_bytes()
+        if crt_pem + key_pem == self._mounted:
             return False
-        self.ssl.load_cert_chain(crt, key)
-        self._mounted = content
+        # Load one snapshot of the pair, tried on a scratch context first: OpenSSL drops the
+        # served certificate when a key that does not match follows it, so a pair read
+        # mid-rotation (or just wrong) must fail here and leave the old one serving.
+        with tempfile.TemporaryDirectory(prefix="refreshbus-webhook-") as scratch:
+            crt, key = Path(scratch) / certs.TLS_CRT, Path(scratch) / certs.TLS_KEY
+            crt.write_bytes(crt_pem)
+            key.write_bytes(key_pem)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(crt, key)
+            self.ssl.load_cert_chain(crt, key)
+        self._mounted = crt_pem + key_pem
         log.info(
             "loaded webhook certificate from %s (expires %s)",
             directory,
-            certs.expires(crt.read_bytes()).isoformat(),
+            certs.expires(crt_pem).isoformat(),
         )
         return True
 
@@ -395,11 +416,12 @@ class WebhookServer:
     ) -> None:
         """Serve; keep the certificate current (every ``check_interval``) and the caBundle in
         place (checked every ``ca_check_interval``: Helm may recreate the configuration
-        without it, e.g. ``helm upgrade --force``). After a failure, retry from
+        without it, e.g. ``helm upgrade --force``); a mounted pair (``manage_tls`` off) is
+        re-read every ``ca_check_interval``. After a failure, retry from
         ``retry_initial`` doubling up to ``retry_max`` seconds."""
         await asyncio.to_thread(self.refresh_tls)
         app = web.Application(client_max_size=8 * 1024 * 1024)
-        app["injector"] = Injector(self.kube, self.config)
+        app[_INJECTOR] = Injector(self.kube, self.config)
         app.router.add_post(WEBHOOK_PATH, _handle)
         app.router.add_get("/healthz", _healthz)
         self._runner = web.AppRunner(app, access_log=None)
