@@ -59,6 +59,8 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "webhook.certRenewBeforeDays": {"minimum": 0},
     "webhook.certManager.duration": DURATION,
     "webhook.certManager.renewBefore": DURATION,
+    "webhook.certManager.caDuration": DURATION,
+    "webhook.certManager.caRenewBefore": DURATION,
     "sidecar.healthPort": PORT,
     "sidecar.logLevel": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
     "sidecar.runAsUser": {"minimum": 0},

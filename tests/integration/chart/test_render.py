@@ -356,18 +356,33 @@ def test_self_managed_tls(render: Any) -> None:
 @pytest.mark.parametrize("value_set", ["cert-manager", "failurepolicy-fail"])
 def test_cert_manager_tls(render: Any, value_set: str) -> None:
     manifests = render(value_set)
-    cert = one(manifests, "Certificate")
+    cert = one(manifests, "Certificate", "-webhook")
     mwc = one(manifests, "MutatingWebhookConfiguration")
     annotation = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
     assert annotation == f"{NAMESPACE}/{cert['metadata']['name']}"
     svc = one(manifests, "Service", "-webhook")["metadata"]["name"]
     assert f"{svc}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
-    issuers = kinds(manifests, "Issuer")
+    issuers = {i["metadata"]["name"]: i for i in kinds(manifests, "Issuer")}
     if value_set == "cert-manager":
-        (issuer,) = issuers
-        assert cert["spec"]["issuerRef"] == {"kind": "Issuer", "name": issuer["metadata"]["name"]}
+        # A CA chain: self-signed Issuer -> CA Certificate -> CA Issuer -> serving Certificate,
+        # so a renewal of the serving certificate keeps the CA (and the injected caBundle).
+        ca_issuer = issuers[cert["spec"]["issuerRef"]["name"]]
+        assert cert["spec"]["issuerRef"]["kind"] == "Issuer"
+        assert "selfSigned" not in ca_issuer["spec"]
+        ca_cert = one(manifests, "Certificate", "-webhook-ca")
+        assert ca_issuer["spec"]["ca"]["secretName"] == ca_cert["spec"]["secretName"]
+        assert ca_cert["spec"]["isCA"] is True
+        assert ca_cert["spec"]["privateKey"]["rotationPolicy"] == "Never"  # renewed CA, same key
+        assert ca_cert["spec"]["secretName"] != cert["spec"]["secretName"]
+        root = issuers[ca_cert["spec"]["issuerRef"]["name"]]
+        assert ca_cert["spec"]["issuerRef"]["kind"] == "Issuer"
+        assert root["spec"] == {"selfSigned": {}}
+        assert len(issuers) == 2
+        assert len(kinds(manifests, "Certificate")) == 2
+        assert all(i["metadata"]["namespace"] == NAMESPACE for i in issuers.values())
     else:
         assert not issuers
+        assert len(kinds(manifests, "Certificate")) == 1
         assert cert["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "company-ca"}
     container = operator_container(manifests)
     env = env_of(container)
