@@ -23,16 +23,18 @@ COMPONENT = "refreshbus-operator"
 
 
 def event_body(
-    namespace: str, name: str, uid: str | None, type_: str, reason: str, message: str, instance: str
+    namespace: str, name: str, uid: str | None, type_: str, reason: str, message: str, instance: str,
+    involved: tuple[str, str] = (API_VERSION, KIND),
 ) -> dict[str, Any]:
+    """A core/v1 Event on the object ``involved`` = (apiVersion, kind) ``namespace/name``."""
     stamp = fmt_time(now(), seconds=True)
     return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
         "involvedObject": {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
+            "apiVersion": involved[0],
+            "kind": involved[1],
             "name": name,
             "namespace": namespace,
             **({"uid": uid} if uid else {}),
@@ -55,9 +57,10 @@ class Recorder:
         self.instance = instance
 
     async def post(
-        self, namespace: str, name: str, uid: str | None, type_: str, reason: str, message: str
+        self, namespace: str, name: str, uid: str | None, type_: str, reason: str, message: str,
+        involved: tuple[str, str] = (API_VERSION, KIND),
     ) -> None:
-        body = event_body(namespace, name, uid, type_, reason, message, self.instance)
+        body = event_body(namespace, name, uid, type_, reason, message, self.instance, involved)
         try:
             await self.kube.apost(events_path(namespace), body)
         except Exception as exc:  # best effort: never fail a refresh over an Event
@@ -66,5 +69,8 @@ class Recorder:
     async def normal(self, namespace: str, name: str, uid: str | None, reason: str, message: str) -> None:
         await self.post(namespace, name, uid, "Normal", reason, message)
 
-    async def warning(self, namespace: str, name: str, uid: str | None, reason: str, message: str) -> None:
-        await self.post(namespace, name, uid, "Warning", reason, message)
+    async def warning(
+        self, namespace: str, name: str, uid: str | None, reason: str, message: str,
+        involved: tuple[str, str] = (API_VERSION, KIND),
+    ) -> None:
+        await self.post(namespace, name, uid, "Warning", reason, message, involved)

@@ -51,6 +51,11 @@ IN_FLIGHT = Gauge("refreshbus_operator_refreshes_in_flight", "Refresh rounds not
 AUTO_REFRESHES = Counter(
     "refreshbus_operator_auto_refreshes_total", "ConfigRefreshes created by auto-refresh."
 )
+INJECTION_SKIPPED = Counter(
+    "refreshbus_operator_injection_skipped_total",
+    "Pods that asked for the sidecar and were created without it (webhook down or not called).",
+    ["namespace"],
+)
 
 
 def serve(port: int) -> None:

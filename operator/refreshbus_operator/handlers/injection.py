@@ -1,6 +1,6 @@
-"""kopf registrations for sidecar injection: the webhook server's life (when enabled) and
-the per-workload sidecar RBAC. Logic lives in refreshbus_operator.injection and
-refreshbus_operator.sidecar_rbac.
+"""kopf registrations for sidecar injection: the webhook server's life (when enabled), the
+per-workload sidecar RBAC, and pods that asked for the sidecar but run without it. Logic
+lives in refreshbus_operator.injection and refreshbus_operator.sidecar_rbac.
 
 Workloads are followed with ``@kopf.on.event``: nothing is written onto the user's
 Deployment (no kopf annotations, no finalizer); every event reconciles idempotently, and
@@ -15,13 +15,16 @@ from typing import Any
 import kopf
 
 from refreshbus_operator import sidecar_rbac
+from refreshbus_operator.events import COMPONENT, Recorder
 from refreshbus_operator.injection import config as injection_config
+from refreshbus_operator.injection import skipped
 from refreshbus_operator.kube import Kube
 
 _MEMO_CONFIG = "injection_config"
 _MEMO_SERVER = "injection_server"
 _MEMO_KUBE = "injection_kube"
 _MEMO_RBAC = "injection_rbac"
+_MEMO_SKIPPED = "injection_skipped"
 
 
 def _kube(memo: kopf.Memo) -> Kube:
@@ -42,6 +45,7 @@ def _config(memo: kopf.Memo) -> injection_config.InjectionConfig:
 async def start_injection_webhook(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     cfg = _config(memo)
     _reconciler(memo)  # set on the operator-wide memo, which kopf copies into every object's memo
+    _skipped(memo)
     if not cfg.enabled:
         logger.info("sidecar injection webhook disabled (REFRESHBUS_INJECTION_ENABLED is not true)")
         return
@@ -112,3 +116,23 @@ async def daemonset_sidecar_rbac(
     event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     await _workload_event(event, memo, logger)
+
+
+def _skipped(memo: kopf.Memo) -> skipped.SkippedInjections:
+    if memo.get(_MEMO_SKIPPED) is None:
+        # The operator's Config names this replica; the injection handlers alone have none.
+        instance = str(getattr(memo.get("config"), "instance", COMPONENT))
+        memo[_MEMO_SKIPPED] = skipped.SkippedInjections(
+            _kube(memo), Recorder(_kube(memo), instance), _config(memo)
+        )
+    reporter: skipped.SkippedInjections = memo[_MEMO_SKIPPED]
+    return reporter
+
+
+def _asks_without_sidecar(body: kopf.Body, **_: Any) -> bool:
+    return skipped.asks_without_sidecar(body)
+
+
+@kopf.on.event("", "v1", "pods", when=_asks_without_sidecar)
+async def pod_without_sidecar(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    await _skipped(memo).observe(event.get("type"), event.get("object") or {})

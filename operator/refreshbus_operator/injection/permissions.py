@@ -55,7 +55,9 @@ def cluster_rules(config: InjectionConfig | None = None) -> list[dict[str, Any]]
             "verbs": ["get", "patch"],
             "resourceNames": [config.webhook_configuration],
         },
-        # kopf posts Kubernetes Events for handler outcomes.
+        # Pods that asked for the sidecar and run without it are reported (kopf watches pods).
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+        # kopf posts Kubernetes Events for handler outcomes (and we, InjectionSkipped on pods).
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ]
 
