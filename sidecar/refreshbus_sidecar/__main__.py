@@ -47,7 +47,7 @@ environment (set by the refreshbus injector; * = required in `run` mode):
     {pods.ENV_RESYNC_INTERVAL} (s, default 300, 0 = never): periodic level-triggered re-sync
   probes and logs
     {pods.ENV_HEALTH_PORT} (default {pods.DEFAULT_HEALTH_PORT}; 0 = any free port), {pods.ENV_HEALTH_BIND}
-    serves /readyz (initial config written), /livez (main loop alive), /metrics
+    serves /readyz (initial config written), /livez (loop and worker alive), /metrics
     {pods.ENV_LOG_LEVEL} (DEBUG|INFO|WARNING|ERROR; JSON lines on stderr)
   watch mode
     {pods.ENV_WATCH_DIRS}   directories to watch (or --dir)
@@ -121,7 +121,6 @@ def _run(settings: config.Settings) -> int:
     bus = Bus(settings.broker_urls, settings.identity, heartbeat=settings.heartbeat,
               ca_file=settings.broker_ca_file)
     service = Service(settings, refresher, bus, state, metrics)
-    refresher.sleep = service.interruptible_sleep
     service.install_signal_handlers()
     log.info("starting", extra={
         "pod": settings.identity.instance, "queue": bus.queue,

@@ -1,10 +1,11 @@
-"""The broker side: one pika BlockingConnection, driven by the caller's loop.
+"""The broker side: one pika BlockingConnection, used only from the connection thread.
 
-Single-threaded on purpose: the caller blocks in :meth:`Bus.wait` (the socket, via
+The caller blocks in :meth:`Bus.wait` (the socket, via
 ``process_data_events(time_limit=...)``), deliveries are queued in :attr:`Bus.pending`
-and handled between waits, acks go out with publisher confirms, and deliveries are
+and handed over between waits, acks go out with publisher confirms, and deliveries are
 acknowledged to the broker only after their ack was confirmed (at-least-once; the
-refresher is idempotent by event id).
+refresher is idempotent by event id). Another thread reaches the connection only
+through :mod:`refreshbus_sidecar.handoff`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pika
@@ -55,6 +56,8 @@ class Delivery:
     body: bytes
     routing_key: str
     redelivered: bool
+    #: The connection it arrived on: its tag means nothing on any other.
+    connection: pika.BlockingConnection = field(repr=False, compare=False)
 
 
 class Backoff:
@@ -92,6 +95,9 @@ class Bus:
         self.queue = sidecar_queue(identity)
         self.pending: deque[Delivery] = deque()
         self.connected_to: str | None = None
+        #: Set when the broker cancelled our consumer (its queue was deleted):
+        #: :meth:`resubscribe` is due.
+        self.consumer_cancelled = False
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
 
@@ -133,19 +139,38 @@ class Bus:
         self._conn = pika.BlockingConnection(params)
         channel = self._conn.channel()
         channel.exchange_declare(EXCHANGE, exchange_type=EXCHANGE_TYPE, durable=True)
-        channel.queue_declare(self.queue, durable=True, arguments=sidecar_queue_arguments())
-        for key in sidecar_bindings(self.identity):
-            channel.queue_bind(self.queue, EXCHANGE, routing_key=key)
         channel.confirm_delivery()
         channel.basic_qos(prefetch_count=PREFETCH)
-        channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+        channel.add_on_cancel_callback(self._on_cancel)
         self._channel = channel
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        """Declare this pod's queue and bindings and consume from it."""
+        assert self._channel is not None
+        self._channel.queue_declare(self.queue, durable=True, arguments=sidecar_queue_arguments())
+        for key in sidecar_bindings(self.identity):
+            self._channel.queue_bind(self.queue, EXCHANGE, routing_key=key)
+        self._channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+        self.consumer_cancelled = False
+
+    def resubscribe(self) -> None:
+        """After the broker cancelled our consumer: declare, bind and consume again on the
+        same connection, so acks in flight for earlier deliveries still go out."""
+        log.warning("the broker cancelled the consumer of %s (queue deleted?): declaring it again",
+                    self.queue)
+        self._subscribe()
 
     def _on_message(self, _channel: BlockingChannel, method: pika.spec.Basic.Deliver,
                     _properties: pika.BasicProperties, body: bytes) -> None:
+        assert self._conn is not None
         self.pending.append(Delivery(
             tag=method.delivery_tag, body=body, routing_key=method.routing_key,
-            redelivered=bool(method.redelivered)))
+            redelivered=bool(method.redelivered), connection=self._conn))
+
+    def _on_cancel(self, *_frame: object) -> None:
+        # Called while pika dispatches events: only note it, the caller's loop resubscribes.
+        self.consumer_cancelled = True
 
     def wait(self, timeout: float) -> None:
         """Block on the socket for up to ``timeout`` seconds (heartbeats, deliveries)."""
@@ -172,6 +197,7 @@ class Bus:
     def close(self) -> None:
         """Close quietly; unacknowledged deliveries go back to the queue."""
         self.pending.clear()
+        self.consumer_cancelled = False
         conn, self._conn, self._channel = self._conn, None, None
         self.connected_to = None
         if conn is not None and conn.is_open:

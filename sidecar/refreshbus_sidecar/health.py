@@ -2,17 +2,20 @@
 
 * ``/readyz`` -- 200 once the initial config has been written to the shared volume (a
   startup/readiness probe can hold the app back until then), else 503.
-* ``/livez`` -- 200 while the main loop has turned within ``max_age`` seconds. The loop
-  wakes at least every few seconds even when idle, so a wedged consumer fails this
-  probe instead of answering 200 for hours.
+* ``/livez`` -- 200 while the connection loop has turned within ``max_age`` seconds (it
+  wakes at least every few seconds even when idle, so a wedged consumer fails this probe
+  instead of answering 200 for hours) and the worker thread runs and has not spent longer
+  than ``busy_limit`` seconds on one job (a slow API server or app is not a dead worker).
 * ``/metrics`` -- Prometheus text format.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from refreshbus_sidecar.metrics import Metrics
@@ -27,13 +30,23 @@ class State:
         self.max_age = max_age
         self.last_tick = time.monotonic()
         self.detail = "starting"
+        #: Set up by the owner of a worker thread: whether it still runs, since when it is
+        #: busy with its current job (None: idle), and how long one job may take.
+        self.worker_running: Callable[[], bool] = lambda: True
+        self.busy_since: float | None = None
+        self.busy_limit = math.inf
 
     def tick(self) -> None:
         self.last_tick = time.monotonic()
 
+    def busy_seconds(self) -> float:
+        since = self.busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
     @property
     def alive(self) -> bool:
-        return time.monotonic() - self.last_tick < self.max_age
+        return (time.monotonic() - self.last_tick < self.max_age and self.worker_running()
+                and self.busy_seconds() < self.busy_limit)
 
 
 class HealthServer:
@@ -65,8 +78,11 @@ def _make_handler(state: State, metrics: Metrics) -> type[BaseHTTPRequestHandler
                 self._send(200 if state.ready else 503,
                            {"ready": state.ready, "detail": state.detail, "broker": state.connected})
             elif path == "/livez":
-                age = round(time.monotonic() - state.last_tick, 3)
-                self._send(200 if state.alive else 503, {"alive": state.alive, "loop_age_seconds": age})
+                alive = state.alive
+                self._send(200 if alive else 503, {
+                    "alive": alive, "loop_age_seconds": round(time.monotonic() - state.last_tick, 3),
+                    "worker_running": state.worker_running(),
+                    "worker_busy_seconds": round(state.busy_seconds(), 3)})
             elif path == "/metrics":
                 metrics.set("refreshbus_sidecar_last_loop_timestamp_seconds",
                             time.time() - (time.monotonic() - state.last_tick))

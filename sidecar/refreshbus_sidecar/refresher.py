@@ -1,15 +1,16 @@
 """The refresh logic, free of any broker code: event -> fetch -> write -> reload -> ack.
 
-Idempotent twice over: an event id already handled successfully is acked ``unchanged``
-without touching anything, and content whose hash is already on disk is neither
-written nor reloaded. Level-triggered: :meth:`Refresher.sync` reconciles every managed
-source with the API at start-up, after every reconnect and periodically, whether or not
-an event arrived.
+Idempotent twice over: an event id already handled successfully is acked again with
+the result it got the first time, without touching anything, and content whose hash is
+already on disk is neither written nor reloaded. Level-triggered: :meth:`Refresher.sync`
+reconciles every managed source with the API at start-up, after every reconnect and
+periodically, whether or not an event arrived.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 import time
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from refreshbus_wire.events import Ack, AckResult, Action, RefreshEvent, Scope, Timings, new_id
+from refreshbus_wire.events import Ack, AckResult, Action, RefreshEvent, Scope, Timings, new_id, now
 from refreshbus_wire.routing import PodIdentity
 
 from refreshbus_sidecar import reload as reload_mod
 from refreshbus_sidecar.config import Settings
 from refreshbus_sidecar.delivery import DeliveryError, Payload, Store, combined_hash, payload_from_object
-from refreshbus_sidecar.kubeapi import ApiError
+from refreshbus_sidecar.kubeapi import ApiError, ServerError
 from refreshbus_sidecar.metrics import Metrics
 
 log = logging.getLogger("refreshbus.sidecar")
@@ -37,11 +38,25 @@ log = logging.getLogger("refreshbus.sidecar")
 LOADED_MARKER = ".loaded"
 
 #: Delays (seconds) between fetch attempts while handling one event: about 4 s in all,
-#: short enough to keep the broker connection's heartbeats serviced.
+#: enough for an API server behind the event's resourceVersion, or a missing object or
+#: permission, to be reported quickly.
 FETCH_RETRY_DELAYS = (0.2, 0.4, 0.8, 1.2, 1.5)
+#: After those, while the API server does not answer (transport errors, 5xx, 429), an
+#: event's fetch goes on every RETRY_EVERY seconds until the event's deadline, for at most
+#: MAX_FETCH_WAIT seconds after it was received: a brownout then ends in an ``ok`` ack.
+#: The broker connection does not wait for it (another thread serves it).
+RETRY_EVERY = 5.0
+MAX_FETCH_WAIT = 300.0
+#: The longest HTTP reload an event's action may ask for (the wire protocol's limit), and
+#: what the health wait's last poll may add to its timeout, seconds.
+MAX_EVENT_RELOAD_TIMEOUT = 60.0
+HEALTH_POLL_SLACK = 2.0
 
 
 class Fetcher(Protocol):
+    #: Seconds one request may block (each is tried twice on a broken kept-alive connection).
+    timeout: float
+
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]: ...
 
 
@@ -58,6 +73,8 @@ class Outcome:
     error: str | None = None
     #: Time spent waiting for the API (jitter excluded), for logs and the benchmark.
     fetch_ms: float | None = None
+    #: (kind, name) of the sources written.
+    changed: tuple[tuple[str, str], ...] = ()
 
 
 def addressed_to(event: RefreshEvent, me: PodIdentity) -> bool:
@@ -93,6 +110,7 @@ class Refresher:
         *,
         sleep: Callable[[float], None] = time.sleep,
         retry_delays: tuple[float, ...] = FETCH_RETRY_DELAYS,
+        max_fetch_wait: float = MAX_FETCH_WAIT,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -100,12 +118,37 @@ class Refresher:
         self.metrics = metrics
         self.sleep = sleep
         self.retry_delays = retry_delays
+        self.max_fetch_wait = max_fetch_wait
         self.identity = settings.identity
         #: Written to disk but the last reload of it failed: the next sync/event retries it.
         self.reload_pending = False
         self.ready = False
         self._marker_checked = False
-        self._done: OrderedDict[str, str | None] = OrderedDict()  # event id -> config hash
+        #: event id -> (result, config hash) of the events handled successfully.
+        self._done: OrderedDict[str, tuple[AckResult, str | None]] = OrderedDict()
+        #: (kind, name) -> when a level-triggered sync wrote the source's current content and
+        #: the app reloaded it; an event issued before then was applied by that sync.
+        self._caught_up: dict[tuple[str, str], datetime] = {}
+
+    def worst_case_seconds(self, event: RefreshEvent | None) -> float:
+        """The longest handling ``event`` (None: a sync) can take while still making progress:
+        jitter, every fetch attempt timing out (each request is tried twice), the delays
+        between attempts and the time an event keeps retrying, the reload and the health
+        wait. Liveness allows this much for one job before it calls the worker stuck."""
+        request = 2 * self.api.timeout
+        reload = self.settings.reload
+        sources = len(self.settings.sources)
+        if event is None:
+            return (self.settings.fetch_jitter + sources * request + reload.timeout
+                    + reload.health_timeout + HEALTH_POLL_SLACK)
+        fetches = sources * ((len(self.retry_delays) + 1) * request + sum(self.retry_delays))
+        asked = event.action.timeout_seconds if event.action and event.action.timeout_seconds else 0.0
+        return (self.settings.fetch_jitter + fetches + self._fetch_window(event) + request
+                + max(reload.timeout, asked) + reload.health_timeout + HEALTH_POLL_SLACK)
+
+    def _fetch_window(self, event: RefreshEvent) -> float:
+        """How long an event's fetch may keep retrying an unanswering API server, seconds."""
+        return max(0.0, min(self.max_fetch_wait, (event.deadline - now()).total_seconds()))
 
     # -- events ------------------------------------------------------------------------
 
@@ -116,21 +159,32 @@ class Refresher:
         """
         extra = {"event_id": event.id}
         if event.id in self._done:
-            log.info("duplicate event: already applied, nothing to do", extra=extra)
-            outcome = Outcome(AckResult.UNCHANGED, self._done[event.id])
+            # The first ack may never have reached the operator (a reconnect between the
+            # apply and the ack): repeat it rather than say "unchanged" about our own change.
+            log.info("duplicate event: already handled, nothing to do", extra=extra)
+            outcome = Outcome(*self._done[event.id])
         else:
             outcome = self._apply_event(event, t0)
+            if outcome.result is AckResult.UNCHANGED and self._caught_up_since(event):
+                log.info("already applied by the catch-up sync after this event was issued", extra=extra)
+                outcome = dataclasses.replace(outcome, result=AckResult.OK)
+            for key in outcome.changed:
+                self._caught_up.pop(key, None)
             if outcome.result is not AckResult.FAILED:
-                self._remember(event.id, outcome.config_hash)
+                self._remember(event.id, outcome.result, outcome.config_hash)
         self.metrics.inc("refreshbus_sidecar_refreshes_total", result=outcome.result.value)
         level = logging.WARNING if outcome.result is AckResult.FAILED else logging.INFO
         log.log(level, "refresh %s%s", outcome.result.value,
                 f": {outcome.error}" if outcome.error else "",
                 extra={**extra, "config_hash": outcome.config_hash, "fetch_ms": _ms(outcome.fetch_ms),
                        "written_ms": _ms(outcome.written_ms), "reloaded_ms": _ms(outcome.reloaded_ms)})
+        return self.ack(event.id, received_at, outcome)
+
+    def ack(self, event_id: str, received_at: datetime, outcome: Outcome) -> Ack:
+        """The ack for an event: the only place one is built."""
         return Ack(
             id=new_id(),
-            event_id=event.id,
+            event_id=event_id,
             namespace=self.identity.namespace,
             pod=self.identity.pod,
             result=outcome.result,
@@ -152,8 +206,9 @@ class Refresher:
         if self.settings.fetch_jitter > 0:
             self.sleep(random.uniform(0, self.settings.fetch_jitter))
         fetch_started = time.monotonic()
+        until = fetch_started + self._fetch_window(event)
         try:
-            payloads = [self._fetch(kind, name, rv) for kind, name, rv in refs]
+            payloads = [self._fetch(kind, name, rv, until) for kind, name, rv in refs]
         except SyncError as exc:
             return Outcome(AckResult.FAILED, self._hash_on_disk(refs), error=str(exc))
         fetch_ms = (time.monotonic() - fetch_started) * 1000
@@ -173,8 +228,15 @@ class Refresher:
         return all(payload.files.get(key) == self.store.current_value(payload.kind, payload.name, key)
                    for key in keys)
 
-    def _remember(self, event_id: str, config_hash: str | None) -> None:
-        self._done[event_id] = config_hash
+    def _caught_up_since(self, event: RefreshEvent) -> bool:
+        """Whether a sync wrote (and the app reloaded) the current content of one of the
+        event's sources after the event was issued: that apply was this event's change."""
+        return any(
+            (at := self._caught_up.get((s.kind.value, s.name))) is not None and at >= event.issued_at
+            for s in event.sources)
+
+    def _remember(self, event_id: str, result: AckResult, config_hash: str | None) -> None:
+        self._done[event_id] = (result, config_hash)
         while len(self._done) > 1024:
             self._done.popitem(last=False)
 
@@ -195,7 +257,7 @@ class Refresher:
         if not first_time and not self._marker_checked:
             self._check_marker()
         try:
-            payloads = [self._fetch(kind, name, None, retry=False) for kind, name in self.settings.sources]
+            payloads = [self._fetch(kind, name, None) for kind, name in self.settings.sources]
         except SyncError as exc:
             self.metrics.inc("refreshbus_sidecar_sync_errors_total")
             log.warning("sync (%s) failed: %s", why, exc)
@@ -206,24 +268,39 @@ class Refresher:
                 log.info("initial config written", extra={"config_hash": outcome.config_hash})
             self.ready = True
             self.metrics.set("refreshbus_sidecar_ready", 1)
+        if outcome.result is AckResult.OK and outcome.reloaded_ms is not None:
+            applied_at = now()
+            for key in outcome.changed:
+                self._caught_up[key] = applied_at
         if outcome.result is AckResult.OK:
             log.info("sync (%s) applied a change", why, extra={"config_hash": outcome.config_hash})
         return outcome
 
     # -- steps ---------------------------------------------------------------------------
 
-    def _fetch(self, kind: str, name: str, want_rv: str | None, retry: bool = True) -> Payload:
-        delays = self.retry_delays if retry else ()
+    def _fetch(self, kind: str, name: str, want_rv: str | None, until: float | None = None) -> Payload:
+        """GET one source. ``until`` (monotonic; None: one attempt, the caller retries later):
+        retry on :data:`FETCH_RETRY_DELAYS`, then, while the API server does not answer,
+        every :data:`RETRY_EVERY` seconds until ``until``."""
         mode = self.settings.secret_mode if kind == "Secret" else self.settings.configmap_mode
+        delays = iter(() if until is None else self.retry_delays)
         last = ""
-        for attempt in range(len(delays) + 1):
+        unanswered = False
+        for attempt in itertools.count():
             if attempt:
-                self.sleep(delays[attempt - 1])
+                delay = next(delays, None)
+                if delay is None:
+                    if until is None or not unanswered or time.monotonic() + RETRY_EVERY > until:
+                        break
+                    delay = RETRY_EVERY
+                self.sleep(delay)
             try:
                 obj = self.api.get(kind, self.identity.namespace, name)
             except ApiError as exc:
                 last = str(exc)
+                unanswered = isinstance(exc, ServerError)
                 continue
+            unanswered = False
             got_rv = (obj.get("metadata") or {}).get("resourceVersion")
             if rv_older(got_rv, want_rv):
                 last = (f"{kind} {name}: API server still has resourceVersion {got_rv}, "
@@ -261,18 +338,20 @@ class Refresher:
             log.info("wrote %s", ", ".join(f"{p.kind}/{p.name}" for p in changed),
                      extra={"config_hash": config_hash})
         self.store.prune()
+        keys = tuple((p.kind, p.name) for p in changed)
         if not reload:
             self._write_marker()  # the app starts with this content
-            return Outcome(AckResult.OK, config_hash, written_ms=written_ms)
+            return Outcome(AckResult.OK, config_hash, written_ms=written_ms, changed=keys)
         if error is not None:
             self.reload_pending = True
             self.metrics.inc("refreshbus_sidecar_reloads_total", result="failure")
-            return Outcome(AckResult.FAILED, config_hash, written_ms=written_ms, error=error)
+            return Outcome(AckResult.FAILED, config_hash, written_ms=written_ms, error=error, changed=keys)
         self.reload_pending = False
         self._write_marker()
         self.metrics.inc("refreshbus_sidecar_reloads_total", result="success")
         log.info("reloaded: %s", done)
-        return Outcome(AckResult.OK, config_hash, written_ms=written_ms, reloaded_ms=reloaded_ms)
+        return Outcome(AckResult.OK, config_hash, written_ms=written_ms, reloaded_ms=reloaded_ms,
+                       changed=keys)
 
     def _all_on_disk(self) -> str | None:
         return self._hash_on_disk([(kind, name, None) for kind, name in self.settings.sources])

@@ -10,7 +10,9 @@ import pytest
 from refreshbus_support import configs
 from refreshbus_support.bus import TestBus, make_event
 from refreshbus_support.pods import create_pod
+from refreshbus_testenv.broker import Broker
 from refreshbus_testenv.controlplane import ControlPlane
+from refreshbus_testenv.procs import wait_until
 from refreshbus_wire import pods as podc
 from refreshbus_wire.events import AckResult
 
@@ -19,7 +21,7 @@ from .conftest import Apps, Sidecars
 pytestmark = pytest.mark.integration
 
 
-def test_a_duplicate_event_causes_one_signal_and_acks_unchanged(
+def test_a_duplicate_event_causes_one_signal_and_repeats_its_first_result(
     cluster: ControlPlane, namespace: str, sidecars: Sidecars, apps: Apps, bus: TestBus, tmp_path: Path
 ) -> None:
     configs.put_configmap(cluster, namespace, "settings", {"config.json": '{"v": 1}'})
@@ -34,18 +36,53 @@ def test_a_duplicate_event_causes_one_signal_and_acks_unchanged(
 
     bus.publish(event)
     first = bus.wait_ack(event.id)
-    bus.publish(event)  # the same event id again (a redelivery or an operator replay)
+    bus.publish(event)  # the same event id again (a redelivery: the first ack may have been lost)
     second = bus.wait_acks(event.id, 2)[1]
     replay = make_event(namespace, [("ConfigMap", "settings", rv)])  # new id, same content
     bus.publish(replay)
     third = bus.wait_ack(replay.id)
 
     assert first.result is AckResult.OK
-    assert second.result is AckResult.UNCHANGED
+    assert second.result is AckResult.OK  # it did apply this change
     assert third.result is AckResult.UNCHANGED
     assert first.config_hash == second.config_hash == third.config_hash
     assert json.loads(node.get("/")[1])["loads"] == loads + 1  # exactly one SIGHUP
     assert sidecar.metrics()['refreshbus_sidecar_reloads_total{result="success"}'] == 1
+
+
+def test_an_event_whose_content_the_catch_up_after_a_reconnect_applied_acks_ok(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, running_broker: Broker, bus: TestBus,
+) -> None:
+    configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
+    pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
+    sidecar = sidecars.start(pod)
+    rv = configs.put_configmap(cluster, namespace, "settings", {"a": "2"})
+    issued_before = make_event(namespace, [("ConfigMap", "settings", rv)])  # its delivery is late
+
+    close_connections(running_broker, f"refreshbus-sidecar {namespace}/api-0")
+    wait_until(lambda: sidecar.metrics()["refreshbus_sidecar_reconnects_total"] == 1, 30,
+               "the sidecar to reconnect", sidecar.proc, sidecar.log)
+    wait_until(lambda: (sidecar.target_dir / "configmap-settings" / "a").read_text() == "2", 30,
+               "the catch-up sync to apply the change", sidecar.proc, sidecar.log)
+    bus.publish(issued_before)
+    late = bus.wait_ack(issued_before.id)
+    issued_after = make_event(namespace, [("ConfigMap", "settings", rv)])
+    bus.publish(issued_after)
+    after = bus.wait_ack(issued_after.id)
+
+    assert late.result is AckResult.OK  # the catch-up applied this very change
+    assert after.result is AckResult.UNCHANGED
+    assert late.config_hash == after.config_hash
+    assert sidecar.metrics()['refreshbus_sidecar_reloads_total{result="success"}'] == 1  # the catch-up's
+
+
+def close_connections(broker: Broker, connection_name: str) -> None:
+    """Have the broker close every connection whose client calls itself ``connection_name``."""
+    out = broker.ctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties")
+    pids = [line.split("\t", 1)[0] for line in out.splitlines() if connection_name in line]
+    assert pids, out
+    for pid in pids:
+        broker.ctl("close_connection", pid, "closed by the test")
 
 
 

@@ -10,7 +10,7 @@ import pytest
 from refreshbus_sidecar import reload as reload_mod
 from refreshbus_sidecar.config import Settings, load
 from refreshbus_sidecar.delivery import Store
-from refreshbus_sidecar.kubeapi import NotFoundError
+from refreshbus_sidecar.kubeapi import NotFoundError, ServerError
 from refreshbus_sidecar.metrics import Metrics
 from refreshbus_sidecar.refresher import Refresher, addressed_to, rv_older
 from refreshbus_wire import pods as podc
@@ -19,6 +19,8 @@ from refreshbus_wire.routing import PodIdentity
 
 
 class FakeApi:
+    timeout = 10.0
+
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls = 0
@@ -73,7 +75,8 @@ def event(
 
 
 def make(settings: Settings, api: FakeApi, tmp_path: Path) -> Refresher:
-    return Refresher(settings, api, Store(tmp_path), Metrics(), sleep=lambda s: None, retry_delays=(0, 0, 0))
+    return Refresher(settings, api, Store(tmp_path), Metrics(), sleep=lambda s: None, retry_delays=(0, 0, 0),
+                     max_fetch_wait=0)
 
 
 def test_first_sync_writes_without_reloading_then_events_reload_once(
@@ -94,7 +97,7 @@ def test_first_sync_writes_without_reloading_then_events_reload_once(
     assert (tmp_path / "configmap-cfg" / "a").read_text() == "2"
 
 
-def test_a_duplicate_event_id_is_unchanged_without_fetching(
+def test_a_duplicate_event_id_is_answered_with_its_first_result_without_fetching(
     settings: Settings, reloads: Reloads, tmp_path: Path
 ) -> None:
     api = FakeApi()
@@ -105,12 +108,112 @@ def test_a_duplicate_event_id_is_unchanged_without_fetching(
     first = refresher.handle(event("11"), now(), 0.0)
     calls = api.calls
 
-    again = refresher.handle(event("11"), now(), 0.0)
+    again = refresher.handle(event("11"), now(), 0.0)  # e.g. redelivered: the first ack was lost
 
-    assert again.result is AckResult.UNCHANGED
+    assert first.result is AckResult.OK
+    assert again.result is AckResult.OK
     assert again.config_hash == first.config_hash
     assert api.calls == calls
     assert reloads.calls == 1
+
+
+def test_an_event_whose_content_the_catch_up_sync_applied_after_it_was_issued_acks_ok(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+    missed = event("11", event_id="e-missed")  # issued while the sidecar was disconnected
+    assert refresher.sync("reconnected").result is AckResult.OK  # the catch-up applies it
+
+    ack = refresher.handle(missed, now(), 0.0)  # then the event is (re)delivered
+
+    assert ack.result is AckResult.OK
+    assert reloads.calls == 1  # the catch-up's reload only
+    later = refresher.handle(event("11", event_id="e-later"), now(), 0.0)  # issued after the apply
+    assert later.result is AckResult.UNCHANGED
+    assert reloads.calls == 1
+
+
+def test_an_event_whose_content_an_event_applied_after_the_catch_up_acks_unchanged(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+    old = event("11", event_id="e-old")
+    refresher.sync("reconnected")
+    api.put("cfg", "12", a="3")
+    assert refresher.handle(event("12", event_id="e-new"), now(), 0.0).result is AckResult.OK
+    api.put("cfg", "13", a="3")  # a label edit: same content
+
+    # The catch-up's apply is no longer what is on disk: nothing of the old event is news.
+    assert refresher.handle(old, now(), 0.0).result is AckResult.UNCHANGED
+
+
+def test_the_worst_case_of_one_job_counts_every_fetch_attempt_the_retry_window_and_the_reload(
+    settings: Settings, tmp_path: Path
+) -> None:
+    refresher = Refresher(settings, FakeApi(), Store(tmp_path), Metrics(), retry_delays=(1, 1, 1),
+                          max_fetch_wait=100)
+    a_sync = 2 * 10 + 5 + 10 + 2  # one attempt (tried twice, 10 s each), reload 5 s, health 10 s + 2 s
+
+    assert refresher.worst_case_seconds(None) == a_sync
+    # 4 attempts x 2 tries x 10 s + 3 s of delays, the retry window (the event's deadline, 1 min
+    # away, comes before the 100 s cap), one more attempt, reload and health wait
+    assert 80 + 3 + 58 + 20 + 17 <= refresher.worst_case_seconds(event("11")) <= 80 + 3 + 60 + 20 + 17
+
+
+class Unreachable(FakeApi):
+    """An API server that does not answer the first ``misses`` requests."""
+
+    def __init__(self, misses: int) -> None:
+        super().__init__()
+        self.misses = misses
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        if self.misses > 0:
+            self.misses -= 1
+            self.calls += 1
+            raise ServerError(f"GET {kind} {namespace}/{name}: timed out")
+        return super().get(kind, namespace, name)
+
+
+def test_an_event_keeps_retrying_an_unanswering_api_server_until_its_deadline(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = Unreachable(misses=0)
+    api.put("cfg", "10", a="1")
+    slept: list[float] = []
+    refresher = Refresher(settings, api, Store(tmp_path), Metrics(), sleep=slept.append,
+                          retry_delays=(0.1, 0.2), max_fetch_wait=100)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+    api.misses = 10  # a brownout: the initial schedule (3 attempts) and 7 more fail
+
+    ack = refresher.handle(event("11"), now(), 0.0)
+
+    assert ack.result is AckResult.OK
+    assert slept == [0.1, 0.2] + [5.0] * 8
+
+
+def test_a_missing_object_is_not_retried_past_the_short_schedule(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    slept: list[float] = []
+    refresher = Refresher(settings, api, Store(tmp_path), Metrics(), sleep=slept.append,
+                          retry_delays=(0.1, 0.2), max_fetch_wait=100)
+
+    ack = refresher.handle(event("11"), now(), 0.0)
+
+    assert ack.result is AckResult.FAILED
+    assert "not found" in (ack.error or "")
+    assert slept == [0.1, 0.2]
 
 
 def test_an_api_that_stays_behind_the_events_version_fails_the_refresh(
