@@ -179,6 +179,8 @@ class PodOptions:
     reload_method: str | None = None
     health_url: str | None = None
     app: str | None = None
+    #: ``refreshbus.io/inject`` as an annotation (see :func:`inject_requested` for the label).
+    inject: bool = False
     auto_refresh: bool = False
 
     @property
@@ -240,6 +242,7 @@ def parse_annotations(annotations: Mapping[str, str]) -> PodOptions:
                 f"{pods.ANN_RELOAD_METHOD}: {method!r} is not one of {', '.join(sorted(HTTP_METHODS))}")
     if health and (problem := http_url_problem(health)):
         raise ContractError(f"{pods.ANN_HEALTH_URL}: {health!r} {problem}")
+    inject = parse_bool(a.get(pods.ANN_INJECT), pods.ANN_INJECT)
     auto_refresh = parse_bool(a.get(pods.ANN_AUTO_REFRESH), pods.ANN_AUTO_REFRESH)
     return PodOptions(
         configmaps=configmaps,
@@ -251,5 +254,6 @@ def parse_annotations(annotations: Mapping[str, str]) -> PodOptions:
         reload_method=method,
         health_url=health,
         app=a.get(pods.ANN_APP) or None,
+        inject=inject,
         auto_refresh=auto_refresh,
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from injharness import served_certificate
+from refreshbus_operator import autorefresh, targets
 from refreshbus_operator.injection import certs
 from refreshbus_wire import pods
 
@@ -295,6 +296,43 @@ def test_rejections_explain_themselves(
     assert proc.returncode != 0
     assert 'admission webhook "inject.refreshbus.io" denied the request' in proc.stderr
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", " True ", "false", "False", "", "yes", "1", "sometimes"])
+@pytest.mark.parametrize("annotation", [pods.ANN_INJECT, pods.ANN_AUTO_REFRESH])
+def test_admission_and_auto_refresh_read_booleans_alike(
+    cluster: Any, with_config: str, create_pod: Callable[..., Any], annotation: str, value: str
+) -> None:
+    """One rule for every boolean of the pod contract: true/false in any case, anything
+    else refused by the webhook -- and auto-refresh and targeting read the workload's
+    template (as stored by the API server) the same way."""
+    annotations = {**OPT_IN, pods.ANN_AUTO_REFRESH: "true", annotation: value}
+    proc = create_pod(with_config, pod(annotations), check=False)
+    valid = value.strip().lower() in {"true", "false", ""}
+    asks = annotations[pods.ANN_INJECT].strip().lower() != "false"
+    if valid:
+        assert proc.returncode == 0, proc.stderr
+        stored = json.loads(proc.stdout)
+        assert bool(sidecars(stored)) == (asks and annotations[pods.ANN_INJECT].strip() != "")
+        assert targets.pod_from_json(stored).opted_in == bool(sidecars(stored))
+    else:
+        assert 'admission webhook "inject.refreshbus.io" denied the request' in proc.stderr
+        assert f"{annotation}: {value!r} is not \"true\" or \"false\"" in proc.stderr
+
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": with_config},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}, "annotations": annotations},
+                         "spec": pod()["spec"]},
+        },
+    }
+    out = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(deployment))
+    tracked = autorefresh.opted_in(json.loads(out.stdout))
+    auto_on = annotations[pods.ANN_AUTO_REFRESH].strip().lower() == "true"
+    assert (tracked is not None) == (valid and auto_on)
 
 
 def test_webhook_down_with_failure_policy_ignore_creates_the_pod_uninjected(

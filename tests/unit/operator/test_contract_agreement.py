@@ -114,6 +114,7 @@ def test_admission_auto_refresh_targeting_rbac_and_the_sidecar_agree(
         assert (tracked is not None) == (decision.injected and auto == "true")
     if tracked is not None:
         assert auto == "true"
+        assert (annotations.get(pods.ANN_INJECT) or "").strip().lower() in {"true", "false", ""}
 
     # Whatever admission injects, the sidecar accepts, with the same sources.
     if decision.injected:
