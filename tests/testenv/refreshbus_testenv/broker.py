@@ -8,8 +8,10 @@ a real broker restart, which fault tests rely on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +83,17 @@ class Broker:
         stop_group(self.pid, timeout=30)
         self.pid = None
         wait_until(lambda: not port_open(self.port, self.host), 15, f"RabbitMQ {self.node} to stop")
+
+    def kill(self) -> None:
+        """SIGKILL the node, as a crashed machine would (no clean shutdown); :meth:`start`
+        brings it back on the same port with the same data."""
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        stop_group(self.pid, timeout=5)  # reaps it
+        self.pid = None
+        wait_until(lambda: not port_open(self.port, self.host), 15, f"RabbitMQ {self.node} to die")
 
     def restart(self) -> None:
         """Stop and start again on the same port, as a crashed-and-recovered broker would."""

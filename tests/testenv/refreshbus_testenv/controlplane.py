@@ -87,7 +87,19 @@ class ControlPlane:
         self.pids["etcd"] = etcd.pid
         wait_until(lambda: self._http_ok(f"http://127.0.0.1:{self.etcd_port}/health"), timeout,
                    "etcd", etcd, self.workdir / "etcd.log")
+        self._start_apiserver(timeout)
+        self._wait_for_default_namespace(timeout)
 
+    def restart_apiserver(self, timeout: float = 120.0) -> None:
+        """Stop kube-apiserver (SIGTERM) and start it again on the same port, etcd kept:
+        clients see their connections and watches cut and requests refused until it is back."""
+        pid = self.pids.pop("kube-apiserver", None)
+        if pid is not None:
+            stop_group(pid)
+        self._start_apiserver(timeout)
+
+    def _start_apiserver(self, timeout: float) -> None:
+        assert self.bin_dir is not None, "control plane not started"
         p = self.pki
         api = spawn(
             [
@@ -117,7 +129,6 @@ class ControlPlane:
         )
         self.pids["kube-apiserver"] = api.pid
         wait_until(self._readyz, timeout, "kube-apiserver", api, self.workdir / "kube-apiserver.log", 0.25)
-        self._wait_for_default_namespace(timeout)
 
     def stop(self) -> None:
         """Stop the API server, then etcd."""
