@@ -127,18 +127,33 @@ http {{
 
 
 def start_node_app(
-    workdir: Path, config_file: Path, *, port: int | None = None, timeout: float = 10.0
+    workdir: Path, config_file: Path, *, port: int | None = None, journal: Path | None = None,
+    timeout: float = 10.0,
 ) -> App:
     """Run tests/support/apps/config-server.js, which serves the JSON in ``config_file``
-    at ``GET /`` and re-reads it on SIGHUP or ``POST /-/reload`` (500 if invalid)."""
+    at ``GET /`` and re-reads it on SIGHUP or ``POST /-/reload`` (500 if invalid).
+
+    With ``journal`` every load is checked for a torn read and recorded there
+    (:func:`read_journal`; the format is in the script's header)."""
     if not Path(NODE).exists():
         raise AppError("node is not installed")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = workdir / "node.out"
-    proc = spawn([NODE, str(NODE_APP), str(port), str(config_file)], log)
+    env = {"CONFIG_SERVER_JOURNAL": str(journal)} if journal is not None else None
+    proc = spawn([NODE, str(NODE_APP), str(port), str(config_file)], log, env=env)
     pattern = rf"config-server\.js {port} {re.escape(str(config_file))}$"
     return _wait_listening(App("node", proc, port, log, pattern), timeout)
+
+
+def read_journal(journal: Path) -> list[dict[str, Any]]:
+    """The loads a journaling Node app recorded, oldest first (a line still being written
+    is left for the next call)."""
+    try:
+        text = journal.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1] if line]
 
 
 def node_config(app: App) -> Any:
