@@ -16,6 +16,8 @@ _HELP = {
         "counter", "Messages dropped without processing, by reason (malformed, foreign, ...)."),
     "refreshbus_sidecar_refreshes_total": (
         "counter", "Refreshes handled, by ack result (ok, unchanged, failed)."),
+    "refreshbus_sidecar_duplicate_events_total": (
+        "counter", "Events whose id was already handled (redelivered, replayed): first result repeated."),
     "refreshbus_sidecar_reloads_total": ("counter", "App reloads attempted, by result (success, failure)."),
     "refreshbus_sidecar_reconnects_total": (
         "counter", "Broker connections (re-)established after the first."),

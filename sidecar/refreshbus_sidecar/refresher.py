@@ -162,6 +162,7 @@ class Refresher:
             # The first ack may never have reached the operator (a reconnect between the
             # apply and the ack): repeat it rather than say "unchanged" about our own change.
             log.info("duplicate event: already handled, nothing to do", extra=extra)
+            self.metrics.inc("refreshbus_sidecar_duplicate_events_total")
             outcome = Outcome(*self._done[event.id])
         else:
             outcome = self._apply_event(event, t0)

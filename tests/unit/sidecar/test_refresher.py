@@ -115,6 +115,7 @@ def test_a_duplicate_event_id_is_answered_with_its_first_result_without_fetching
     assert again.config_hash == first.config_hash
     assert api.calls == calls
     assert reloads.calls == 1
+    assert refresher.metrics.get("refreshbus_sidecar_duplicate_events_total") == 1
 
 
 def test_an_event_whose_content_the_catch_up_sync_applied_after_it_was_issued_acks_ok(
