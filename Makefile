@@ -110,6 +110,10 @@ bench-sidecar: deps ## Sidecar RSS, idle CPU, start-to-ready, event-to-signal la
 bench-operator: deps ## Operator: apply -> all acks in status p50/p99 for 1/10/100 targets, RSS, API calls (docs/operator.md)
 	$(BIN)/python bench/operator_bench.py $(BENCH_ARGS)
 
+.PHONY: fuzz
+fuzz: deps ## A million bad messages to a real sidecar and operator, real refreshes going on (docs/reliability.md)
+	$(BIN)/python bench/fuzz_bench.py $(FUZZ_ARGS)
+
 ##@ Local cluster
 
 .PHONY: cluster-up
