@@ -114,6 +114,13 @@ bench-operator: deps ## Operator: apply -> all acks in status p50/p99 for 1/10/1
 fuzz: deps ## A million bad messages to a real sidecar and operator, real refreshes going on (docs/reliability.md)
 	$(BIN)/python bench/fuzz_bench.py $(FUZZ_ARGS)
 
+##@ Chaos (fault injection against real components; docs/reliability.md)
+
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: deps ## Long seeded chaos run (200 rounds, 10 sidecars, 2 operator replicas); CHAOS_ARGS='--seed N --rounds N --sidecars N'
+	PYTHONPATH=tests/testenv:tests/support:tests/chaos $(BIN)/python -m refreshbus_chaos $(CHAOS_ARGS)
+
 ##@ Local cluster
 
 .PHONY: cluster-up
