@@ -29,7 +29,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from refreshbus_wire import contract, pods
+from refreshbus_wire import contract
 
 from refreshbus_operator.kube import ApiError, Kube, q
 
@@ -80,8 +80,11 @@ def desired(workload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     kind, name, namespace = workload["kind"], meta["name"], meta["namespace"]
     template = _template(workload)
     annotations = (template.get("metadata") or {}).get("annotations") or {}
-    configmaps = pods.split_names(annotations.get(pods.ANN_CONFIGMAPS))
-    secrets = pods.split_names(annotations.get(pods.ANN_SECRETS))
+    try:
+        options = contract.parse_annotations(annotations)
+    except contract.ContractError:
+        return None  # the webhook refuses such pods: they never run, nor need a Role
+    configmaps, secrets = options.configmaps, options.secrets
     rules = [
         {"apiGroups": [""], "resources": [resource], "verbs": ["get"], "resourceNames": list(names)}
         for resource, names in (("configmaps", configmaps), ("secrets", secrets))

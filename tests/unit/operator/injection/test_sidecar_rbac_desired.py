@@ -23,6 +23,19 @@ def workload(
     }
 
 
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {pods.ANN_CONFIGMAPS: "Bad_Name,ok"},  # the webhook refuses these pods: no Role
+        {pods.ANN_CONFIGMAPS: "ok", pods.ANN_AUTO_REFRESH: "yes"},
+        {pods.ANN_CONFIGMAPS: "ok", pods.ANN_SIGNAL: "HUP"},  # no refreshbus.io/process
+        {pods.ANN_CONFIGMAPS: " , "},
+    ],
+)
+def test_no_role_for_a_template_the_webhook_refuses(annotations: dict[str, str]) -> None:
+    assert desired(workload({pods.ANN_INJECT: "true", **annotations})) is None
+
+
 def test_role_names_exactly_the_annotated_objects_with_get_only() -> None:
     wanted = desired(workload({pods.ANN_INJECT: "true", pods.ANN_CONFIGMAPS: "a, b", pods.ANN_SECRETS: "s"}))
     assert wanted is not None
