@@ -1,30 +1,41 @@
-"""A small JSON-in/JSON-out Kubernetes REST client on top of the official client's
-authentication (kubeconfig, in-cluster service account, exec plugins).
+"""A small JSON-in/JSON-out Kubernetes REST client on the operator's event loop.
+
+Requests go through one aiohttp session (created on first use, closed by :meth:`Kube.aclose`)
+so Kubernetes I/O shares kopf's event loop instead of worker threads. Credentials come only
+from the official client's config loader (in-cluster service account, kubeconfig: CA,
+client certificate, bearer token, auth providers and exec plugins as far as that loader
+supports them).
 
 Why not the generated API classes: we want plain dicts with the API's own camelCase
 names (they go straight into status and tests), metadata-only reads
 (``PartialObjectMetadata``: never pull Secret data we do not need), and one place that
-counts requests for the ``refreshbus_operator_api_requests_total`` metric. Calls are
-blocking; async code uses the ``a*`` wrappers, which run them in worker threads so
-kopf's event loop never blocks.
+counts requests for the ``refreshbus_operator_api_requests_total`` metric.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Iterator, Mapping
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import aiohttp
 import kubernetes
+from yarl import URL
 
 from refreshbus_operator import metrics
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 MERGE_PATCH = "application/merge-patch+json"
+
+#: How often the credentials are asked for again: the in-cluster loader re-reads the
+#: service-account token file (the kubelet rotates it) and an exec plugin runs again when
+#: its credential expired. A 401 asks at once.
+CREDENTIALS_TTL = 60.0
 
 
 class ApiError(Exception):
@@ -46,31 +57,132 @@ class ApiError(Exception):
         return self.status == 409
 
 
-def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+class ConfigError(Exception):
+    """No usable Kubernetes credentials."""
+
+
+def load_configuration(kubeconfig: str | None = None) -> kubernetes.client.Configuration:
     """In-cluster config when running in a pod, else the kubeconfig ($KUBECONFIG)."""
-    try:
-        if kubeconfig is None:
-            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        pass
     configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=kubeconfig, client_configuration=configuration
-    )
-    return kubernetes.client.ApiClient(configuration)
+    if kubeconfig is None:
+        try:
+            kubernetes.config.load_incluster_config(configuration)  # type: ignore[no-untyped-call]
+            return configuration
+        except kubernetes.config.ConfigException:
+            pass
+    try:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    except kubernetes.config.ConfigException as exc:
+        raise ConfigError(f"no Kubernetes configuration (not in a cluster, no kubeconfig): {exc}") from exc
+    if not configuration.auth_settings() and not configuration.cert_file:
+        # The loader only logs a failed exec plugin; without this, every request would be a 401.
+        raise ConfigError(
+            f"the kubeconfig ({kubeconfig or 'KUBECONFIG / ~/.kube/config'}) gave no credentials: "
+            "no token, no client certificate, or its exec plugin / auth provider failed (see the log)"
+        )
+    return configuration
+
+
+def _ssl_context(configuration: kubernetes.client.Configuration) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif configuration.assert_hostname is False:
+        context.check_hostname = False
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    return context
+
+
+def _query(path: str, query: Mapping[str, Any] | None) -> str:
+    if not query:
+        return path
+    return f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw.decode(errors="replace")
 
 
 class Kube:
-    """Blocking JSON REST calls; thread-safe (urllib3 pool)."""
+    """JSON REST calls, each a coroutine on the running event loop.
 
-    def __init__(self, client: kubernetes.client.ApiClient | None = None, timeout: float = 30.0) -> None:
-        self.client = client or load_client()
+    One instance per process (the operator keeps it in kopf's memo): its session holds the
+    connection pool. Not shared across event loops."""
+
+    def __init__(
+        self, configuration: kubernetes.client.Configuration | None = None, timeout: float = 30.0
+    ) -> None:
+        self.configuration = configuration or load_configuration()
         self.timeout = timeout
-        self._lock = threading.Lock()
         self.requests = 0
+        self._base = self.configuration.host.rstrip("/")
+        self._ssl = _ssl_context(self.configuration)
+        self._client_cert = (self.configuration.cert_file, self.configuration.key_file)
+        self._session: aiohttp.ClientSession | None = None
+        self._authorization: str | None = None
+        self._credentials_at = -CREDENTIALS_TTL
+        self._credentials_lock = asyncio.Lock()
 
-    def request(
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # No pool limit: every watch holds a connection for its whole life, and the
+            # auto-refresh supervisor bounds the number of watches itself.
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _credentials(self, renew: bool = False) -> dict[str, str]:
+        async with self._credentials_lock:
+            if renew or time.monotonic() - self._credentials_at >= CREDENTIALS_TTL:
+                # The loader's refresh hook may read a file or run an exec plugin (a
+                # subprocess): off the loop, once a minute at most.
+                settings: Mapping[str, Any] = await asyncio.to_thread(self.configuration.auth_settings)
+                self._authorization = (settings.get("BearerToken") or {}).get("value")
+                self._credentials_at = time.monotonic()
+                cert = (self.configuration.cert_file, self.configuration.key_file)
+                if cert != self._client_cert and cert[0]:
+                    self._ssl.load_cert_chain(cert[0], cert[1])  # an exec plugin's new client cert
+                    self._client_cert = cert
+        return {"Authorization": self._authorization} if self._authorization else {}
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: bytes | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        renew = False
+        while True:
+            all_headers = {**headers, **await self._credentials(renew)}
+            response = await self._open().request(
+                method,
+                URL(self._base + url, encoded=True),
+                headers=all_headers,
+                data=data,
+                proxy=self.configuration.proxy or None,
+                server_hostname=self.configuration.tls_server_name or None,
+                timeout=timeout,
+            )
+            if response.status != 401 or renew:
+                return response
+            response.release()
+            renew = True  # a rotated token: ask the loader once more, then give up
+
+    async def arequest(
         self,
         method: str,
         path: str,
@@ -80,89 +192,64 @@ class Kube:
         accept: str = "application/json",
     ) -> Any:
         headers = {"Accept": accept}
+        data = None
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        if query:
-            path = f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
-        params = self.client.param_serialize(
-            method=method, resource_path=path, header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
-        with self._lock:
-            self.requests += 1
+            data = json.dumps(body).encode()
+        self.requests += 1
         metrics.API_REQUESTS.labels(verb=method.lower()).inc()
-        response = self.client.call_api(*params, _request_timeout=self.timeout)
-        raw = response.read()  # type: ignore[no-untyped-call]
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            data = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        if not 200 <= response.status <= 299:
-            raise ApiError(response.status, str(response.reason), data)
-        return data
-
-    def stream(self, path: str, query: Mapping[str, Any], timeout: float = 330.0) -> Iterator[dict[str, Any]]:
-        """A watch: yields each event (``{"type", "object"}``) as the API server sends it."""
-        path = f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
-        params = self.client.param_serialize(
-            method="GET",
-            resource_path=path,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        with self._lock:
-            self.requests += 1
-        metrics.API_REQUESTS.labels(verb="watch").inc()
-        response = self.client.call_api(*params, _request_timeout=(10, timeout))
-        raw = response.response
-        try:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        response = await self._send(method, _query(path, query), headers, data, timeout)
+        async with response:
+            result = _decode(await response.read())
             if not 200 <= response.status <= 299:
-                data = raw.read()
-                raise ApiError(response.status, str(response.reason), data.decode(errors="replace"))
+                raise ApiError(response.status, str(response.reason), result)
+        return result
+
+    async def astream(
+        self, path: str, query: Mapping[str, Any], read_timeout: float = 330.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A watch: yields each event (``{"type", "object"}``) as the API server sends it.
+
+        Put the server-side bound in ``query`` (``timeoutSeconds``); ``read_timeout`` is the
+        client's: a connection silent for that long (no event, no bookmark) fails with
+        :class:`TimeoutError`, so a half-open connection cannot hang a watch forever."""
+        self.requests += 1
+        metrics.API_REQUESTS.labels(verb="watch").inc()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=read_timeout)
+        response = await self._send("GET", _query(path, query), {"Accept": "application/json"}, None, timeout)
+        async with response:
+            if not 200 <= response.status <= 299:
+                raise ApiError(response.status, str(response.reason), _decode(await response.read()))
             buffer = b""
-            for chunk in raw.stream(8192, decode_content=True):
+            async for chunk in response.content.iter_any():
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():
                         yield json.loads(line)
-        finally:
-            raw.release_conn()
 
     # -- convenience -------------------------------------------------------------------
 
-    def get(self, path: str, **query: Any) -> Any:
-        return self.request("GET", path, query)
-
-    def get_metadata(self, path: str) -> dict[str, Any]:
-        """Only the object's metadata: a Secret's data never leaves the API server."""
-        data = self.request("GET", path, accept=METADATA_ONLY)
-        return dict(data or {})
-
-    def patch(self, path: str, body: Any) -> Any:
-        return self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
-
-    def post(self, path: str, body: Any) -> Any:
-        return self.request("POST", path, body=body)
-
-    def delete(self, path: str, **query: Any) -> Any:
-        return self.request("DELETE", path, query)
-
-    # -- async wrappers ----------------------------------------------------------------
-
     async def aget(self, path: str, **query: Any) -> Any:
-        return await asyncio.to_thread(self.get, path, **query)
+        return await self.arequest("GET", path, query)
 
     async def aget_metadata(self, path: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.get_metadata, path)
+        """Only the object's metadata: a Secret's data never leaves the API server."""
+        data = await self.arequest("GET", path, accept=METADATA_ONLY)
+        return dict(data or {})
 
     async def apatch(self, path: str, body: Any) -> Any:
-        return await asyncio.to_thread(self.patch, path, body)
+        return await self.arequest("PATCH", path, body=body, content_type=MERGE_PATCH)
 
     async def apost(self, path: str, body: Any) -> Any:
-        return await asyncio.to_thread(self.post, path, body)
+        return await self.arequest("POST", path, body=body)
+
+    async def aput(self, path: str, body: Any) -> Any:
+        return await self.arequest("PUT", path, body=body)
 
     async def adelete(self, path: str, **query: Any) -> Any:
-        return await asyncio.to_thread(self.delete, path, **query)
+        return await self.arequest("DELETE", path, query)
 
 
 # -- paths -----------------------------------------------------------------------------

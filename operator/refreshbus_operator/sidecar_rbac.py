@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -129,42 +129,42 @@ def _path(namespace: str, plural: str, name: str | None = None) -> str:
     return f"{base}/{q(name)}" if name else base
 
 
-def _put(kube: Kube, plural: str, body: dict[str, Any], compare: tuple[str, ...]) -> bool:
+async def _put(kube: Kube, plural: str, body: dict[str, Any], compare: tuple[str, ...]) -> bool:
     """Create or update; True if anything was written."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
-        current = kube.get(_path(namespace, plural, name))
+        current = await kube.aget(_path(namespace, plural, name))
     except ApiError as exc:
         if not exc.not_found:
             raise
-        kube.post(_path(namespace, plural), body)
+        await kube.apost(_path(namespace, plural), body)
         return True
     if all(current.get(key) == body.get(key) for key in compare) and all(
         (current["metadata"].get("labels") or {}).get(k) == v for k, v in body["metadata"]["labels"].items()
     ):
         return False
     if plural == "rolebindings" and current.get("roleRef") != body.get("roleRef"):
-        kube.delete(_path(namespace, plural, name))  # roleRef is immutable
-        kube.post(_path(namespace, plural), body)
+        await kube.adelete(_path(namespace, plural, name))  # roleRef is immutable
+        await kube.apost(_path(namespace, plural), body)
         return True
     updated = {
         **body,
         "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
     }
-    kube.request("PUT", _path(namespace, plural, name), body=updated)
+    await kube.aput(_path(namespace, plural, name), updated)
     return True
 
 
-def reconcile(kube: Kube, workload: Mapping[str, Any]) -> str:
+async def reconcile(kube: Kube, workload: Mapping[str, Any]) -> str:
     """Make the sidecar Role/RoleBinding of one workload match its pod template.
     Returns what happened: "applied", "unchanged" or "removed"/"absent"."""
     meta = workload["metadata"]
     wanted = desired(workload)
     if wanted is None:
-        return "removed" if cleanup(kube, meta["namespace"], workload["kind"], meta["name"]) else "absent"
+        return "removed" if await cleanup(kube, meta["namespace"], workload["kind"], meta["name"]) else "absent"
     role, binding = wanted
-    changed = _put(kube, "roles", role, ("rules",))
-    changed = _put(kube, "rolebindings", binding, ("roleRef", "subjects")) or changed
+    changed = await _put(kube, "roles", role, ("rules",))
+    changed = await _put(kube, "rolebindings", binding, ("roleRef", "subjects")) or changed
     if changed:
         log.info(
             "sidecar RBAC for %s %s/%s: %s",
@@ -176,12 +176,12 @@ def reconcile(kube: Kube, workload: Mapping[str, Any]) -> str:
     return "applied" if changed else "unchanged"
 
 
-def cleanup(kube: Kube, namespace: str, kind: str, name: str) -> bool:
+async def cleanup(kube: Kube, namespace: str, kind: str, name: str) -> bool:
     """Delete the workload's sidecar Role and RoleBinding; True if anything was there."""
     found = False
     for plural in ("rolebindings", "roles"):
         try:
-            kube.delete(_path(namespace, plural, object_name(kind, name)))
+            await kube.adelete(_path(namespace, plural, object_name(kind, name)))
             found = True
         except ApiError as exc:
             if not exc.not_found:
@@ -191,7 +191,7 @@ def cleanup(kube: Kube, namespace: str, kind: str, name: str) -> bool:
     return found
 
 
-def ensure_broker_secret(
+async def ensure_broker_secret(
     kube: Kube, namespace: str, source_namespace: str, name: str, key: str = "urls"
 ) -> str:
     """Copy the sidecars' broker URLs -- only ``key`` of the Secret ``name``, the one key the
@@ -205,7 +205,7 @@ def ensure_broker_secret(
         return "unchanged"
     path = f"/api/v1/namespaces/{q(source_namespace)}/secrets/{q(name)}"
     try:
-        source = kube.get(path)
+        source = await kube.aget(path)
     except ApiError as exc:
         if exc.not_found:
             log.warning(
@@ -236,16 +236,16 @@ def ensure_broker_secret(
     }
     target = f"/api/v1/namespaces/{q(namespace)}/secrets/{q(name)}"
     try:
-        current = kube.get(target)
+        current = await kube.aget(target)
     except ApiError as exc:
         if not exc.not_found:
             raise
-        kube.post(f"/api/v1/namespaces/{q(namespace)}/secrets", body)
+        await kube.apost(f"/api/v1/namespaces/{q(namespace)}/secrets", body)
         return "written"
     if (current.get("data") or {}) == data:
         return "unchanged"
     metadata = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
-    kube.request("PUT", target, body={**body, "metadata": metadata})
+    await kube.aput(target, {**body, "metadata": metadata})
     return "written"
 
 
@@ -265,32 +265,31 @@ class Reconciler:
         self._applied: dict[tuple[str, str, str], Any] = {}
         self._existing: dict[str, set[str]] = {}
         self._broker_ensured: set[str] = set()
-        self._lock = threading.RLock()
+        #: kopf handles workloads concurrently: the first events of one namespace wait for
+        #: its one listing instead of each listing it.
+        self._listing = asyncio.Lock()
 
     def broker_needed(self, namespace: str) -> bool:
         """Whether the broker Secret copy in ``namespace`` was not yet ensured in this run."""
-        with self._lock:
-            return namespace not in self._broker_ensured
+        return namespace not in self._broker_ensured
 
     def broker_done(self, namespace: str) -> None:
-        with self._lock:
-            self._broker_ensured.add(namespace)
+        self._broker_ensured.add(namespace)
 
-    def _exists(self, namespace: str, role: str) -> bool:
-        with self._lock:
+    async def _exists(self, namespace: str, role: str) -> bool:
+        async with self._listing:
             if namespace not in self._existing:
-                listed = self.kube.get(
+                listed = await self.kube.aget(
                     _path(namespace, "roles"), labelSelector="app.kubernetes.io/component=sidecar-rbac"
                 )
                 self._existing[namespace] = {i["metadata"]["name"] for i in listed.get("items") or []}
-            return role in self._existing[namespace]
+        return role in self._existing[namespace]
 
     def _note(self, namespace: str, role: str, present: bool) -> None:
-        with self._lock:
-            names = self._existing.setdefault(namespace, set())
-            (names.add if present else names.discard)(role)
+        names = self._existing.setdefault(namespace, set())
+        (names.add if present else names.discard)(role)
 
-    def handle(self, event_type: str | None, workload: Mapping[str, Any]) -> str:
+    async def handle(self, event_type: str | None, workload: Mapping[str, Any]) -> str:
         meta = workload.get("metadata") or {}
         kind = workload.get("kind")
         if not meta.get("name") or kind not in WORKLOAD_KINDS:
@@ -299,21 +298,18 @@ class Reconciler:
         key = (namespace, kind, name)
         role = object_name(kind, name)
         if event_type == "DELETED":
-            with self._lock:
-                self._applied.pop(key, None)
-            if not self._exists(namespace, role):
+            self._applied.pop(key, None)
+            if not await self._exists(namespace, role):
                 return "absent"
             self._note(namespace, role, False)
-            return "removed" if cleanup(self.kube, namespace, kind, name) else "absent"
+            return "removed" if await cleanup(self.kube, namespace, kind, name) else "absent"
         wanted = desired(workload)
-        with self._lock:
-            if key in self._applied and self._applied[key] == wanted:
-                return "unchanged"
-        if wanted is None and not self._exists(namespace, role):
+        if key in self._applied and self._applied[key] == wanted:
+            return "unchanged"
+        if wanted is None and not await self._exists(namespace, role):
             result = "absent"
         else:
-            result = reconcile(self.kube, workload)
+            result = await reconcile(self.kube, workload)
             self._note(namespace, role, wanted is not None)
-        with self._lock:
-            self._applied[key] = wanted
+        self._applied[key] = wanted
         return result

@@ -261,14 +261,14 @@ def unmanaged_sources(sources: Sequence[tuple[str, str]], targets: Sequence[Pod]
 # -- API ---------------------------------------------------------------------------------
 
 
-def fetch_and_resolve(kube: Kube, namespace: str, target: Mapping[str, Any]) -> Resolution:
+async def fetch_and_resolve(kube: Kube, namespace: str, target: Mapping[str, Any]) -> Resolution:
     """List the relevant pods (server-side label filtering where possible) and resolve."""
     selector: Mapping[str, Any] | None = None
     query: dict[str, Any] = {}
     if "workload" in target:
         kind, name = target["workload"]["kind"], target["workload"]["name"]
         try:
-            obj = kube.get(workload_path(namespace, kind, name))
+            obj = await kube.aget(workload_path(namespace, kind, name))
         except ApiError as exc:
             if exc.not_found:
                 raise TargetError("WorkloadNotFound", f"{kind} {name!r} not found in {namespace}") from None
@@ -279,5 +279,5 @@ def fetch_and_resolve(kube: Kube, namespace: str, target: Mapping[str, Any]) -> 
         query["labelSelector"] = selector_query(selector)
     elif "selector" in target:
         query["labelSelector"] = selector_query(target["selector"])
-    items = kube.get(pods_path(namespace), **query).get("items") or []
+    items = (await kube.aget(pods_path(namespace), **query)).get("items") or []
     return resolve(namespace, target, (pod_from_json(i) for i in items), selector)
