@@ -22,10 +22,10 @@ workload (newest kept), like Jobs' ``ttlSecondsAfterFinished``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +46,11 @@ SOURCE_ANNOTATION = "refreshbus.io/changed-sources"
 
 WorkloadKey = tuple[str, str, str]  # namespace, kind, name
 SourceKey = tuple[str, str, str]  # namespace, ConfigMap|Secret, name
+WatchKey = tuple[str, str, str | None]  # namespace, ConfigMap|Secret, name (None: all of the namespace)
+
+#: Server-side bound of one watch request; the client gives up 30 s after it (a half-open
+#: connection), and the watch resumes from its last resourceVersion.
+WATCH_SECONDS = 300
 
 
 @dataclass
@@ -77,6 +82,13 @@ def opted_in(body: Mapping[str, Any]) -> Workload | None:
         configmaps=frozenset(options.configmaps),
         secrets=frozenset(options.secrets),
     )
+
+
+def watch_key(source: SourceKey, scope: str) -> WatchKey:
+    """The watch that covers ``source``. Secrets are always watched by name: a namespace-wide
+    Secret watch would stream every Secret's values of the namespace into the operator."""
+    ns, kind, _ = source
+    return (ns, kind, None) if scope == "namespace" and kind == "ConfigMap" else source
 
 
 def content_hash(kind: str, obj: Mapping[str, Any]) -> str:
@@ -147,23 +159,37 @@ def gc_victims(
 
 @dataclass
 class SourceWatch:
-    key: SourceKey
-    stop: threading.Event = field(default_factory=threading.Event)
-    hash: str | None = None
-    seen: bool = False
+    """One watch (one API connection) and what it has seen: a content hash per object."""
+
+    key: WatchKey
+    task: asyncio.Task[None]
+    #: Object name -> content hash (None: deleted); a name not in it was never seen.
+    hashes: dict[str, str | None] = field(default_factory=dict)
 
 
 class AutoRefresher:
+    """Opted-in workloads in (from kopf handlers, on the loop), ConfigRefreshes out.
+
+    Watches are asyncio tasks started and cancelled only by one supervisor task, which
+    makes the running watches match the wanted ones whenever a workload event changes
+    them: one watch per wanted key whatever the order or concurrency of the events, at most
+    ``auto_refresh_max_watches``. :meth:`stop` cancels and awaits every task it owns;
+    :meth:`start` resumes watching every workload known by then (kopf peering pauses and
+    resumes a replica)."""
+
     def __init__(self, config: Config, kube: Kube) -> None:
         self.config = config
         self.kube = kube
         self.workloads: dict[WorkloadKey, Workload] = {}
-        self.watches: dict[SourceKey, SourceWatch] = {}
+        self.watches: dict[WatchKey, SourceWatch] = {}
         self.changed: dict[WorkloadKey, set[SourceKey]] = {}
         self.timers: dict[WorkloadKey, asyncio.TimerHandle] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._creates: set[asyncio.Task[None]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
         self._gc: asyncio.Task[None] | None = None
+        self._wanted_changed = asyncio.Event()
+        #: Whether the number of wanted watches is over the limit (logged on each change).
+        self._over_limit = False
         #: Workloads already told that their Secrets are not watched (logged once each).
         self._secrets_unwatched: set[WorkloadKey] = set()
 
@@ -174,21 +200,42 @@ class AutoRefresher:
             sources = {s for s in sources if s[1] != "Secret"}
         return sources
 
+    # -- life ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._supervisor is not None
+
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        """Start the supervisor (which starts a watch for every known workload) and the GC."""
+        if self.running:
+            return
+        self._supervisor = asyncio.create_task(self._supervise(), name="refreshbus-auto-refresh-watches")
         self._gc = asyncio.create_task(self._gc_loop(), name="refreshbus-auto-refresh-gc")
+        self._wanted_changed.set()
 
     async def stop(self) -> None:
-        for watch in self.watches.values():
-            watch.stop.set()
+        """Cancel and await every task: supervisor, GC, watches, pending creations. What the
+        watches saw is dropped (a paused replica leaves changes to the active one); the
+        workloads are kept for :meth:`start`."""
         for timer in self.timers.values():
             timer.cancel()
-        if self._gc is not None:
-            self._gc.cancel()
-        for task in list(self._tasks):
+        self.timers.clear()
+        self.changed.clear()
+        tasks = [t for t in (self._supervisor, self._gc) if t is not None]
+        tasks += [w.task for w in self.watches.values()] + list(self._creates)
+        self._supervisor = self._gc = None
+        self.watches.clear()
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._publish_counts(0)
 
-    # -- workloads (from kopf event handlers) ---------------------------------------------
+    def alive(self) -> bool:
+        """False when the supervisor or the GC task ended while running (they never should)."""
+        return all(t is None or not t.done() for t in (self._supervisor, self._gc))
+
+    # -- workloads (from kopf event handlers, on the loop) -------------------------------------
 
     def workload_event(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -198,136 +245,201 @@ class AutoRefresher:
             self._secrets_unwatched.discard(key)
             if self.workloads.pop(key, None) is not None:
                 log.info("auto-refresh off for %s %s/%s", kind, key[0], key[2])
-        else:
-            unwatched = workload.secrets and not self.config.auto_refresh_secrets
-            if unwatched and key not in self._secrets_unwatched:
-                self._secrets_unwatched.add(key)
-                log.info(
-                    "auto-refresh for %s %s/%s follows its ConfigMaps only: its Secrets (%s) are not "
-                    "watched because auto-refresh on Secrets is off (REFRESHBUS_OPERATOR_AUTO_REFRESH_SECRETS"
-                    "/--auto-refresh-secrets; Helm value operator.autoRefresh.secrets); refresh them "
-                    "with a ConfigRefresh",
-                    kind,
-                    key[0],
-                    key[2],
-                    ", ".join(sorted(workload.secrets)),
-                )
-            if key not in self.workloads:
-                log.info(
-                    "auto-refresh on for %s %s/%s (%s)",
-                    kind,
-                    key[0],
-                    key[2],
-                    ", ".join(sorted(f"{k}/{n}" for _, k, n in self.watched_sources(key[0], workload)))
-                    or "nothing to watch",
-                )
+                self._wanted_changed.set()
+            return
+        unwatched = workload.secrets and not self.config.auto_refresh_secrets
+        if unwatched and key not in self._secrets_unwatched:
+            self._secrets_unwatched.add(key)
+            log.info(
+                "auto-refresh for %s %s/%s follows its ConfigMaps only: its Secrets (%s) are not "
+                "watched because auto-refresh on Secrets is off (REFRESHBUS_OPERATOR_AUTO_REFRESH_SECRETS"
+                "/--auto-refresh-secrets; Helm value operator.autoRefresh.secrets); refresh them "
+                "with a ConfigRefresh",
+                kind,
+                key[0],
+                key[2],
+                ", ".join(sorted(workload.secrets)),
+            )
+        if key not in self.workloads:
+            log.info(
+                "auto-refresh on for %s %s/%s (%s)",
+                kind,
+                key[0],
+                key[2],
+                ", ".join(sorted(f"{k}/{n}" for _, k, n in self.watched_sources(key[0], workload)))
+                or "nothing to watch",
+            )
+        if self.workloads.get(key) != workload:
             self.workloads[key] = workload
-        self._sync_watches()
+            self._wanted_changed.set()
 
-    def _sync_watches(self) -> None:
+    def wanted_sources(self) -> set[SourceKey]:
         wanted: set[SourceKey] = set()
         for (ns, _, _), workload in self.workloads.items():
             wanted |= self.watched_sources(ns, workload)
-        for key in list(self.watches):
-            if key not in wanted:
-                self.watches.pop(key).stop.set()
-        for key in wanted - set(self.watches):
-            watch = SourceWatch(key)
-            self.watches[key] = watch
-            threading.Thread(
-                target=self._watch, args=(watch,), name=f"watch-{key[1]}-{key[2]}", daemon=True
-            ).start()
-        metrics.WATCHED_SOURCES.set(len(self.watches))
+        return wanted
 
-    # -- one watch per source (thread) ------------------------------------------------------
+    # -- the supervisor: the only place watches start and stop ---------------------------------
 
-    def _watch(self, watch: SourceWatch) -> None:
-        ns, kind, name = watch.key
+    async def _supervise(self) -> None:
+        while True:
+            await self._wanted_changed.wait()
+            self._wanted_changed.clear()
+            await self._sync_watches()
+
+    async def _sync_watches(self) -> None:
+        sources = self.wanted_sources()
+        scope = self.config.auto_refresh_watch_scope
+        wanted = sorted({watch_key(s, scope) for s in sources}, key=lambda k: (k[0], k[1], k[2] or ""))
+        limit = self.config.auto_refresh_max_watches
+        over = len(wanted) > limit
+        if over != self._over_limit:
+            self._over_limit = over
+            if over:
+                log.warning(
+                    "auto-refresh wants %d watches, more than auto_refresh_max_watches=%d: the "
+                    "sources of %d of them are not watched (raise REFRESHBUS_OPERATOR_AUTO_REFRESH_"
+                    "MAX_WATCHES, or refresh them with ConfigRefreshes)",
+                    len(wanted),
+                    limit,
+                    len(wanted) - limit,
+                )
+            else:
+                log.info("auto-refresh watches back under auto_refresh_max_watches=%d", limit)
+        keep = set(wanted[:limit])
+        stopped = [self.watches.pop(k).task for k in list(self.watches) if k not in keep]
+        for task in stopped:
+            task.cancel()
+        await asyncio.gather(*stopped, return_exceptions=True)
+        for key in keep:
+            watch = self.watches.get(key)
+            if watch is not None and watch.task.done():
+                # A watch never ends by itself (it retries every error): restart a crashed one.
+                log.error("auto-refresh watch %s ended unexpectedly; restarting it", key,
+                          exc_info=watch.task.exception() if not watch.task.cancelled() else None)
+                watch = None
+            if watch is None:
+                self.watches[key] = self._start_watch(key)
+        unwatched = sum(1 for s in sources if watch_key(s, scope) not in keep)
+        self._publish_counts(len(sources) - unwatched, unwatched)
+
+    def _start_watch(self, key: WatchKey) -> SourceWatch:
+        ns, kind, name = key
+        task = asyncio.create_task(
+            self._watch(key), name=f"refreshbus-watch-{kind}-{ns}/{name or '*'}"
+        )
+        watch = SourceWatch(key, task)
+        task.add_done_callback(lambda _: self._wanted_changed.set())
+        return watch
+
+    def _publish_counts(self, watched: int, unwatched: int = 0) -> None:
+        metrics.WATCHES.set(len(self.watches))
+        metrics.WATCHED_SOURCES.set(watched)
+        metrics.UNWATCHED_SOURCES.set(unwatched)
+
+    # -- one watch (task) ----------------------------------------------------------------------
+
+    async def _watch(self, key: WatchKey) -> None:
+        ns, kind, name = key
         plural = "configmaps" if kind == "ConfigMap" else "secrets"
         path = f"/api/v1/namespaces/{q(ns)}/{plural}"
-        selector = f"metadata.name={name}"
+        selector = f"metadata.name={name}" if name is not None else None
         attempt = 0
-        while not watch.stop.is_set():
+        while True:
             try:
-                listing = self.kube.get(path, fieldSelector=selector)
-                items = listing.get("items") or []
-                self._report(watch, content_hash(kind, items[0]) if items else None, initial=True)
+                listing = await self.kube.aget(path, fieldSelector=selector)
+                self._listed(key, {
+                    (i.get("metadata") or {}).get("name", ""): content_hash(kind, i)
+                    for i in listing.get("items") or []
+                })
                 rv = (listing.get("metadata") or {}).get("resourceVersion")
-                while not watch.stop.is_set():
+                while True:
                     query = {
                         "watch": "1",
                         "fieldSelector": selector,
                         "resourceVersion": rv,
                         "allowWatchBookmarks": "true",
-                        "timeoutSeconds": "300",
+                        "timeoutSeconds": str(WATCH_SECONDS),
                     }
-                    for event in self.kube.stream(path, query):
-                        if watch.stop.is_set():
-                            return
-                        etype, obj = event.get("type"), event.get("object") or {}
-                        if etype == "ERROR":
-                            raise ApiError(int(obj.get("code") or 500), "watch error", obj)
-                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                        if etype in ("ADDED", "MODIFIED"):
-                            self._report(watch, content_hash(kind, obj), initial=False)
-                        elif etype == "DELETED":
-                            self._report(watch, None, initial=False)
+                    events = self.kube.astream(path, query, read_timeout=WATCH_SECONDS + 30)
+                    async with contextlib.aclosing(events):
+                        async for event in events:
+                            etype, obj = event.get("type"), event.get("object") or {}
+                            if etype == "ERROR":
+                                raise ApiError(int(obj.get("code") or 500), "watch error", obj)
+                            meta = obj.get("metadata") or {}
+                            rv = meta.get("resourceVersion") or rv
+                            if etype in ("ADDED", "MODIFIED"):
+                                self._observed(key, meta.get("name", ""), content_hash(kind, obj), False)
+                            elif etype == "DELETED":
+                                self._observed(key, meta.get("name", ""), None, False)
                     attempt = 0
             except Exception as exc:
-                if watch.stop.is_set():
-                    return
                 delay = backoff(attempt, 0.5, 30.0)
                 attempt += 1
-                log.debug("watch of %s %s/%s restarts in %.1fs: %s", kind, ns, name, delay, exc)
-                watch.stop.wait(delay)
+                log.debug("watch of %s %s/%s restarts in %.1fs: %s", kind, ns, name or "*", delay, exc)
+                await asyncio.sleep(delay)
 
-    def _report(self, watch: SourceWatch, digest: str | None, initial: bool) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._observed, watch, digest, initial)
+    def _listed(self, key: WatchKey, digests: Mapping[str, str]) -> None:
+        watch = self.watches.get(key)
+        if watch is None:
+            return
+        for name in set(watch.hashes) - set(digests):
+            self._observed(key, name, None, True)  # deleted while the watch was down
+        for name, digest in digests.items():
+            self._observed(key, name, digest, True)
 
-    def _observed(self, watch: SourceWatch, digest: str | None, initial: bool) -> None:
-        previous, seen = watch.hash, watch.seen
-        watch.hash, watch.seen = digest, True
+    def _observed(self, key: WatchKey, name: str, digest: str | None, initial: bool) -> None:
+        watch = self.watches.get(key)
+        if watch is None:
+            return  # a cancelled watch's last event
+        seen = name in watch.hashes
+        previous = watch.hashes.get(name)
+        watch.hashes[name] = digest
         if not seen or digest is None or (initial and previous is None):
             return  # first sight (baseline), deletion, or the object appeared after a re-list
+        ns, kind = key[0], key[1]
+        source: SourceKey = (ns, kind, name)
+        users = [
+            w for w, wl in self.workloads.items() if w[0] == ns and source in self.watched_sources(ns, wl)
+        ]
+        if not users:
+            return  # another object of a namespace-wide watch
         if digest == previous:
             if not initial:
                 metrics.SOURCE_UPDATES.labels(update="metadata").inc()
-                log.debug("%s %s/%s: metadata-only update, nothing to refresh",
-                          watch.key[1], watch.key[0], watch.key[2])
+                log.debug("%s %s/%s: metadata-only update, nothing to refresh", kind, ns, name)
             return
         metrics.SOURCE_UPDATES.labels(update="content").inc()
-        ns, kind, name = watch.key
-        for wkey, workload in self.workloads.items():
-            if wkey[0] == ns and watch.key in workload.sources(ns):
-                log.info(
-                    "%s %s/%s changed: refresh of %s %s due in %.1fs",
-                    kind,
-                    ns,
-                    name,
-                    wkey[1],
-                    wkey[2],
-                    self.config.auto_refresh_debounce,
-                )
-                self.changed.setdefault(wkey, set()).add(watch.key)
-                self._debounce(wkey)
+        for wkey in users:
+            log.info(
+                "%s %s/%s changed: refresh of %s %s due in %.1fs",
+                kind,
+                ns,
+                name,
+                wkey[1],
+                wkey[2],
+                self.config.auto_refresh_debounce,
+            )
+            self.changed.setdefault(wkey, set()).add(source)
+            self._debounce(wkey)
 
     def _debounce(self, wkey: WorkloadKey) -> None:
-        assert self._loop is not None
         timer = self.timers.pop(wkey, None)
         if timer is not None:
             timer.cancel()
-        self.timers[wkey] = self._loop.call_later(self.config.auto_refresh_debounce, self._fire, wkey)
+        loop = asyncio.get_running_loop()
+        self.timers[wkey] = loop.call_later(self.config.auto_refresh_debounce, self._fire, wkey)
 
     def _fire(self, wkey: WorkloadKey) -> None:
         self.timers.pop(wkey, None)
         sources = sorted(self.changed.pop(wkey, set()))
         workload = self.workloads.get(wkey)
-        if not sources or workload is None:
+        if not sources or workload is None or not self.running:
             return
         task = asyncio.create_task(self._create(wkey, workload, sources))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._creates.add(task)
+        task.add_done_callback(self._creates.discard)
 
     async def _create(self, wkey: WorkloadKey, workload: Workload, sources: list[SourceKey]) -> None:
         ns, kind, name = wkey

@@ -200,7 +200,7 @@ class Engine:
         previous = self._writes.get(key)
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
-        future: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        future: asyncio.Future[Any] = asyncio.ensure_future(call(*args))
         self._writes[key] = future
         try:
             return await asyncio.shield(future)
@@ -213,7 +213,7 @@ class Engine:
         patch = {"metadata": {"uid": round_.ref.uid}, "status": body} if round_.ref.uid else {"status": body}
         await self._serialised(
             (round_.ref.namespace, round_.ref.name),
-            self.kube.patch,
+            self.kube.apatch,
             cfr_path(round_.ref.namespace, round_.ref.name, status=True),
             patch,
         )
@@ -226,7 +226,7 @@ class Engine:
             patch["metadata"]["uid"] = round_.ref.uid
         await self._serialised(
             (round_.ref.namespace, round_.ref.name),
-            self.kube.patch,
+            self.kube.apatch,
             cfr_path(round_.ref.namespace, round_.ref.name),
             patch,
         )

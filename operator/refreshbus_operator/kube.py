@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -27,6 +28,8 @@ import kubernetes
 from yarl import URL
 
 from refreshbus_operator import metrics
+
+log = logging.getLogger(__name__)
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
@@ -177,6 +180,7 @@ class Kube:
                 server_hostname=self.configuration.tls_server_name or None,
                 timeout=timeout,
             )
+            log.debug('"%s %s" %d', method, url, response.status)
             if response.status != 401 or renew:
                 return response
             response.release()
@@ -208,7 +212,7 @@ class Kube:
 
     async def astream(
         self, path: str, query: Mapping[str, Any], read_timeout: float = 330.0
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """A watch: yields each event (``{"type", "object"}``) as the API server sends it.
 
         Put the server-side bound in ``query`` (``timeoutSeconds``); ``read_timeout`` is the

@@ -69,5 +69,13 @@ SOURCE_UPDATES = Counter(
     ["update"],
 )
 WATCHED_SOURCES = Gauge(
-    "refreshbus_operator_watched_sources", "ConfigMaps/Secrets watched for auto-refresh (one watch each)."
+    "refreshbus_operator_watched_sources", "ConfigMaps/Secrets of opted-in workloads that are watched."
+)
+WATCHES = Gauge(
+    "refreshbus_operator_auto_refresh_watches",
+    "Auto-refresh watches running (one API connection each; bounded by auto_refresh_max_watches).",
+)
+UNWATCHED_SOURCES = Gauge(
+    "refreshbus_operator_auto_refresh_unwatched_sources",
+    "ConfigMaps/Secrets of opted-in workloads left unwatched because auto_refresh_max_watches was reached.",
 )

@@ -178,7 +178,7 @@ class Round:
         engine, ns = self.engine, self.ref.namespace
         snap = self.snapshot
         try:
-            resolution = await asyncio.to_thread(tg.fetch_and_resolve, engine.kube, ns, self.spec["target"])
+            resolution = await tg.fetch_and_resolve(engine.kube, ns, self.spec["target"])
         except tg.TargetError as exc:
             snap.conditions["TargetsResolved"] = st.Condition(
                 "TargetsResolved", "False", exc.reason, exc.message

@@ -13,12 +13,18 @@ from refreshbus_operator.settings import Config
 log = logging.getLogger(__name__)
 
 
+def kube(memo: Any) -> Kube:
+    """The process's one Kube: the rounds, auto-refresh and injection share its connections."""
+    if memo.get("kube") is None:
+        memo["kube"] = Kube()
+    shared: Kube = memo["kube"]
+    return shared
+
+
 async def start(memo: Any) -> None:
     config: Config = memo["config"]
-    kube = Kube()
-    engine = Engine(config, kube)
+    engine = Engine(config, kube(memo))
     await engine.start()
-    memo["kube"] = kube
     memo["engine"] = engine
     if config.metrics_port and not memo.get("metrics_started"):
         metrics.serve(config.metrics_port)
@@ -26,7 +32,7 @@ async def start(memo: Any) -> None:
     if config.auto_refresh:
         from refreshbus_operator.autorefresh import AutoRefresher
 
-        auto = AutoRefresher(config, kube)
+        auto = AutoRefresher(config, kube(memo))
         await auto.start()
         memo["auto"] = auto
     log.info(
@@ -43,6 +49,9 @@ async def stop(memo: Any) -> None:
     engine: Engine | None = memo.get("engine")
     if engine is not None:
         await engine.stop()
+    shared: Kube | None = memo.get("kube")
+    if shared is not None:
+        await shared.aclose()
 
 
 def probe(memo: Any) -> dict[str, bool]:

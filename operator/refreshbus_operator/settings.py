@@ -70,6 +70,13 @@ class Config:
     auto_refresh_secrets: bool = False
     #: Quiet time after the last change of a watched ConfigMap/Secret before refreshing.
     auto_refresh_debounce: float = 1.0
+    #: What one auto-refresh watch covers: ``namespace`` (one watch on the ConfigMaps of each
+    #: namespace with an opted-in workload) or ``object`` (one per ConfigMap, by name).
+    #: Secrets are always watched by name. Trade-offs measured in docs/operator.md.
+    auto_refresh_watch_scope: str = "namespace"
+    #: At most this many auto-refresh watches (API connections); beyond it, sources are left
+    #: unwatched, with a warning and ``refreshbus_operator_auto_refresh_unwatched_sources``.
+    auto_refresh_max_watches: int = 1000
     #: Finished auto-created ConfigRefreshes are deleted this long after completion.
     ttl_seconds_after_finished: int = 3600
     #: ... and at most this many finished ones are kept per workload.
@@ -168,6 +175,8 @@ _FIELDS: dict[str, type] = {
     "auto_refresh": bool,
     "auto_refresh_secrets": bool,
     "auto_refresh_debounce": float,
+    "auto_refresh_watch_scope": str,
+    "auto_refresh_max_watches": int,
     "ttl_seconds_after_finished": int,
     "history_limit": int,
     "gc_interval": float,
@@ -212,6 +221,13 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         raise ValueError(f"log format must be json or plain, got {config.log_format!r}")
     if config.status_flush_interval < 0:
         raise ValueError("status flush interval must be >= 0")
+    if config.auto_refresh_watch_scope not in {"namespace", "object"}:
+        raise ValueError(
+            f"{ENV_PREFIX}AUTO_REFRESH_WATCH_SCOPE must be namespace or object, "
+            f"got {config.auto_refresh_watch_scope!r}"
+        )
+    if config.auto_refresh_max_watches < 1:
+        raise ValueError(f"{ENV_PREFIX}AUTO_REFRESH_MAX_WATCHES must be >= 1")
     for number, url in enumerate(config.broker_urls, 1):
         contract.check_broker_url(number, url)
     return config

@@ -23,9 +23,9 @@ namespace with an opted-in workload (a pod can only mount Secrets of its own nam
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -161,7 +161,8 @@ async def reconcile(kube: Kube, workload: Mapping[str, Any]) -> str:
     meta = workload["metadata"]
     wanted = desired(workload)
     if wanted is None:
-        return "removed" if await cleanup(kube, meta["namespace"], workload["kind"], meta["name"]) else "absent"
+        removed = await cleanup(kube, meta["namespace"], workload["kind"], meta["name"])
+        return "removed" if removed else "absent"
     role, binding = wanted
     changed = await _put(kube, "roles", role, ("rules",))
     changed = await _put(kube, "rolebindings", binding, ("roleRef", "subjects")) or changed

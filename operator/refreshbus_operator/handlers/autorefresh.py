@@ -1,6 +1,7 @@
 """Workloads feed auto-refresh: every event of a Deployment/StatefulSet/DaemonSet goes to
 :meth:`AutoRefresher.workload_event`, which keeps only the opted-in ones. Plain event
-handlers: nothing is written to the workloads."""
+handlers: nothing is written to the workloads. Async, so they run on the event loop that
+owns the auto-refresher's tables (a sync handler would run in kopf's thread pool)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,15 @@ def _feed(memo: kopf.Memo, kind: str, type: str | None, body: kopf.Body) -> None
 
 
 @kopf.on.event("apps", "v1", "deployments")
-def deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _feed(memo, "Deployment", type, body)
 
 
 @kopf.on.event("apps", "v1", "statefulsets")
-def statefulset_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def statefulset_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _feed(memo, "StatefulSet", type, body)
 
 
 @kopf.on.event("apps", "v1", "daemonsets")
-def daemonset_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def daemonset_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _feed(memo, "DaemonSet", type, body)

@@ -9,29 +9,19 @@ the listing at start-up re-reconciles everything (level-triggered).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import kopf
 
-from refreshbus_operator import sidecar_rbac
+from refreshbus_operator import runtime, sidecar_rbac
 from refreshbus_operator.events import COMPONENT, Recorder
 from refreshbus_operator.injection import config as injection_config
 from refreshbus_operator.injection import skipped
-from refreshbus_operator.kube import Kube
 
 _MEMO_CONFIG = "injection_config"
 _MEMO_SERVER = "injection_server"
-_MEMO_KUBE = "injection_kube"
 _MEMO_RBAC = "injection_rbac"
 _MEMO_SKIPPED = "injection_skipped"
-
-
-def _kube(memo: kopf.Memo) -> Kube:
-    if memo.get(_MEMO_KUBE) is None:
-        memo[_MEMO_KUBE] = Kube()
-    kube: Kube = memo[_MEMO_KUBE]
-    return kube
 
 
 def _config(memo: kopf.Memo) -> injection_config.InjectionConfig:
@@ -51,7 +41,7 @@ async def start_injection_webhook(memo: kopf.Memo, logger: kopf.Logger, **_: Any
         return
     from refreshbus_operator.injection.webhook import WebhookServer
 
-    server = WebhookServer(_kube(memo), cfg)
+    server = WebhookServer(runtime.kube(memo), cfg)
     await server.start()
     memo[_MEMO_SERVER] = server
 
@@ -65,7 +55,7 @@ async def stop_injection_webhook(memo: kopf.Memo, **_: Any) -> None:
 
 def _reconciler(memo: kopf.Memo) -> sidecar_rbac.Reconciler:
     if memo.get(_MEMO_RBAC) is None:
-        memo[_MEMO_RBAC] = sidecar_rbac.Reconciler(_kube(memo))
+        memo[_MEMO_RBAC] = sidecar_rbac.Reconciler(runtime.kube(memo))
     reconciler: sidecar_rbac.Reconciler = memo[_MEMO_RBAC]
     return reconciler
 
@@ -73,7 +63,7 @@ def _reconciler(memo: kopf.Memo) -> sidecar_rbac.Reconciler:
 async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger) -> None:
     obj = event.get("object") or {}
     reconciler = _reconciler(memo)
-    result = await asyncio.to_thread(reconciler.handle, event.get("type"), obj)
+    result = await reconciler.handle(event.get("type"), obj)
     namespace = (obj.get("metadata") or {}).get("namespace")
     if (
         namespace
@@ -83,9 +73,8 @@ async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Lo
     ):
         # Once per namespace and operator run: a restart propagates rotated broker credentials.
         cfg = _config(memo)
-        copied = await asyncio.to_thread(
-            sidecar_rbac.ensure_broker_secret,
-            _kube(memo),
+        copied = await sidecar_rbac.ensure_broker_secret(
+            runtime.kube(memo),
             namespace,
             cfg.operator_namespace,
             cfg.broker_secret,
@@ -122,9 +111,8 @@ def _skipped(memo: kopf.Memo) -> skipped.SkippedInjections:
     if memo.get(_MEMO_SKIPPED) is None:
         # The operator's Config names this replica; the injection handlers alone have none.
         instance = str(getattr(memo.get("config"), "instance", COMPONENT))
-        memo[_MEMO_SKIPPED] = skipped.SkippedInjections(
-            _kube(memo), Recorder(_kube(memo), instance), _config(memo)
-        )
+        kube = runtime.kube(memo)
+        memo[_MEMO_SKIPPED] = skipped.SkippedInjections(kube, Recorder(kube, instance), _config(memo))
     reporter: skipped.SkippedInjections = memo[_MEMO_SKIPPED]
     return reporter
 

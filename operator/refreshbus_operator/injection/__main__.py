@@ -68,14 +68,18 @@ async def _serve(
     from refreshbus_operator.injection.webhook import WebhookServer
     from refreshbus_operator.kube import Kube
 
-    server = WebhookServer(Kube(), server_config, extra)
-    await server.start(interval)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
+    kube = Kube()
+    server = WebhookServer(kube, server_config, extra)
+    try:
+        await server.start(interval)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+    finally:
+        await kube.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

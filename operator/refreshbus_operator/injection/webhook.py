@@ -127,13 +127,13 @@ def webhook_configuration(
     }
 
 
-def patch_ca_bundle(kube: Kube, name: str, ca_pem: bytes, attempts: int = 5) -> bool:
+async def patch_ca_bundle(kube: Kube, name: str, ca_pem: bytes, attempts: int = 5) -> bool:
     """Set caBundle on every webhook of the named configuration; True if it changed.
     The patch is guarded by the resourceVersion it was computed from (another replica,
     or Helm, may write at the same time); on a clash it is recomputed."""
     wanted = base64.b64encode(ca_pem).decode()
     for attempt in range(attempts):
-        current = kube.get(f"{MWC_PATH}/{q(name)}")
+        current = await kube.aget(f"{MWC_PATH}/{q(name)}")
         ops = [
             {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": wanted}
             for i, hook in enumerate(current.get("webhooks") or [])
@@ -144,7 +144,7 @@ def patch_ca_bundle(kube: Kube, name: str, ca_pem: bytes, attempts: int = 5) -> 
         rv = current["metadata"]["resourceVersion"]
         ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
         try:
-            kube.request("PATCH", f"{MWC_PATH}/{q(name)}", body=ops, content_type=JSON_PATCH)
+            await kube.arequest("PATCH", f"{MWC_PATH}/{q(name)}", body=ops, content_type=JSON_PATCH)
         except ApiError as exc:
             if exc.status in {409, 422} and attempt + 1 < attempts:
                 continue
@@ -162,12 +162,12 @@ def _secret_path(namespace: str, name: str | None = None) -> str:
     return f"{base}/{q(name)}" if name else base
 
 
-def ensure_tls(kube: Kube, config: InjectionConfig, names: Sequence[str]) -> certs.Bundle:
+async def ensure_tls(kube: Kube, config: InjectionConfig, names: Sequence[str]) -> certs.Bundle:
     """Read the TLS Secret, renew what needs renewing, write it back (optimistic
     concurrency: another replica may do the same; the loser re-reads)."""
     for _ in range(5):
         try:
-            secret = kube.get(_secret_path(config.operator_namespace, config.tls_secret))
+            secret = await kube.aget(_secret_path(config.operator_namespace, config.tls_secret))
         except ApiError as exc:
             if not exc.not_found:
                 raise
@@ -194,10 +194,10 @@ def ensure_tls(kube: Kube, config: InjectionConfig, names: Sequence[str]) -> cer
         }
         try:
             if secret is None:
-                kube.post(_secret_path(config.operator_namespace), body)
+                await kube.apost(_secret_path(config.operator_namespace), body)
             else:
                 body["metadata"]["resourceVersion"] = secret["metadata"]["resourceVersion"]
-                kube.request("PUT", _secret_path(config.operator_namespace, config.tls_secret), body=body)
+                await kube.aput(_secret_path(config.operator_namespace, config.tls_secret), body)
         except ApiError as exc:
             if exc.conflict:
                 continue
@@ -331,7 +331,7 @@ class WebhookServer:
         self.healthy = False
         self._ca_failing = False
 
-    def refresh_tls(self) -> bool:
+    async def refresh_tls(self) -> bool:
         """Renew if needed, load the serving cert, patch the caBundle. True if anything changed.
 
         With ``manage_tls`` off (cert-manager), only (re)load tls.crt/tls.key from
@@ -344,15 +344,15 @@ class WebhookServer:
             changed = self._load_mounted()
             self.healthy = True
             return changed
-        bundle = ensure_tls(self.kube, self.config, self.names)
+        bundle = await ensure_tls(self.kube, self.config, self.names)
         changed = bundle != self.bundle
         if changed:
             crt, key = write_files(bundle, self.config.cert_dir)
             self.ssl.load_cert_chain(crt, key)  # new handshakes use it; no restart
             self.bundle = bundle
-        return self.sync_ca_bundle() or changed
+        return await self.sync_ca_bundle() or changed
 
-    def sync_ca_bundle(self) -> bool:
+    async def sync_ca_bundle(self) -> bool:
         """Make the configuration's caBundle our CA (one GET when it already is). True if it
         was patched; sets :attr:`healthy` (False: not found yet, or the API refused).
 
@@ -370,7 +370,7 @@ class WebhookServer:
             return False
         name = self.config.webhook_configuration
         try:
-            changed = patch_ca_bundle(self.kube, name, self.bundle.ca_crt)
+            changed = await patch_ca_bundle(self.kube, name, self.bundle.ca_crt)
         except ApiError as exc:
             # Warn once per outage; the retries (every few seconds) log at debug level.
             say = log.debug if self._ca_failing else log.warning
@@ -419,7 +419,7 @@ class WebhookServer:
         without it, e.g. ``helm upgrade --force``); a mounted pair (``manage_tls`` off) is
         re-read every ``ca_check_interval``. After a failure, retry from
         ``retry_initial`` doubling up to ``retry_max`` seconds."""
-        await asyncio.to_thread(self.refresh_tls)
+        await self.refresh_tls()
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app[_INJECTOR] = Injector(self.kube, self.config)
         app.router.add_post(WEBHOOK_PATH, _handle)
@@ -455,10 +455,10 @@ class WebhookServer:
             try:
                 if not tls_ok or loop.time() >= next_full:
                     tls_ok = False
-                    await asyncio.to_thread(self.refresh_tls)
+                    await self.refresh_tls()
                     tls_ok, next_full = True, loop.time() + interval
                 else:
-                    await asyncio.to_thread(self.sync_ca_bundle)
+                    await self.sync_ca_bundle()
             except Exception:
                 log.exception("webhook certificate upkeep failed; retrying with backoff")
 

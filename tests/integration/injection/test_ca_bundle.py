@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -15,7 +16,8 @@ from injharness import Injector
 from refreshbus_operator.injection import certs
 from refreshbus_operator.injection.config import InjectionConfig
 from refreshbus_operator.injection.webhook import patch_ca_bundle, webhook_configuration
-from refreshbus_operator.kube import Kube, load_client
+from refreshbus_operator.kube import Kube, load_configuration
+from refreshbus_support.operator_kube import kube_client
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +39,15 @@ def bundle_of(cluster: Any, name: str) -> bytes:
 
 
 def test_ca_bundle_is_set_once(cluster: Any, mwc: str) -> None:
-    kube = Kube(load_client(cluster.kubeconfig))
     ca, _ = certs.make_ca()
-    assert patch_ca_bundle(kube, mwc, ca) is True
-    assert bundle_of(cluster, mwc) == ca
-    assert patch_ca_bundle(kube, mwc, ca) is False
+
+    async def patch_twice() -> tuple[bool, bytes, bool]:
+        async with kube_client(cluster.kubeconfig) as kube:
+            first = await patch_ca_bundle(kube, mwc, ca)
+            stored = bundle_of(cluster, mwc)
+            return first, stored, await patch_ca_bundle(kube, mwc, ca)
+
+    assert asyncio.run(patch_twice()) == (True, ca, False)
     svc = cluster.get_json("mutatingwebhookconfiguration", mwc)["webhooks"][0]["clientConfig"]["service"]
     assert svc == {
         "name": "refreshbus-webhook",
@@ -55,20 +61,27 @@ class RacingKube(Kube):
     """A real client; before its first PATCH someone else (kubectl) changes the object."""
 
     def __init__(self, cluster: Any, name: str) -> None:
-        super().__init__(load_client(cluster.kubeconfig))
+        super().__init__(load_configuration(cluster.kubeconfig))
         self.cluster, self.name, self.raced = cluster, name, False
 
-    def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+    async def arequest(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         if method == "PATCH" and not self.raced:
             self.raced = True
             self.cluster.kubectl("label", "mutatingwebhookconfiguration", self.name, "raced=yes")
-        return super().request(method, path, *args, **kwargs)
+        return await super().arequest(method, path, *args, **kwargs)
 
 
 def test_a_concurrent_write_is_not_lost_and_the_patch_is_retried(cluster: Any, mwc: str) -> None:
     kube = RacingKube(cluster, mwc)
     ca, _ = certs.make_ca()
-    assert patch_ca_bundle(kube, mwc, ca) is True
+
+    async def patch() -> bool:
+        try:
+            return await patch_ca_bundle(kube, mwc, ca)
+        finally:
+            await kube.aclose()
+
+    assert asyncio.run(patch()) is True
     assert kube.raced
     assert kube.requests == 4  # GET, PATCH refused (stale resourceVersion), GET, PATCH
     stored = cluster.get_json("mutatingwebhookconfiguration", mwc)

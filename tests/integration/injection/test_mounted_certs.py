@@ -4,6 +4,7 @@ serves them and picks up a renewed pair without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from injharness import TEST_LABEL, Injector, served_certificate
 from refreshbus_operator.injection import certs
 from refreshbus_operator.injection.webhook import patch_ca_bundle
-from refreshbus_operator.kube import Kube, load_client
+from refreshbus_support.operator_kube import kube_client
 from refreshbus_wire import pods
 
 pytestmark = pytest.mark.integration
@@ -25,6 +26,16 @@ def write_pair(directory: Path, bundle: certs.Bundle) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tls.key").write_bytes(bundle.tls_key)
     (directory / "tls.crt").write_bytes(bundle.tls_crt)
+
+
+def inject_ca(cluster: Any, name: str, ca: bytes) -> None:
+    """What cert-manager's CA injector does."""
+
+    async def patch() -> None:
+        async with kube_client(cluster.kubeconfig) as kube:
+            await patch_ca_bundle(kube, name, ca)
+
+    asyncio.run(patch())
 
 
 @pytest.fixture
@@ -42,7 +53,7 @@ def mounted(cluster: Any, tmp_path: Path) -> Iterator[Injector]:
     )
     try:
         inj.register()
-        patch_ca_bundle(Kube(load_client(cluster.kubeconfig)), inj.mwc_name, first.ca_crt)  # "cainjector"
+        inject_ca(cluster, inj.mwc_name, first.ca_crt)
         inj.start()
         yield inj
     finally:
@@ -85,7 +96,7 @@ def test_mounted_certificates_are_served_and_reloaded(
     # cert-manager renews (here: a new CA too) and its CA injector updates the caBundle.
     second = certs.new_bundle(["127.0.0.1"], 30)
     write_pair(tmp_path / "certs", second)
-    patch_ca_bundle(Kube(load_client(cluster.kubeconfig)), mounted.mwc_name, second.ca_crt)
+    inject_ca(cluster, mounted.mwc_name, second.ca_crt)
     deadline = time.monotonic() + 20
     while not certs.signed_by(served_certificate(mounted.port), second.ca_crt):
         assert time.monotonic() < deadline, "the renewed certificate was not picked up"

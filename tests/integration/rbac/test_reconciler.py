@@ -3,13 +3,14 @@ events that change nothing cost no API request (Deployments are updated all the 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
 
 import pytest
-from refreshbus_operator.kube import Kube, load_client
 from refreshbus_operator.sidecar_rbac import Reconciler, object_name
+from refreshbus_support.operator_kube import kube_client
 from refreshbus_wire import pods
 
 pytestmark = pytest.mark.integration
@@ -42,38 +43,47 @@ OPT_IN = {pods.ANN_INJECT: "true", pods.ANN_CONFIGMAPS: "app-config"}
 
 
 def test_events_that_change_nothing_cost_no_request(cluster: Any, namespace: str) -> None:
-    kube = Kube(load_client(cluster.kubeconfig))
-    reconciler = Reconciler(kube)
+    asyncio.run(events_that_change_nothing_cost_no_request(cluster, namespace))
 
-    plain = workload(cluster, namespace, "plain", {})
-    assert reconciler.handle("ADDED", plain) == "absent"
-    assert kube.requests == 1  # one label-selected list of the namespace's sidecar Roles
-    assert reconciler.handle("MODIFIED", plain) == "unchanged"
-    other = workload(cluster, namespace, "other", {})
-    assert reconciler.handle("ADDED", other) == "absent"
-    assert kube.requests == 1
 
-    web = workload(cluster, namespace, "web", OPT_IN)
-    assert reconciler.handle("ADDED", web) == "applied"
-    assert role_exists(cluster, namespace, "web")
-    before = kube.requests
-    status_only = copy.deepcopy(web)
-    status_only["status"] = {"observedGeneration": 1, "replicas": 3}
-    assert reconciler.handle("MODIFIED", status_only) == "unchanged"
-    assert reconciler.handle("MODIFIED", web) == "unchanged"
-    assert kube.requests == before
+async def events_that_change_nothing_cost_no_request(cluster: Any, namespace: str) -> None:
+    async with kube_client(cluster.kubeconfig) as kube:
+        reconciler = Reconciler(kube)
 
-    assert reconciler.handle("DELETED", plain) == "absent"
-    assert kube.requests == before
-    assert reconciler.handle("DELETED", web) == "removed"
-    assert not role_exists(cluster, namespace, "web")
+        plain = workload(cluster, namespace, "plain", {})
+        assert await reconciler.handle("ADDED", plain) == "absent"
+        assert kube.requests == 1  # one label-selected list of the namespace's sidecar Roles
+        assert await reconciler.handle("MODIFIED", plain) == "unchanged"
+        other = workload(cluster, namespace, "other", {})
+        assert await reconciler.handle("ADDED", other) == "absent"
+        assert kube.requests == 1
+
+        web = workload(cluster, namespace, "web", OPT_IN)
+        assert await reconciler.handle("ADDED", web) == "applied"
+        assert role_exists(cluster, namespace, "web")
+        before = kube.requests
+        status_only = copy.deepcopy(web)
+        status_only["status"] = {"observedGeneration": 1, "replicas": 3}
+        assert await reconciler.handle("MODIFIED", status_only) == "unchanged"
+        assert await reconciler.handle("MODIFIED", web) == "unchanged"
+        assert kube.requests == before
+
+        assert await reconciler.handle("DELETED", plain) == "absent"
+        assert kube.requests == before
+        assert await reconciler.handle("DELETED", web) == "removed"
+        assert not role_exists(cluster, namespace, "web")
 
 
 def test_a_fresh_reconciler_removes_roles_left_from_before(cluster: Any, namespace: str) -> None:
     """Opt-out while the operator was down: the restarted operator's first event removes the Role."""
-    kube = Kube(load_client(cluster.kubeconfig))
-    web = workload(cluster, namespace, "web", OPT_IN)
-    assert Reconciler(kube).handle("ADDED", web) == "applied"
-    web = workload(cluster, namespace, "web", {pods.ANN_INJECT: "false", pods.ANN_CONFIGMAPS: "app-config"})
-    assert Reconciler(kube).handle("ADDED", web) == "removed"
-    assert not role_exists(cluster, namespace, "web")
+    asyncio.run(a_fresh_reconciler_removes_roles_left_from_before(cluster, namespace))
+
+
+async def a_fresh_reconciler_removes_roles_left_from_before(cluster: Any, namespace: str) -> None:
+    async with kube_client(cluster.kubeconfig) as kube:
+        web = workload(cluster, namespace, "web", OPT_IN)
+        assert await Reconciler(kube).handle("ADDED", web) == "applied"
+        opted_out = {pods.ANN_INJECT: "false", pods.ANN_CONFIGMAPS: "app-config"}
+        web = workload(cluster, namespace, "web", opted_out)
+        assert await Reconciler(kube).handle("ADDED", web) == "removed"
+        assert not role_exists(cluster, namespace, "web")

@@ -4,6 +4,7 @@ injection handlers running in a real kopf process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -242,32 +243,37 @@ def test_broker_secret_copy_holds_only_the_sidecar_key(
     """ensure_broker_secret against the real API server: only ``key`` is copied; a copy with
     other keys (written by an older operator) is rewritten; a source without the key is
     "missing" and nothing is written."""
-    from refreshbus_operator.kube import Kube, load_client
     from refreshbus_operator.sidecar_rbac import ensure_broker_secret
+    from refreshbus_support.operator_kube import kube_client
 
-    kube = Kube(load_client(cluster.kubeconfig))
+    def ensure(namespace: str, source_namespace: str, name: str, key: str = "urls") -> str:
+        async def call() -> str:
+            async with kube_client(cluster.kubeconfig) as kube:
+                return await ensure_broker_secret(kube, namespace, source_namespace, name, key)
+
+        return asyncio.run(call())
+
     original = cluster.get_json("-n", operator_ns, "secret", "refreshbus-broker")["data"]
 
     def copy() -> dict[str, str]:
         return dict(cluster.get_json("-n", workload_ns, "secret", "refreshbus-broker")["data"])
 
-    assert ensure_broker_secret(kube, workload_ns, operator_ns, "refreshbus-broker") == "written"
+    assert ensure(workload_ns, operator_ns, "refreshbus-broker") == "written"
     assert copy() == {"urls": original["urls"]}
-    assert ensure_broker_secret(kube, workload_ns, operator_ns, "refreshbus-broker") == "unchanged"
+    assert ensure(workload_ns, operator_ns, "refreshbus-broker") == "unchanged"
 
     # An old full copy (other credentials included) is replaced by the one key.
     cluster.kubectl("-n", workload_ns, "patch", "secret", "refreshbus-broker", "--type=merge",
                     "-p", json.dumps({"data": {"operator-urls": original["operator-urls"]}}))
     assert "operator-urls" in copy()
-    assert ensure_broker_secret(kube, workload_ns, operator_ns, "refreshbus-broker") == "written"
+    assert ensure(workload_ns, operator_ns, "refreshbus-broker") == "written"
     assert copy() == {"urls": original["urls"]}
 
     # Another key name (REFRESHBUS_INJECTION_BROKER_SECRET_KEY), and a missing key.
     cluster.kubectl("-n", workload_ns, "delete", "secret", "refreshbus-broker")
-    ensure = ensure_broker_secret
-    assert ensure(kube, workload_ns, operator_ns, "refreshbus-broker", "operator-urls") == "written"
+    assert ensure(workload_ns, operator_ns, "refreshbus-broker", "operator-urls") == "written"
     assert copy() == {"operator-urls": original["operator-urls"]}
     cluster.kubectl("-n", workload_ns, "delete", "secret", "refreshbus-broker")
-    assert ensure(kube, workload_ns, operator_ns, "refreshbus-broker", "nope") == "missing"
+    assert ensure(workload_ns, operator_ns, "refreshbus-broker", "nope") == "missing"
     gone = cluster.kubectl("-n", workload_ns, "get", "secret", "refreshbus-broker", check=False)
     assert gone.returncode != 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar
 
 from refreshbus_operator import autorefresh as ar
 
@@ -93,22 +92,9 @@ def test_gc_by_ttl_and_history_limit():
     ]
 
 
-class _NoThread:
-    """Stands in for threading.Thread: records which source watches would start."""
-
-    started: ClassVar[list[str]] = []
-
-    def __init__(self, target, args, name, daemon):  # type: ignore[no-untyped-def]
-        self.name = name
-
-    def start(self) -> None:
-        _NoThread.started.append(self.name)
-
-
-def test_secrets_are_watched_only_when_auto_refresh_secrets_is_on(monkeypatch, caplog):
+def test_secrets_are_watched_only_when_auto_refresh_secrets_is_on(caplog):
     from refreshbus_operator.settings import Config
 
-    monkeypatch.setattr(ar.threading, "Thread", _NoThread)
     body = workload(
         {
             "refreshbus.io/auto-refresh": "true",
@@ -118,13 +104,11 @@ def test_secrets_are_watched_only_when_auto_refresh_secrets_is_on(monkeypatch, c
     )
     caplog.set_level("INFO", logger=ar.__name__)
 
-    _NoThread.started = []
     off = ar.AutoRefresher(Config(), kube=None)  # type: ignore[arg-type]
     assert Config().auto_refresh_secrets is False  # opt-in
     off.workload_event("Deployment", "ADDED", body)
     off.workload_event("Deployment", "MODIFIED", body)
-    assert set(off.watches) == {("ns", "ConfigMap", "a")}
-    assert _NoThread.started == ["watch-ConfigMap-a"]
+    assert off.wanted_sources() == {("ns", "ConfigMap", "a")}
     notes = [r.getMessage() for r in caplog.records if "are not watched" in r.getMessage()]
     assert len(notes) == 1  # once per workload, not per event
     assert "Deployment ns/orders" in notes[0]
@@ -134,12 +118,17 @@ def test_secrets_are_watched_only_when_auto_refresh_secrets_is_on(monkeypatch, c
     only = workload({"refreshbus.io/auto-refresh": "true", "refreshbus.io/secrets": "s"})
     only["metadata"]["name"] = "db"
     off.workload_event("StatefulSet", "ADDED", only)
-    assert set(off.watches) == {("ns", "ConfigMap", "a")}
+    assert off.wanted_sources() == {("ns", "ConfigMap", "a")}
 
-    _NoThread.started = []
     caplog.clear()
     on = ar.AutoRefresher(Config(auto_refresh_secrets=True), kube=None)  # type: ignore[arg-type]
     on.workload_event("Deployment", "ADDED", body)
-    assert set(on.watches) == {("ns", "ConfigMap", "a"), ("ns", "Secret", "s1"), ("ns", "Secret", "s2")}
-    assert sorted(_NoThread.started) == ["watch-ConfigMap-a", "watch-Secret-s1", "watch-Secret-s2"]
+    assert on.wanted_sources() == {("ns", "ConfigMap", "a"), ("ns", "Secret", "s1"), ("ns", "Secret", "s2")}
+    # Secrets are watched by name even with namespace-wide ConfigMap watches.
+    assert {ar.watch_key(s, "namespace") for s in on.wanted_sources()} == {
+        ("ns", "ConfigMap", None),
+        ("ns", "Secret", "s1"),
+        ("ns", "Secret", "s2"),
+    }
+    assert {ar.watch_key(s, "object") for s in on.wanted_sources()} == on.wanted_sources()
     assert not [r for r in caplog.records if "are not watched" in r.getMessage()]
