@@ -184,7 +184,9 @@ class AutoRefresher:
         self.watches: dict[WatchKey, SourceWatch] = {}
         self.changed: dict[WorkloadKey, set[SourceKey]] = {}
         self.timers: dict[WorkloadKey, asyncio.TimerHandle] = {}
-        self._creates: set[asyncio.Task[None]] = set()
+        #: Every watch and ConfigRefresh-creating task, until it ends (stop awaits them all,
+        #: including watches the supervisor is still cancelling).
+        self._owned: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._gc: asyncio.Task[None] | None = None
         self._wanted_changed = asyncio.Event()
@@ -222,8 +224,7 @@ class AutoRefresher:
             timer.cancel()
         self.timers.clear()
         self.changed.clear()
-        tasks = [t for t in (self._supervisor, self._gc) if t is not None]
-        tasks += [w.task for w in self.watches.values()] + list(self._creates)
+        tasks = [t for t in (self._supervisor, self._gc) if t is not None] + list(self._owned)
         self._supervisor = self._gc = None
         self.watches.clear()
         for task in tasks:
@@ -311,26 +312,21 @@ class AutoRefresher:
         for task in stopped:
             task.cancel()
         await asyncio.gather(*stopped, return_exceptions=True)
-        for key in keep:
-            watch = self.watches.get(key)
-            if watch is not None and watch.task.done():
-                # A watch never ends by itself (it retries every error): restart a crashed one.
-                log.error("auto-refresh watch %s ended unexpectedly; restarting it", key,
-                          exc_info=watch.task.exception() if not watch.task.cancelled() else None)
-                watch = None
-            if watch is None:
-                self.watches[key] = self._start_watch(key)
+        for key in keep - set(self.watches):
+            self.watches[key] = self._start_watch(key)
         unwatched = sum(1 for s in sources if watch_key(s, scope) not in keep)
         self._publish_counts(len(sources) - unwatched, unwatched)
 
     def _start_watch(self, key: WatchKey) -> SourceWatch:
         ns, kind, name = key
-        task = asyncio.create_task(
-            self._watch(key), name=f"refreshbus-watch-{kind}-{ns}/{name or '*'}"
-        )
-        watch = SourceWatch(key, task)
-        task.add_done_callback(lambda _: self._wanted_changed.set())
-        return watch
+        # Never ends by itself (every error is retried): only the supervisor or stop() cancel it.
+        task = asyncio.create_task(self._watch(key), name=f"refreshbus-watch-{kind}-{ns}/{name or '*'}")
+        self._own(task)
+        return SourceWatch(key, task)
+
+    def _own(self, task: asyncio.Task[None]) -> None:
+        self._owned.add(task)
+        task.add_done_callback(self._owned.discard)
 
     def _publish_counts(self, watched: int, unwatched: int = 0) -> None:
         metrics.WATCHES.set(len(self.watches))
@@ -437,9 +433,7 @@ class AutoRefresher:
         workload = self.workloads.get(wkey)
         if not sources or workload is None or not self.running:
             return
-        task = asyncio.create_task(self._create(wkey, workload, sources))
-        self._creates.add(task)
-        task.add_done_callback(self._creates.discard)
+        self._own(asyncio.create_task(self._create(wkey, workload, sources)))
 
     async def _create(self, wkey: WorkloadKey, workload: Workload, sources: list[SourceKey]) -> None:
         ns, kind, name = wkey

@@ -1,16 +1,23 @@
 """Auto-refresh: a real content change of a watched ConfigMap creates one ConfigRefresh
 for the workload (debounced); metadata-only updates create none; finished ones are
-garbage-collected. Real operator, API server and broker; fake sidecars."""
+garbage-collected; watches are one per source (or namespace), bounded, and end with their
+workload or :meth:`AutoRefresher.stop`. Real operator, API server and broker; fake sidecars.
+Watch connections are counted by the API server itself (``apiserver_longrunning_requests``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from opharness import ORDERS, configmap, deployment, orders_pods, wait_for
+from refreshbus_operator.autorefresh import AutoRefresher
+from refreshbus_operator.settings import Config
+from refreshbus_support.operator_kube import kube_client
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +43,48 @@ def setup(cluster: Any, ns: str, fake_sidecars: Any, n: int = 2) -> list[Any]:
 
 def edit(cluster: Any, ns: str, patch: dict[str, Any]) -> None:
     cluster.kubectl("-n", ns, "patch", "configmap", "app-config", "--type=merge", "-p", json.dumps(patch))
+
+
+_WATCHES = re.compile(r'^apiserver_longrunning_requests\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
+
+
+def configmap_watches(cluster: Any) -> int:
+    """Open ConfigMap watch connections, as the API server counts them (only the operator
+    under test watches ConfigMaps on this API server)."""
+    total = 0.0
+    for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        m = _WATCHES.match(line)
+        if m and 'resource="configmaps"' in m["labels"] and 'verb="WATCH"' in m["labels"]:
+            total += float(m["value"])
+    return int(total)
+
+
+def apply_all(cluster: Any, items: list[dict[str, Any]]) -> None:
+    """One ``kubectl apply`` for all: the operator gets their events together."""
+    manifest = {"apiVersion": "v1", "kind": "List", "items": items}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def workload_manifest(ns: str, name: str, annotations: dict[str, str]) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:test"}]},
+            },
+        },
+    }
+
+
+def configmap_manifest(ns: str, name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns},
+            "data": {"k": "v0"}}
 
 
 def test_configmap_edit_creates_one_refresh_for_the_workload(
@@ -181,8 +230,8 @@ def test_secrets_are_never_listed_or_watched_unless_auto_refresh_secrets_is_on(
     wait_for(lambda: op.text().count("auto-refresh on for") >= 1, 10, "the workload to be tracked")
     time.sleep(3)  # a 403 retry loop would have logged several attempts by now
     text = op.text()
-    # --verbose logs every API request (urllib3): not one Secret list or watch was issued, so
-    # no 403 either. (Reading a Secret by name -- /secrets/<name> -- would be allowed.)
+    # --verbose logs every API request (refreshbus_operator.kube): not one Secret list or watch
+    # was issued, so no 403 either. (Reading a Secret by name -- /secrets/<name> -- would be allowed.)
     secret_collection = f'"GET /api/v1/namespaces/{namespace}/secrets?'
     assert "/api/v1/namespaces/" in text  # the request log is there
     assert secret_collection not in text, op.logs_tail()
@@ -199,3 +248,105 @@ def test_secrets_are_never_listed_or_watched_unless_auto_refresh_secrets_is_on(
              "a name-scoped Secret list (control)")
     wait_for(lambda: "watch of Secret" in on.text() and "403 Forbidden" in on.text(), 20,
              "the Secret watch to be refused and retried (control)")
+
+
+def test_concurrent_workload_events_start_one_watch_per_source_and_deleted_workloads_stop_theirs(
+    cluster, namespace, start_operator
+):
+    """Eight workloads naming the same 30 ConfigMaps arrive at once (kopf handles them
+    concurrently): exactly 30 watch connections reach the API server, never a second one
+    for a source; deleting the workloads closes every one of them (not at the watch's
+    server timeout, minutes later)."""
+    names = [f"cm-{i:02d}" for i in range(30)]
+    apply_all(cluster, [configmap_manifest(namespace, n) for n in names])
+    op = start_operator(env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_WATCH_SCOPE": "object"})
+    opted_in = {"refreshbus.io/auto-refresh": "true", "refreshbus.io/configmaps": ",".join(names)}
+    workloads = [workload_manifest(namespace, f"app-{i}", opted_in) for i in range(8)]
+    apply_all(cluster, workloads)
+    for w in workloads:  # a second burst of events (MODIFIED) for the same sources
+        w["spec"]["template"]["metadata"]["annotations"] = {**opted_in, "touched": "1"}
+    apply_all(cluster, workloads)
+    wait_for(lambda: configmap_watches(cluster) == 30, 30, "30 ConfigMap watches on the API server")
+    assert op.metrics()["refreshbus_operator_auto_refresh_watches"] == 30
+    assert op.metrics()["refreshbus_operator_watched_sources"] == 30
+    assert configmap_watches(cluster) == 30, "a source is watched twice"
+
+    cluster.kubectl("-n", namespace, "delete", "deployments", "--all")
+    wait_for(lambda: configmap_watches(cluster) == 0, 20, "every watch connection to close")
+    assert op.metrics()["refreshbus_operator_auto_refresh_watches"] == 0
+
+
+def test_namespace_scope_watches_each_namespace_once(cluster, namespace, start_operator, fake_sidecars):
+    """The default scope: one connection for all the ConfigMaps of the namespace; an edit of
+    an unrelated ConfigMap there triggers nothing, an edit of a watched one refreshes."""
+    fakes = setup(cluster, namespace, fake_sidecars, n=1)
+    configmap(cluster, namespace, "unrelated", {"k": "v0"})
+    op = start_operator(env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE": "0.2"})
+    wait_for(lambda: configmap_watches(cluster) == 1, 20, "one namespace-wide ConfigMap watch")
+    deployment(cluster, namespace, "other", {"app": "other"}, {**AUTO, "refreshbus.io/configmaps": "b,c"})
+    wait_for(lambda: op.metrics().get("refreshbus_operator_watched_sources") == 3, 20, "3 sources watched")
+    assert configmap_watches(cluster) == 1
+    cluster.kubectl("-n", namespace, "patch", "configmap", "unrelated", "--type=merge", "-p",
+                    json.dumps({"data": {"k": "v1"}}))
+    edit(cluster, namespace, {"data": {"k": "v1"}})
+    wait_for(lambda: auto_refreshes(cluster, namespace), 30, "the refresh for app-config")
+    assert op.metrics()['refreshbus_operator_source_updates_total{update="content"}'] == 1
+    assert len(fakes[0].deliveries()) <= 1
+
+
+def test_watches_are_bounded(cluster, namespace, start_operator):
+    apply_all(cluster, [configmap_manifest(namespace, n) for n in ("a", "b", "c")])
+    op = start_operator(env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_WATCH_SCOPE": "object",
+                             "REFRESHBUS_OPERATOR_AUTO_REFRESH_MAX_WATCHES": "2"})
+    deployment(cluster, namespace, "orders", ORDERS, {**AUTO, "refreshbus.io/configmaps": "a,b,c"})
+    wait_for(lambda: op.metrics().get("refreshbus_operator_auto_refresh_unwatched_sources") == 1, 20,
+             "one source left unwatched")
+    assert op.metrics()["refreshbus_operator_auto_refresh_watches"] == 2
+    assert "more than auto_refresh_max_watches=2" in op.text()
+    wait_for(lambda: configmap_watches(cluster) == 2, 20, "2 watch connections")
+
+
+async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    """``wait_for`` for a test running on the event loop (kubectl runs in a thread)."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def test_stop_leaves_no_task_and_start_resumes_every_known_workload(cluster, namespace):
+    """The interface a paused/unpaused HA replica uses, in-process against the real API
+    server: stop() cancels and awaits every task (no connection left), start() watches the
+    workloads known by then again, alive() reports a dead supervisor."""
+    configmap(cluster, namespace, "app-config", {"k": "v0"})
+    body = workload_manifest(namespace, "orders", AUTO)
+    body["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
+
+    async def scenario() -> None:
+        async with kube_client(cluster.kubeconfig) as kube:
+            auto = AutoRefresher(Config(auto_refresh_debounce=0.1, namespaces=(namespace,)), kube)
+            await auto.start()
+            auto.workload_event("Deployment", "ADDED", body)
+            await until(lambda: configmap_watches(cluster) == 1, 20, "the watch")
+            assert auto.alive()
+
+            await auto.stop()
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+            await until(lambda: configmap_watches(cluster) == 0, 20, "the connection to close")
+            assert auto.alive()  # stopped on purpose
+
+            await auto.start()
+            await until(lambda: configmap_watches(cluster) == 1, 20, "the watch again")
+            edit(cluster, namespace, {"data": {"k": "v1"}})
+            await until(lambda: auto_refreshes(cluster, namespace), 20, "a ConfigRefresh after restart")
+
+            def broken() -> set[Any]:
+                raise RuntimeError("supervisor bug")
+
+            auto.wanted_sources = broken  # type: ignore[method-assign]
+            auto.workload_event("Deployment", "DELETED", body)
+            await until(lambda: not auto.alive(), 10, "alive() to report the dead supervisor")
+            await auto.stop()
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(scenario())
