@@ -147,6 +147,7 @@ def run_scope(
         )
     apply_list(plane, workloads)
     created = Created(plane.kubeconfig, ns)
+    base = configmap_watches(plane)  # the API server's own
     operator = OperatorProc(
         kubeconfig=plane.kubeconfig,
         broker_urls=[broker.url("refreshbus-operator")],
@@ -168,13 +169,13 @@ def run_scope(
                 raise TimeoutError("the watches did not start")
             time.sleep(0.1)
         expected = 1 if scope == "namespace" else len(names)
-        while configmap_watches(plane) < expected:
+        while configmap_watches(plane) - base < expected:
             if time.monotonic() > deadline:
                 raise TimeoutError("the watch connections did not open")
             time.sleep(0.1)
         ready_s = time.monotonic() - t0
         time.sleep(2.0)  # every initial listing answered
-        connections = configmap_watches(plane)
+        connections = configmap_watches(plane) - base
         idle = rss(operator.proc.pid)
         rng = random.Random(args.seed)
         latencies = []

@@ -49,8 +49,8 @@ _WATCHES = re.compile(r'^apiserver_longrunning_requests\{(?P<labels>[^}]*)\} (?P
 
 
 def configmap_watches(cluster: Any) -> int:
-    """Open ConfigMap watch connections, as the API server counts them (only the operator
-    under test watches ConfigMaps on this API server)."""
+    """Open ConfigMap watch connections, as the API server counts them: the API server's own
+    (a few) plus the operator's under test (tests compare with a count taken before)."""
     total = 0.0
     for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
         m = _WATCHES.match(line)
@@ -259,6 +259,7 @@ def test_concurrent_workload_events_start_one_watch_per_source_and_deleted_workl
     server timeout, minutes later)."""
     names = [f"cm-{i:02d}" for i in range(30)]
     apply_all(cluster, [configmap_manifest(namespace, n) for n in names])
+    base = configmap_watches(cluster)
     op = start_operator(env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_WATCH_SCOPE": "object"})
     opted_in = {"refreshbus.io/auto-refresh": "true", "refreshbus.io/configmaps": ",".join(names)}
     workloads = [workload_manifest(namespace, f"app-{i}", opted_in) for i in range(8)]
@@ -266,13 +267,13 @@ def test_concurrent_workload_events_start_one_watch_per_source_and_deleted_workl
     for w in workloads:  # a second burst of events (MODIFIED) for the same sources
         w["spec"]["template"]["metadata"]["annotations"] = {**opted_in, "touched": "1"}
     apply_all(cluster, workloads)
-    wait_for(lambda: configmap_watches(cluster) == 30, 30, "30 ConfigMap watches on the API server")
+    wait_for(lambda: configmap_watches(cluster) - base == 30, 30, "30 ConfigMap watches on the API server")
     assert op.metrics()["refreshbus_operator_auto_refresh_watches"] == 30
     assert op.metrics()["refreshbus_operator_watched_sources"] == 30
-    assert configmap_watches(cluster) == 30, "a source is watched twice"
+    assert configmap_watches(cluster) - base == 30, "a source is watched twice"
 
     cluster.kubectl("-n", namespace, "delete", "deployments", "--all")
-    wait_for(lambda: configmap_watches(cluster) == 0, 20, "every watch connection to close")
+    wait_for(lambda: configmap_watches(cluster) == base, 20, "every watch connection to close")
     assert op.metrics()["refreshbus_operator_auto_refresh_watches"] == 0
 
 
@@ -281,11 +282,12 @@ def test_namespace_scope_watches_each_namespace_once(cluster, namespace, start_o
     an unrelated ConfigMap there triggers nothing, an edit of a watched one refreshes."""
     fakes = setup(cluster, namespace, fake_sidecars, n=1)
     configmap(cluster, namespace, "unrelated", {"k": "v0"})
+    base = configmap_watches(cluster)
     op = start_operator(env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE": "0.2"})
-    wait_for(lambda: configmap_watches(cluster) == 1, 20, "one namespace-wide ConfigMap watch")
+    wait_for(lambda: configmap_watches(cluster) - base == 1, 20, "one namespace-wide ConfigMap watch")
     deployment(cluster, namespace, "other", {"app": "other"}, {**AUTO, "refreshbus.io/configmaps": "b,c"})
     wait_for(lambda: op.metrics().get("refreshbus_operator_watched_sources") == 3, 20, "3 sources watched")
-    assert configmap_watches(cluster) == 1
+    assert configmap_watches(cluster) - base == 1
     cluster.kubectl("-n", namespace, "patch", "configmap", "unrelated", "--type=merge", "-p",
                     json.dumps({"data": {"k": "v1"}}))
     edit(cluster, namespace, {"data": {"k": "v1"}})
@@ -296,6 +298,7 @@ def test_namespace_scope_watches_each_namespace_once(cluster, namespace, start_o
 
 def test_watches_are_bounded(cluster, namespace, start_operator):
     apply_all(cluster, [configmap_manifest(namespace, n) for n in ("a", "b", "c")])
+    base = configmap_watches(cluster)
     op = start_operator(env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_WATCH_SCOPE": "object",
                              "REFRESHBUS_OPERATOR_AUTO_REFRESH_MAX_WATCHES": "2"})
     deployment(cluster, namespace, "orders", ORDERS, {**AUTO, "refreshbus.io/configmaps": "a,b,c"})
@@ -303,7 +306,7 @@ def test_watches_are_bounded(cluster, namespace, start_operator):
              "one source left unwatched")
     assert op.metrics()["refreshbus_operator_auto_refresh_watches"] == 2
     assert "more than auto_refresh_max_watches=2" in op.text()
-    wait_for(lambda: configmap_watches(cluster) == 2, 20, "2 watch connections")
+    wait_for(lambda: configmap_watches(cluster) - base == 2, 20, "2 watch connections")
 
 
 async def until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
@@ -319,6 +322,7 @@ def test_stop_leaves_no_task_and_start_resumes_every_known_workload(cluster, nam
     server: stop() cancels and awaits every task (no connection left), start() watches the
     workloads known by then again, alive() reports a dead supervisor."""
     configmap(cluster, namespace, "app-config", {"k": "v0"})
+    base = configmap_watches(cluster)
     body = workload_manifest(namespace, "orders", AUTO)
     body["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
 
@@ -327,16 +331,16 @@ def test_stop_leaves_no_task_and_start_resumes_every_known_workload(cluster, nam
             auto = AutoRefresher(Config(auto_refresh_debounce=0.1, namespaces=(namespace,)), kube)
             await auto.start()
             auto.workload_event("Deployment", "ADDED", body)
-            await until(lambda: configmap_watches(cluster) == 1, 20, "the watch")
+            await until(lambda: configmap_watches(cluster) - base == 1, 20, "the watch")
             assert auto.alive()
 
             await auto.stop()
             assert asyncio.all_tasks() == {asyncio.current_task()}
-            await until(lambda: configmap_watches(cluster) == 0, 20, "the connection to close")
+            await until(lambda: configmap_watches(cluster) == base, 20, "the connection to close")
             assert auto.alive()  # stopped on purpose
 
             await auto.start()
-            await until(lambda: configmap_watches(cluster) == 1, 20, "the watch again")
+            await until(lambda: configmap_watches(cluster) - base == 1, 20, "the watch again")
             edit(cluster, namespace, {"data": {"k": "v1"}})
             await until(lambda: auto_refreshes(cluster, namespace), 20, "a ConfigRefresh after restart")
 
