@@ -19,7 +19,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -254,6 +254,15 @@ class Kube:
 
     async def adelete(self, path: str, **query: Any) -> Any:
         return await self.arequest("DELETE", path, query)
+
+
+def in_memo(memo: MutableMapping[str, Any]) -> Kube:
+    """The process's one Kube, kept in kopf's memo (``memo["kube"]``): the rounds, auto-refresh,
+    injection and sidecar RBAC share its session. Closed by the operator's clean-up."""
+    if memo.get("kube") is None:
+        memo["kube"] = Kube()
+    shared: Kube = memo["kube"]
+    return shared
 
 
 # -- paths -----------------------------------------------------------------------------

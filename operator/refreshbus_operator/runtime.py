@@ -7,23 +7,15 @@ from typing import Any
 
 from refreshbus_operator import metrics
 from refreshbus_operator.engine import Engine
-from refreshbus_operator.kube import Kube
+from refreshbus_operator.kube import Kube, in_memo
 from refreshbus_operator.settings import Config
 
 log = logging.getLogger(__name__)
 
 
-def kube(memo: Any) -> Kube:
-    """The process's one Kube: the rounds, auto-refresh and injection share its connections."""
-    if memo.get("kube") is None:
-        memo["kube"] = Kube()
-    shared: Kube = memo["kube"]
-    return shared
-
-
 async def start(memo: Any) -> None:
     config: Config = memo["config"]
-    engine = Engine(config, kube(memo))
+    engine = Engine(config, in_memo(memo))
     await engine.start()
     memo["engine"] = engine
     if config.metrics_port and not memo.get("metrics_started"):
@@ -32,7 +24,7 @@ async def start(memo: Any) -> None:
     if config.auto_refresh:
         from refreshbus_operator.autorefresh import AutoRefresher
 
-        auto = AutoRefresher(config, kube(memo))
+        auto = AutoRefresher(config, in_memo(memo))
         await auto.start()
         memo["auto"] = auto
     log.info(

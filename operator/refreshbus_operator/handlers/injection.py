@@ -13,10 +13,11 @@ from typing import Any
 
 import kopf
 
-from refreshbus_operator import runtime, sidecar_rbac
+from refreshbus_operator import sidecar_rbac
 from refreshbus_operator.events import COMPONENT, Recorder
 from refreshbus_operator.injection import config as injection_config
 from refreshbus_operator.injection import skipped
+from refreshbus_operator.kube import in_memo
 
 _MEMO_CONFIG = "injection_config"
 _MEMO_SERVER = "injection_server"
@@ -41,7 +42,7 @@ async def start_injection_webhook(memo: kopf.Memo, logger: kopf.Logger, **_: Any
         return
     from refreshbus_operator.injection.webhook import WebhookServer
 
-    server = WebhookServer(runtime.kube(memo), cfg)
+    server = WebhookServer(in_memo(memo), cfg)
     await server.start()
     memo[_MEMO_SERVER] = server
 
@@ -55,7 +56,7 @@ async def stop_injection_webhook(memo: kopf.Memo, **_: Any) -> None:
 
 def _reconciler(memo: kopf.Memo) -> sidecar_rbac.Reconciler:
     if memo.get(_MEMO_RBAC) is None:
-        memo[_MEMO_RBAC] = sidecar_rbac.Reconciler(runtime.kube(memo))
+        memo[_MEMO_RBAC] = sidecar_rbac.Reconciler(in_memo(memo))
     reconciler: sidecar_rbac.Reconciler = memo[_MEMO_RBAC]
     return reconciler
 
@@ -74,7 +75,7 @@ async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Lo
         # Once per namespace and operator run: a restart propagates rotated broker credentials.
         cfg = _config(memo)
         copied = await sidecar_rbac.ensure_broker_secret(
-            runtime.kube(memo),
+            in_memo(memo),
             namespace,
             cfg.operator_namespace,
             cfg.broker_secret,
@@ -111,7 +112,7 @@ def _skipped(memo: kopf.Memo) -> skipped.SkippedInjections:
     if memo.get(_MEMO_SKIPPED) is None:
         # The operator's Config names this replica; the injection handlers alone have none.
         instance = str(getattr(memo.get("config"), "instance", COMPONENT))
-        kube = runtime.kube(memo)
+        kube = in_memo(memo)
         memo[_MEMO_SKIPPED] = skipped.SkippedInjections(kube, Recorder(kube, instance), _config(memo))
     reporter: skipped.SkippedInjections = memo[_MEMO_SKIPPED]
     return reporter
