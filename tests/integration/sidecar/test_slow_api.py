@@ -20,6 +20,7 @@ from refreshbus_support.faultproxy import FaultProxy
 from refreshbus_support.pods import create_pod
 from refreshbus_testenv.broker import Broker
 from refreshbus_testenv.controlplane import ControlPlane
+from refreshbus_testenv.procs import wait_until
 from refreshbus_wire import pods as podc
 from refreshbus_wire.events import AckResult
 
@@ -89,3 +90,23 @@ def test_a_stalled_api_server_keeps_the_broker_connection_and_liveness_and_the_r
     assert (sidecar.target_dir / "configmap-settings" / "a").read_text() == "2"
     assert sidecar_connections(running_broker, instance) == connections
     assert sidecar.metrics()["refreshbus_sidecar_reconnects_total"] == 0
+
+
+def test_sigterm_while_the_worker_waits_for_a_silent_api_server_stops_at_once(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, running_broker: Broker, bus: TestBus,
+    api_proxy: FaultProxy, tmp_path: Path,
+) -> None:
+    configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
+    pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
+    sidecar = sidecars.start(pod, kubeconfig=kubeconfig_through(cluster, api_proxy, tmp_path / "kubeconfig"))
+    rv = configs.put_configmap(cluster, namespace, "settings", {"a": "2"})
+    api_proxy.set_mode("blackhole")
+    event = make_event(namespace, [("ConfigMap", "settings", rv)], deadline_seconds=300)
+    bus.publish(event)
+    wait_until(lambda: json.loads(sidecar.probe("/livez")[1])["worker_busy_seconds"] > 1, 30,
+               "the worker to wait for the API server", sidecar.proc, sidecar.log)
+
+    started = time.monotonic()
+    assert sidecar.stop() == 0
+    assert time.monotonic() - started < 2
+    assert bus.acks_for(event.id) == []  # left unacknowledged: the broker redelivers it

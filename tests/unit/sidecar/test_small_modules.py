@@ -154,3 +154,28 @@ def test_liveness_fails_when_the_loop_stops_turning(monkeypatch: pytest.MonkeyPa
     assert not state.alive
     state.tick()
     assert state.alive
+
+
+def test_liveness_fails_when_the_worker_died_or_outlived_its_jobs_worst_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from refreshbus_sidecar import health
+
+    clock = [1000.0]
+    monkeypatch.setattr(health.time, "monotonic", lambda: clock[0])
+    state = health.State(max_age=30)
+    running = [True]
+    state.worker_running = lambda: running[0]
+    state.busy_limit, state.busy_since = 100.0, clock[0]  # a job that may take 100 s began
+
+    for _ in range(9):  # the connection loop keeps turning while the job is slow
+        clock[0] += 10
+        state.tick()
+        assert state.alive
+    clock[0] += 10.5
+    state.tick()
+    assert not state.alive  # stuck: longer than its worst case
+    state.busy_since = None  # it finished after all
+    assert state.alive
+    running[0] = False
+    assert not state.alive
