@@ -147,12 +147,19 @@ class AckSink(Protocol):
 class AckRouter:
     """Event-loop side of ack handling (not thread-safe: call on the loop only)."""
 
-    def __init__(self, settle: Callable[[Iterable[Tag]], None], grace: float = 10.0) -> None:
+    def __init__(
+        self, settle: Callable[[Iterable[Tag]], None], grace: float = 10.0, max_parked: int = 100
+    ) -> None:
         self.settle = settle
         self.grace = grace
+        #: Parked acks hold unsettled deliveries: past this many, the oldest is dropped at
+        #: once, so a flood of acks for unknown events can never fill the prefetch window
+        #: and hold up the real acks queued behind it for a grace period per window.
+        self.max_parked = max_parked
         self.rounds: dict[str, AckSink] = {}
         self.finished: OrderedDict[str, None] = OrderedDict()
         self.parked: dict[str, list[tuple[Ack, Tag, float]]] = {}
+        self._parked_count = 0
         self.on_change: Callable[[], None] = lambda: None
 
     def handle(self, body: bytes, tag: Tag) -> str:
@@ -182,8 +189,24 @@ class AckRouter:
             return outcome
         if ack.event_id in self.finished:
             return self._drop(tag, "late")
+        if self._parked_count >= self.max_parked:
+            self._drop_oldest_parked()
         self.parked.setdefault(ack.event_id, []).append((ack, tag, time.monotonic()))
+        self._parked_count += 1
         return "parked"
+
+    def _drop_oldest_parked(self) -> None:
+        # The first key was parked first (dicts keep insertion order), so its first ack
+        # has waited longest.
+        event_id = next(iter(self.parked))
+        waiting = self.parked[event_id]
+        old, tag, _ = waiting.pop(0)
+        if not waiting:
+            del self.parked[event_id]
+        self._parked_count -= 1
+        log.info("too many acks for unknown events parked: dropping the one for %s from %s/%s",
+                 event_id, old.namespace, old.pod)
+        self._drop(tag, "unknown_event")
 
     def _drop(self, tag: Tag, outcome: str) -> str:
         metrics.ACKS.labels(outcome=outcome).inc()
@@ -193,7 +216,9 @@ class AckRouter:
     def register(self, event_id: str, sink: AckSink) -> None:
         self.rounds[event_id] = sink
         self.finished.pop(event_id, None)
-        for ack, tag, _ in self.parked.pop(event_id, []):
+        waiting = self.parked.pop(event_id, [])
+        self._parked_count -= len(waiting)
+        for ack, tag, _ in waiting:
             self._route(ack, tag)
         self.on_change()
 
@@ -214,6 +239,7 @@ class AckRouter:
                 if now - since >= self.grace:
                     log.info("dropping ack for unknown event %s from %s/%s", event_id, ack.namespace, ack.pod)
                     self._drop(tag, "unknown_event")
+                    self._parked_count -= 1
                     dropped += 1
                 else:
                     keep.append((ack, tag, since))

@@ -42,7 +42,9 @@ class Engine:
         self._writes: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.router = AckRouter(
-            settle=lambda tags: self.consumer.settle(tags), grace=config.unknown_ack_grace
+            settle=lambda tags: self.consumer.settle(tags),
+            grace=config.unknown_ack_grace,
+            max_parked=max(1, config.ack_prefetch // 10),
         )
         self.consumer = AckConsumer(
             config.broker_urls,

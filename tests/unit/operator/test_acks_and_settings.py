@@ -65,6 +65,24 @@ def test_router_drops_unknown_events_after_the_grace_period_and_late_acks_at_onc
     assert router.handle(ack("e4"), (1, 2)) == "late"
 
 
+def test_router_parks_at_most_max_parked_acks_dropping_the_oldest_first():
+    settled: list[tuple[int, int]] = []
+    router = AckRouter(settle=settled.extend, grace=5, max_parked=3)
+    for i in range(5):
+        assert router.handle(ack(f"u{i}"), (1, i)) == "parked"
+    assert settled == [(1, 0), (1, 1)]  # dropped as unknown_event to make room
+    assert list(router.parked) == ["u2", "u3", "u4"]
+    sink = Sink()
+    router.register("u3", sink)  # a parked ack still reaches its round when it shows up
+    assert sink.folded == ["p0"]
+    router.handle(ack("u5"), (1, 5))
+    router.handle(ack("u6"), (1, 6))
+    assert settled == [(1, 0), (1, 1), (1, 2)]
+    assert list(router.parked) == ["u4", "u5", "u6"]
+    assert router.expire(time.monotonic() + 6) == 3
+    assert router.parked == {}
+
+
 def test_round_annotation_round_trip_is_compact():
     record = {"eventId": "e", "generation": 2, "targets": [f"orders-5d8f9c7b6-{i:05d}" for i in range(5000)]}
     encoded = records.encode_round(record)
