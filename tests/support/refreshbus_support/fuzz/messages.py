@@ -119,7 +119,7 @@ CATEGORIES: tuple[Category, ...] = (
     Category("replayed_event", To.SIDECAR, 0.4,
              (series(SIDECAR_DUPLICATES), series(OPERATOR_ACKS, outcome="late")),
              "a real, finished event sent again: answered unchanged without work"),
-    Category("unmanaged_source", To.SIDECAR, 0.05,
+    Category("unmanaged_source", To.SIDECAR, 0.4,
              (series(SIDECAR_REFRESHES, result="failed"), series(OPERATOR_ACKS, outcome="unknown_event")),
              "a valid event naming a ConfigMap the pod does not manage: answered failed"),
     *(Category(f"ack_{n}", To.OPERATOR, _WEIGHT.get(n, 4.0), _ACK_MALFORMED, about)
@@ -128,7 +128,7 @@ CATEGORIES: tuple[Category, ...] = (
              "missing_field, wrong_type or bad_value, walking every field of the ack in turn"),
     Category("event_on_ack_key", To.OPERATOR, 3.0, _ACK_MALFORMED,
              "a valid refresh event published under an ack routing key"),
-    Category("ack_unknown_event", To.OPERATOR, 0.05, (series(OPERATOR_ACKS, outcome="unknown_event"),),
+    Category("ack_unknown_event", To.OPERATOR, 3.0, (series(OPERATOR_ACKS, outcome="unknown_event"),),
              "a valid ack for an event id no round ever had"),
     Category("ack_finished_round", To.OPERATOR, 3.0, (series(OPERATOR_ACKS, outcome="late"),),
              "a valid ack for a real round that already finished"),
