@@ -193,6 +193,9 @@ class Chaos:
         try:
             for rp in self.plan.rounds:
                 if rp.fault is not None:
+                    # Rounds wait for the previous fault (and its canary) to be over, so the
+                    # faults stay spread over the rounds instead of queueing up behind them.
+                    faults.join()
                     faults.put((rp.fault, time.monotonic() + rp.fault.offset))
                 self._round(rp)
         finally:
@@ -204,21 +207,26 @@ class Chaos:
 
     def _fault_loop(self, faults: queue.Queue[tuple[FaultPlan, float] | None]) -> None:
         while (item := faults.get()) is not None:
-            fault, at = item
-            time.sleep(max(0.0, at - time.monotonic()))
-            self.log(f"fault: {fault.describe()}")
             try:
-                hit = self.world.inject(fault)
-            except Exception as exc:
-                self.violation(f"fault {fault.kind}: could not recover: {exc}\n{traceback.format_exc()}")
-                continue
-            with self._lock:
-                self.report.faults[fault.kind] += 1
-            self.log(f"recovered from {fault.kind} ({hit})")
-            try:
-                self._canary(fault.kind)
-            except Exception as exc:
-                self.violation(f"canary after {fault.kind} could not run: {exc}")
+                self._fault(*item)
+            finally:
+                faults.task_done()
+
+    def _fault(self, fault: FaultPlan, at: float) -> None:
+        time.sleep(max(0.0, at - time.monotonic()))
+        self.log(f"fault: {fault.describe()}")
+        try:
+            hit = self.world.inject(fault)
+        except Exception as exc:
+            self.violation(f"fault {fault.kind}: could not recover: {exc}\n{traceback.format_exc()}")
+            return
+        with self._lock:
+            self.report.faults[fault.kind] += 1
+        self.log(f"recovered from {fault.kind} ({hit})")
+        try:
+            self._canary(fault.kind)
+        except Exception as exc:
+            self.violation(f"canary after {fault.kind} could not run: {exc}")
 
     def _canary(self, after: str) -> None:
         group = self.world.groups["canary"]
