@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 from refreshbus_chaos.runner import Options, run
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     workdir = args.workdir or ROOT / ".chaos" / f"seed-{seed}"
     shutil.rmtree(workdir, ignore_errors=True)
+    # SIGTERM (and SIGINT, which a background job ignores) unwind through the runner's
+    # clean-up, so no broker, API server or sidecar outlives the run.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupted)
     report = run(Options(seed=seed, rounds=args.rounds, workdir=workdir, sidecars=args.sidecars,
                          faults=args.faults, converge_bound=args.converge_bound,
                          canary_bound=args.canary_bound))

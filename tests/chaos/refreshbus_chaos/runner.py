@@ -198,9 +198,11 @@ class Chaos:
                     faults.join()
                     faults.put((rp.fault, time.monotonic() + rp.fault.offset))
                 self._round(rp)
-        finally:
-            faults.put(None)
-            thread.join()
+        except BaseException:
+            faults.put(None)  # aborted (Ctrl-C, SIGTERM, a broken driver): tear down now
+            raise
+        faults.put(None)
+        thread.join()
         self.log("faults stopped")
 
     # -- faults and canaries -----------------------------------------------------------
