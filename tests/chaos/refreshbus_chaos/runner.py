@@ -14,7 +14,8 @@ edits and applies land before, during and after faults. Invariants, each a hard 
 3. every ConfigRefresh reaches a final phase; its counts add up, its targets are the
    workload's pods, and every pod it counts as succeeded really loaded the content it acked
    (``ok``: reloaded it; ``unchanged``: had loaded it), no older than the change that
-   triggered it;
+   triggered it; auto-refresh creates at most one ConfigRefresh per edit (more means two
+   replicas acted on one edit);
 4. the operator is never wedged: a canary refresh after each fault's recovery succeeds
    within ``canary_bound`` seconds;
 5. no sidecar, app or operator process exits on its own.
@@ -34,6 +35,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from refreshbus_operator.settings import AUTO_REFRESH_LABEL
 from refreshbus_sidecar.delivery import combined_hash, content_hash
 
 from refreshbus_chaos.plan import CONFIG_KEY, FaultPlan, Plan, RoundPlan, content, make_plan
@@ -149,6 +151,8 @@ class Chaos:
         self.world = World(options.workdir, options.seed, options.sidecars, self.log)
         self.report = Report(options)
         self._lock = threading.Lock()
+        #: Edits of the auto-refresh workload's ConfigMap.
+        self._edits = 0
         #: Explicit ConfigRefresh name -> the version its pods must have loaded at least.
         self._oldest_allowed: dict[str, int] = {}
 
@@ -277,6 +281,7 @@ class Chaos:
             group = groups["web"]
             for _ in range(rp.edits):
                 self._bump(group)
+                self._edits += 1
             self._converge(rp, group, time.monotonic())
             return
         group = groups["api"]
@@ -351,6 +356,10 @@ class Chaos:
         refreshes = self._wait_all_final(DEADLINE + self.options.converge_bound)
         for obj in refreshes:
             self._check_refresh(obj)
+        auto = [o for o in refreshes if (o["metadata"].get("labels") or {}).get(AUTO_REFRESH_LABEL)]
+        if len(auto) > self._edits:
+            self.violation(f"{len(auto)} auto-created ConfigRefreshes for {self._edits} edits: some edit "
+                           f"was refreshed twice (two replicas acting?)")
         for group in self.world.groups.values():
             for member in group.members:
                 self._check_journal(group, member.name, member.loads())
