@@ -37,6 +37,7 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "sidecar.image.digest": {"pattern": r"^$|^sha256:[a-f0-9]{64}$"},
     "operator.replicas": {"minimum": 1},
     "operator.logFormat": {"enum": ["json", "plain"]},
+    "operator.ackIdentity": {"enum": ["require", "warn"]},
     "operator.statusFlushInterval": {"minimum": 0},
     "operator.healthPort": PORT,
     "operator.autoRefresh.ttlSecondsAfterFinished": {"minimum": 0},

@@ -113,6 +113,13 @@ def parser() -> argparse.ArgumentParser:
         "ConfigMaps only, Secrets are never listed or watched)",
     )
     p.add_argument(
+        "--ack-identity",
+        choices=["require", "warn"],
+        help="an ack whose identity token does not prove it comes from the pod it speaks for is "
+        "refused (require, the default) or folded anyway (warn, while sidecars older than "
+        "protocol 1.2 remain); both log, count and show it",
+    )
+    p.add_argument(
         "--ttl-seconds-after-finished",
         type=int,
         metavar="SECONDS",
@@ -145,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             auto_refresh_secrets=args.auto_refresh_secrets,
             ttl_seconds_after_finished=args.ttl_seconds_after_finished,
             history_limit=args.history_limit,
+            ack_identity=args.ack_identity,
         )
     except (ValueError, OSError) as exc:
         print(f"refreshbus-operator: {exc}", file=sys.stderr)

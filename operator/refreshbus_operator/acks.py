@@ -16,6 +16,7 @@ pods that were not targets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -28,6 +29,7 @@ from refreshbus_wire import Ack, ProtocolError, decode
 from refreshbus_wire.routing import OPERATOR_ACK_QUEUE
 
 from refreshbus_operator import metrics
+from refreshbus_operator.ackidentity import AckVerifier, Mode, Verdict
 from refreshbus_operator.broker import LinkThread, backoff, declare_topology
 
 log = logging.getLogger(__name__)
@@ -143,12 +145,21 @@ class AckSink(Protocol):
         For ``folded`` the round settles the tag itself once status is written."""
         ...
 
+    def refused(self, ack: Ack, verdict: Verdict, enforced: bool) -> None:
+        """Show that an ack for this round failed its identity check (``enforced``: it
+        was refused; else accepted in ``warn`` mode)."""
+        ...
+
 
 class AckRouter:
     """Event-loop side of ack handling (not thread-safe: call on the loop only)."""
 
     def __init__(
-        self, settle: Callable[[Iterable[Tag]], None], grace: float = 10.0, max_parked: int = 100
+        self,
+        settle: Callable[[Iterable[Tag]], None],
+        grace: float = 10.0,
+        max_parked: int = 100,
+        verifier: AckVerifier | None = None,
     ) -> None:
         self.settle = settle
         self.grace = grace
@@ -156,6 +167,9 @@ class AckRouter:
         #: once, so a flood of acks for unknown events can never fill the prefetch window
         #: and hold up the real acks queued behind it for a grace period per window.
         self.max_parked = max_parked
+        #: Checks who sent each ack before it is routed (None: believe the ack's ``pod``).
+        self.verifier = verifier
+        self._checks: set[asyncio.Task[None]] = set()
         self.rounds: dict[str, AckSink] = {}
         self.finished: OrderedDict[str, None] = OrderedDict()
         self.parked: dict[str, list[tuple[Ack, Tag, float]]] = {}
@@ -170,7 +184,37 @@ class AckRouter:
         except ProtocolError as exc:
             log.warning("dropping malformed ack: %s", exc)
             return self._drop(tag, "malformed")
-        return self._route(message, tag)
+        if self.verifier is None:
+            return self._route(message, tag)
+        task = asyncio.get_running_loop().create_task(self._check(message, tag), name=f"ack {message.id}")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        return "checking"
+
+    async def _check(self, ack: Ack, tag: Tag) -> None:
+        """Route the ack only if it comes from the pod it speaks for (or, in ``warn`` mode,
+        route it anyway, saying so)."""
+        assert self.verifier is not None
+        verdict = await self.verifier.verify(ack)
+        if not verdict.ok:
+            enforced = self.verifier.mode is Mode.REQUIRE
+            log.warning(
+                "ack %s for event %s, speaking for pod %s/%s, %s: %s: %s",
+                ack.id,
+                ack.event_id,
+                ack.namespace,
+                ack.pod,
+                "refused" if enforced else "accepted anyway (ackIdentity: warn)",
+                verdict.check.value,
+                verdict.detail,
+            )
+            sink = self.rounds.get(ack.event_id)
+            if sink is not None:
+                sink.refused(ack, verdict, enforced)
+            if enforced:
+                self._drop(tag, "refused")
+                return
+        self._route(ack, tag)
 
     def _route(self, ack: Ack, tag: Tag) -> str:
         sink = self.rounds.get(ack.event_id)

@@ -17,6 +17,7 @@ from refreshbus_wire import new_id, now
 
 from refreshbus_operator import metrics
 from refreshbus_operator import status as st
+from refreshbus_operator.ackidentity import AckVerifier, Mode
 from refreshbus_operator.acks import AckConsumer, AckRouter, Tag
 from refreshbus_operator.events import Recorder
 from refreshbus_operator.kube import Kube, cfr_path
@@ -41,10 +42,12 @@ class Engine:
         self.rounds: dict[tuple[str, str], Round] = {}
         self._writes: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.verifier = AckVerifier(kube.apost, Mode(config.ack_identity))
         self.router = AckRouter(
             settle=lambda tags: self.consumer.settle(tags),
             grace=config.unknown_ack_grace,
             max_parked=max(1, config.ack_prefetch // 10),
+            verifier=self.verifier,
         )
         self.consumer = AckConsumer(
             config.broker_urls,
@@ -165,7 +168,7 @@ class Engine:
                 outcome = st.Outcome.UNCHANGED if code == "u" else st.Outcome.OK
                 snap.results[pod] = st.PodResult(pod=pod, outcome=outcome, at=start)
         for cond in status.get("conditions") or ():
-            if cond.get("type") in ("TargetsResolved", "SourcesReady", "Published"):
+            if cond.get("type") in st.CONDITION_TYPES and cond.get("type") != "Complete":
                 snap.conditions[cond["type"]] = st.Condition(
                     cond["type"],
                     cond.get("status", "Unknown"),

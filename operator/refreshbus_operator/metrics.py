@@ -24,8 +24,19 @@ ACK_LATENCY = Histogram(
 )
 ACKS = Counter(
     "refreshbus_operator_acks_total",
-    "Acks consumed, by what happened to them: folded, duplicate, unknown_event, late, not_target, malformed.",
+    "Acks consumed, by what happened to them: folded, duplicate, unknown_event, late, not_target, "
+    "malformed, refused (identity did not check out, ackIdentity=require).",
     ["outcome"],
+)
+ACK_IDENTITY = Counter(
+    "refreshbus_operator_ack_identity_checks_total",
+    "Acks checked against their sender's identity token: verified, missing, invalid, forged, unverifiable.",
+    ["result"],
+)
+TOKEN_REVIEWS = Counter(
+    "refreshbus_operator_token_reviews_total",
+    "TokenReviews made to check ack identity tokens (answered, error); cached per token.",
+    ["result"],
 )
 POD_RESULTS = Counter(
     "refreshbus_operator_pod_results_total",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from refreshbus_wire.routing import pod_key
 from refreshbus_operator import metrics
 from refreshbus_operator import status as st
 from refreshbus_operator import targets as tg
+from refreshbus_operator.ackidentity import Check, Verdict
 from refreshbus_operator.acks import Tag
 from refreshbus_operator.kube import ApiError, source_path
 from refreshbus_operator.publishing import PublishError
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE = 60
+#: Warning Events about acks whose identity did not check out, at most per round (one per
+#: pod and kind of failure): a flood of forged acks must not become a flood of Events.
+MAX_IDENTITY_EVENTS = 10
 
 
 class Round:
@@ -84,6 +88,8 @@ class Round:
         self._nudging = False
         self._closed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._identity_failures = 0
+        self._identity_events: set[tuple[str, Check]] = set()
 
     @property
     def event_id(self) -> str:
@@ -124,6 +130,35 @@ class Round:
             self.answered.set()
         self.dirty.set()
         return "folded"
+
+    def refused(self, ack: Ack, verdict: Verdict, enforced: bool) -> None:
+        """Shown in status (condition ``AckIdentity``) and, once per pod and kind of failure,
+        as a Warning Event; a refused ack is never a pod's result."""
+        self._identity_failures += 1
+        what = "refused" if enforced else "accepted anyway (ackIdentity: warn)"
+        reason = "AckForged" if verdict.check is Check.FORGED else "AckUnverified"
+        self.snapshot.conditions["AckIdentity"] = st.Condition(
+            "AckIdentity",
+            "False",
+            reason,
+            f"{self._identity_failures} ack(s) whose sender could not be verified as the pod they speak "
+            f"for were {what}; last: pod {ack.pod}: {verdict.detail}",
+        )
+        self.dirty.set()
+        key = (ack.pod, verdict.check)
+        if key in self._identity_events or len(self._identity_events) >= MAX_IDENTITY_EVENTS:
+            return
+        self._identity_events.add(key)
+        message = f"an ack speaking for pod {ack.pod} was {what}: {verdict.detail}"
+        self._spawn(
+            self.engine.recorder.warning(self.ref.namespace, self.ref.name, self.ref.uid, reason, message),
+            f"identity event {self.ref.name}",
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def broker_trouble(self, reason: str) -> None:
         self.snapshot.conditions["Published"] = st.Condition(
@@ -368,9 +403,7 @@ class Round:
         if not st.pending_pods(self.snapshot):
             return
         self._nudging = True
-        task = asyncio.create_task(self._republish(), name=f"nudge {self.ref.name}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._republish(), f"nudge {self.ref.name}")
 
     async def _republish(self) -> None:
         try:

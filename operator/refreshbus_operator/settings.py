@@ -63,6 +63,10 @@ class Config:
     publish_retry_initial: float = 0.2
     publish_retry_max: float = 5.0
     ack_prefetch: int = 1000
+    #: What happens to an ack whose identity token does not prove it comes from the pod it
+    #: speaks for: ``require`` refuses it, ``warn`` folds it anyway (both log, count and show
+    #: it). ``warn`` is for the transition from sidecars older than protocol 1.2.
+    ack_identity: str = "require"
     auto_refresh: bool = True
     #: Also watch the Secrets opted-in workloads manage. Off (default): auto-refresh follows
     #: ConfigMaps only and the operator never lists/watches a Secret (the Helm chart grants
@@ -172,6 +176,7 @@ _FIELDS: dict[str, type] = {
     "publish_retry_initial": float,
     "publish_retry_max": float,
     "ack_prefetch": int,
+    "ack_identity": str,
     "auto_refresh": bool,
     "auto_refresh_secrets": bool,
     "auto_refresh_debounce": float,
@@ -219,6 +224,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     config = Config(**values)
     if config.log_format not in {"json", "plain"}:
         raise ValueError(f"log format must be json or plain, got {config.log_format!r}")
+    if config.ack_identity not in {"require", "warn"}:
+        raise ValueError(f"ack identity mode must be require or warn, got {config.ack_identity!r}")
     if config.status_flush_interval < 0:
         raise ValueError("status flush interval must be >= 0")
     if config.auto_refresh_watch_scope not in {"namespace", "object"}:

@@ -221,6 +221,11 @@ def summary(snapshot: Snapshot, ph: Phase | None = None) -> str:
     return text[:MAX_MESSAGE]
 
 
+#: Every condition type, in the order status lists them. ``AckIdentity`` appears only once
+#: an ack's sender failed its identity check (docs/configrefresh.md).
+CONDITION_TYPES = ("TargetsResolved", "SourcesReady", "Published", "AckIdentity", "Complete")
+
+
 def render_conditions(
     snapshot: Snapshot, ph: Phase, previous: Sequence[Mapping[str, Any]] | None, now: datetime
 ) -> list[dict[str, Any]]:
@@ -232,7 +237,7 @@ def render_conditions(
     else:
         wanted["Complete"] = Condition("Complete", "False", "InProgress", summary(snapshot, ph))
     out = []
-    for ctype in ("TargetsResolved", "SourcesReady", "Published", "Complete"):
+    for ctype in CONDITION_TYPES:
         cond = wanted.get(ctype)
         if cond is None:
             continue

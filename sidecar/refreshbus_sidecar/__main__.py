@@ -41,6 +41,9 @@ environment (set by the refreshbus injector; * = required in `run` mode):
                           separated by commas/newlines: tried in random order
     {pods.ENV_BROKER_CA_FILE}, {pods.ENV_HEARTBEAT} (s, default 30)
     {pods.ENV_RECONNECT_INITIAL} / {pods.ENV_RECONNECT_MAX}   reconnect delay bounds (default 0.5 / 30 s)
+    {pods.ENV_ACK_TOKEN_FILE}   the pod's projected token for the ack audience, sent with
+                          every ack so the operator can check which pod sent it
+                          (the injector mounts it at {pods.ACK_TOKEN_DIR}/{pods.ACK_TOKEN_FILE})
   Kubernetes API
     in-cluster service account by default; {pods.ENV_KUBECONFIG}: a JSON kubeconfig instead
     {pods.ENV_FETCH_JITTER} (s, default 0.3): random delay before fetching after an event
@@ -119,7 +122,7 @@ def _run(settings: config.Settings) -> int:
     state, metrics, _server = _start_health(settings, max_age=6 * TICK)
     refresher = Refresher(settings, api, Store(settings.target_dir, settings.inplace_files), metrics)
     bus = Bus(settings.broker_urls, settings.identity, heartbeat=settings.heartbeat,
-              ca_file=settings.broker_ca_file)
+              ca_file=settings.broker_ca_file, token_file=settings.ack_token_file)
     service = Service(settings, refresher, bus, state, metrics)
     service.install_signal_handlers()
     log.info("starting", extra={

@@ -6,6 +6,9 @@ and handed over between waits, acks go out with publisher confirms, and deliveri
 acknowledged to the broker only after their ack was confirmed (at-least-once; the
 refresher is idempotent by event id). Another thread reaches the connection only
 through :mod:`refreshbus_sidecar.handoff`.
+
+Each ack carries the pod's projected token, re-read from its file every time because the
+kubelet rotates it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import random
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pika
@@ -87,11 +90,13 @@ class Bus:
         *,
         heartbeat: int = 30,
         ca_file: Path | None = None,
+        token_file: Path | None = None,
     ) -> None:
         self.urls = list(urls)
         self.identity = identity
         self.heartbeat = heartbeat
         self.ca_file = ca_file
+        self.token_file = token_file
         self.queue = sidecar_queue(identity)
         self.pending: deque[Delivery] = deque()
         self.connected_to: str | None = None
@@ -178,8 +183,11 @@ class Bus:
         self._conn.process_data_events(time_limit=timeout)
 
     def publish_ack(self, ack: Ack) -> None:
-        """Publish an ack and wait for the broker's confirm (raises on nack or disconnect)."""
+        """Publish an ack, with the pod's identity token, and wait for the broker's confirm
+        (raises on nack or disconnect)."""
         assert self._channel is not None
+        if self.token_file is not None:
+            ack = replace(ack, identity_token=self._read_token())
         self._channel.basic_publish(
             EXCHANGE,
             ack_key(ack.namespace, ack.pod),
@@ -188,6 +196,15 @@ class Bus:
                 content_type=CONTENT_TYPE, delivery_mode=2, message_id=ack.id,
                 correlation_id=ack.event_id, type="ack"),
         )
+
+    def _read_token(self) -> str | None:
+        assert self.token_file is not None
+        try:
+            return self.token_file.read_text().strip() or None
+        except OSError as exc:
+            # The ack still goes out: the operator then says, per its mode, why it was refused.
+            log.warning("cannot read the ack identity token %s: %s", self.token_file, exc.strerror)
+            return None
 
     def settle(self, tag: int) -> None:
         """Acknowledge a delivery to the broker (it is done with: handled or dropped)."""

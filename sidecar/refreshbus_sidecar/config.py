@@ -66,6 +66,8 @@ class Settings:
     watch_dirs: tuple[Path, ...] = ()
     #: (kind, name, key) of every key kept as an in-place file for a subPath file mount.
     inplace_files: tuple[tuple[str, str, str], ...] = ()
+    #: The pod's projected ack-identity token (None: acks go without one, protocol 1.1).
+    ack_token_file: Path | None = None
 
     @property
     def identity(self) -> PodIdentity:
@@ -200,6 +202,7 @@ def load(environ: Mapping[str, str] | None = None, *, watch_mode: bool = False) 
         configmap_mode=mode(pods.ENV_CONFIGMAP_MODE, 0o644),
         watch_dirs=watch_dirs,
         inplace_files=inplace_files,
+        ack_token_file=Path(token) if (token := get(pods.ENV_ACK_TOKEN_FILE)) else None,
     )
 
 

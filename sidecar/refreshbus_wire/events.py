@@ -21,13 +21,18 @@ from typing import Any, Final, TypeVar
 
 from refreshbus_wire.contract import HTTP_METHODS, SIGNALS, is_key, is_name
 
-PROTOCOL_VERSION: Final = "1.1"
+PROTOCOL_VERSION: Final = "1.2"
 PROTOCOL_MAJOR: Final = 1
 #: Larger bodies are refused before JSON parsing. Events never carry config content
 #: (secrets never travel on the bus), so real ones are a few hundred bytes.
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 CONTENT_TYPE: Final = "application/json"
 
+#: Upper bound of an ack's identity token (a Kubernetes service-account JWT is 1-2 KB).
+MAX_IDENTITY_TOKEN_CHARS: Final = 8192
+#: The audience of the projected service-account token a sidecar proves its pod with: a
+#: token minted for it is refused by the API server for anything else (docs/protocol.md).
+ACK_TOKEN_AUDIENCE: Final = "refreshbus.io/ack"
 
 
 class ProtocolError(ValueError):
@@ -308,6 +313,10 @@ class Ack:
     config_hash: str | None = None
     timings: Timings = field(default_factory=Timings)
     error: str | None = None
+    #: The sending pod's projected service-account token (audience ACK_TOKEN_AUDIENCE,
+    #: protocol 1.2): the operator checks with a TokenReview that it belongs to ``pod``.
+    #: Kept out of repr so it never reaches a log line.
+    identity_token: str | None = field(default=None, repr=False)
 
     type: EventType = field(default=EventType.ACK, init=False)
 
@@ -330,6 +339,8 @@ class Ack:
             out["configHash"] = self.config_hash
         if self.error is not None:
             out["error"] = self.error[: self.MAX_ERROR_CHARS]
+        if self.identity_token is not None:
+            out["identityToken"] = self.identity_token
         return out
 
     @classmethod
@@ -350,6 +361,7 @@ class Ack:
             config_hash=_opt_str(obj, "configHash", "ack"),
             timings=Timings() if timings is None else Timings.from_json(timings),
             error=None if error is None else error[: cls.MAX_ERROR_CHARS],
+            identity_token=_identity_token(obj.get("identityToken")),
         )
 
 
@@ -453,6 +465,25 @@ def _keys(value: Any) -> tuple[str, ...] | None:
         raise ProtocolError("sources[].keys must be 1..64 unique ConfigMap/Secret key names")
     return tuple(value)
 
+
+#: A JWT: three base64url segments (the signature may be empty only in unsigned tokens,
+#: which the API server never accepts anyway).
+_JWT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+
+
+def _identity_token(value: Any) -> str | None:
+    if value is None:
+        return None
+    # The value itself is never echoed: it is a credential (for our audience only, still).
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_IDENTITY_TOKEN_CHARS
+        or not _JWT_RE.match(value)
+    ):
+        raise ProtocolError(
+            f"identityToken must be a JWT (three base64url parts) of at most {MAX_IDENTITY_TOKEN_CHARS} chars"
+        )
+    return value
 
 
 def _event_id(obj: dict[str, Any], key: str) -> str:

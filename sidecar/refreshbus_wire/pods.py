@@ -89,9 +89,19 @@ ENV_WATCH_DIRS: Final = "REFRESHBUS_WATCH_DIRS"
 #: file per entry at :func:`inplace_path` and rewrites it *in place* (same inode) on every
 #: change, because a file bind mount pins its inode and never sees a ``..data`` swap.
 ENV_INPLACE_FILES: Final = "REFRESHBUS_INPLACE_FILES"
+#: File holding the pod's projected service-account token for the ack audience; the sidecar
+#: re-reads it for every ack (the kubelet rotates it) and sends it along (protocol 1.2).
+ENV_ACK_TOKEN_FILE: Final = "REFRESHBUS_ACK_TOKEN_FILE"
 
 #: Where the shared volume is mounted in the sidecar by default.
 DEFAULT_TARGET_DIR: Final = "/refreshbus"
+#: Where the injector mounts the projected ack-identity token in the sidecar (a volume of
+#: its own, :data:`ACK_TOKEN_VOLUME`), and how long the kubelet is asked to make it live
+#: (the minimum Kubernetes allows; the kubelet renews it at 80 % of that).
+ACK_TOKEN_VOLUME: Final = "refreshbus-ack-token"
+ACK_TOKEN_DIR: Final = "/var/run/secrets/refreshbus.io/ack"
+ACK_TOKEN_FILE: Final = "token"
+ACK_TOKEN_EXPIRATION_SECONDS: Final = 600
 #: Default port of the sidecar's /readyz, /livez and /metrics endpoints.
 DEFAULT_HEALTH_PORT: Final = 9464
 

@@ -61,6 +61,7 @@ def sidecar_container(
     add(pods.ENV_RELOAD_METHOD, options.reload_method)
     add(pods.ENV_HEALTH_URL, options.health_url)
     add(pods.ENV_BROKER_URLS_FILE, f"{BROKER_MOUNT}/{config.broker_secret_key}")
+    add(pods.ENV_ACK_TOKEN_FILE, f"{pods.ACK_TOKEN_DIR}/{pods.ACK_TOKEN_FILE}")
     add(pods.ENV_HEALTH_PORT, str(config.health_port))
     add(pods.ENV_LOG_LEVEL, config.log_level)
     if not same_uid and options.secrets:
@@ -98,5 +99,6 @@ def sidecar_container(
             {"name": SHARED_VOLUME, "mountPath": pods.DEFAULT_TARGET_DIR},
             {"name": BROKER_VOLUME, "mountPath": BROKER_MOUNT, "readOnly": True},
             {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": True},
+            {"name": pods.ACK_TOKEN_VOLUME, "mountPath": pods.ACK_TOKEN_DIR, "readOnly": True},
         ],
     }

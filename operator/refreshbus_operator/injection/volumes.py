@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from refreshbus_wire import contract, pods
+from refreshbus_wire.events import ACK_TOKEN_AUDIENCE
 
 from refreshbus_operator.injection.config import InjectionConfig
 
@@ -76,6 +77,23 @@ def new_volumes(config: InjectionConfig) -> list[dict[str, Any]]:
                             ]
                         }
                     },
+                ],
+            },
+        },
+        # The pod's identity for its acks: a token only for our audience, which the kubelet
+        # binds to this pod and rotates (the sidecar re-reads it; the operator reviews it).
+        {
+            "name": pods.ACK_TOKEN_VOLUME,
+            "projected": {
+                "defaultMode": 0o444,
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": ACK_TOKEN_AUDIENCE,
+                            "path": pods.ACK_TOKEN_FILE,
+                            "expirationSeconds": pods.ACK_TOKEN_EXPIRATION_SECONDS,
+                        }
+                    }
                 ],
             },
         },

@@ -82,7 +82,7 @@ def test_definitions_load_with_the_users_and_topology(node: Broker) -> None:
     assert "refreshbus-sidecar\trefreshbus\t^ack\\.\t^refresh\\." in topic
 
 
-def test_operator_and_sidecar_do_their_job_with_the_chart_credentials(node: Broker) -> None:
+def test_operator_and_sidecar_do_their_job_with_the_chart_credentials(node: Broker, tmp_path: Any) -> None:
     from refreshbus_operator.publishing import connect, declare_topology
     from refreshbus_sidecar.bus import Bus
     from refreshbus_wire import events, routing
@@ -95,7 +95,9 @@ def test_operator_and_sidecar_do_their_job_with_the_chart_credentials(node: Brok
     # Sidecar: the real Bus (declares the exchange, its queue, its four bindings; consumes).
     pod = f"web-{uuid.uuid4().hex[:6]}"
     identity = routing.PodIdentity("shop", pod, "Deployment", "web")
-    bus = Bus([url(node, "sidecar")], identity)
+    token_file = tmp_path / "token"
+    token_file.write_text("aaa.bbb.first\n")
+    bus = Bus([url(node, "sidecar")], identity, token_file=token_file)
     bus.connect()
     try:
         channel.basic_publish(routing.EXCHANGE, routing.pod_key("shop", pod), b"nudge")
@@ -115,6 +117,15 @@ def test_operator_and_sidecar_do_their_job_with_the_chart_credentials(node: Brok
         received = events.decode(body)
         assert isinstance(received, events.Ack)
         assert (received.id, received.pod, received.result) == (ack.id, pod, events.AckResult.OK)
+        assert received.identity_token == "aaa.bbb.first"
+        # The kubelet rotates the token: every ack carries the file's current content.
+        token_file.write_text("aaa.bbb.second")
+        bus.publish_ack(ack)
+        method, _, body = channel.basic_get(routing.OPERATOR_ACK_QUEUE, auto_ack=True)
+        assert method is not None
+        rotated = events.decode(body)
+        assert isinstance(rotated, events.Ack)
+        assert rotated.identity_token == "aaa.bbb.second"
     finally:
         bus.close()
         op.close()

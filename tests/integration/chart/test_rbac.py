@@ -56,6 +56,7 @@ def test_operator_reads_what_it_needs_and_never_lists_secrets(
         ("create", "events", "-n", namespace),
         ("patch", f"mutatingwebhookconfigurations/{mwc}"),
         ("patch", "clusterkopfpeerings.kopf.dev"),
+        ("create", "tokenreviews.authentication.k8s.io"),  # ack identity
     ]
     denied = [
         ("list", "secrets", "-A"),

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from opharness import FakeSidecar, OperatorProc
+from refreshbus_support.pods import ack_token
 
 
 @pytest.fixture
@@ -49,11 +50,15 @@ def start_operator(
 
 
 @pytest.fixture
-def fake_sidecars(running_broker: Any) -> Iterator[Callable[..., FakeSidecar]]:
+def fake_sidecars(cluster: Any, running_broker: Any) -> Iterator[Callable[..., FakeSidecar]]:
+    """Fake sidecars for pods that exist in the API server; each acks with its pod's real
+    projected-token equivalent (a TokenRequest bound to the pod, audience refreshbus.io/ack)."""
     fakes: list[FakeSidecar] = []
 
     def make(namespace: str, pod: str, workload: tuple[str, str], behaviour: Any = None) -> FakeSidecar:
-        fake = FakeSidecar(running_broker.url("refreshbus-sidecar"), namespace, pod, workload, behaviour)
+        token = ack_token(cluster, namespace, pod)
+        url = running_broker.url("refreshbus-sidecar")
+        fake = FakeSidecar(url, namespace, pod, workload, behaviour, token)
         fakes.append(fake)
         return fake
 

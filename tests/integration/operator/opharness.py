@@ -163,7 +163,8 @@ def silent() -> Behaviour:
 
 class FakeSidecar:
     """Speaks the real protocol on the real broker for one pod: declares the sidecar queue
-    and its four bindings, records every refresh event delivered, and acks as told by
+    and its four bindings, records every refresh event delivered, and acks (with the pod's
+    identity token) as told by
     ``behaviour(event, nth delivery of this event id)``. Reconnects when the broker restarts."""
 
     def __init__(
@@ -173,8 +174,11 @@ class FakeSidecar:
         pod: str,
         workload: tuple[str, str],
         behaviour: Behaviour | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = url
+        #: The pod's ack-identity token, sent with every ack as a real sidecar does.
+        self.token = token
         self.identity = routing.PodIdentity(namespace, pod, workload[0], workload[1])
         self.behaviour = behaviour or always("ok")
         self.events: list[RefreshEvent] = []
@@ -232,6 +236,7 @@ class FakeSidecar:
             config_hash="sha256:fake",
             timings=Timings(written_ms=1.0, reloaded_ms=2.0),
             error=error,
+            identity_token=self.token,
         )
         channel.basic_publish(
             routing.EXCHANGE,

@@ -14,6 +14,7 @@ import pika
 import pytest
 from opharness import configmap, deployment, refresh, wait_phase
 from refreshbus_wire import Ack, AckResult, RefreshEvent, decode, encode, new_id, now, routing
+from refreshbus_wire.events import ACK_TOKEN_AUDIENCE
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,8 @@ N = 1000
 FAILING = {i for i in range(N) if i % 100 == 7}
 
 
-def make_pods(cluster: Any, ns: str) -> None:
+def make_pods(cluster: Any, ns: str) -> dict[str, str]:
+    """The N pods; returns each one's identity token for its acks (pod name -> token)."""
     config = kubernetes.client.Configuration()
     kubernetes.config.load_kube_config(config_file=cluster.kubeconfig, client_configuration=config)
     config.connection_pool_maxsize = 32
@@ -29,7 +31,7 @@ def make_pods(cluster: Any, ns: str) -> None:
     env = [{"name": "REFRESHBUS_WORKLOAD_KIND", "value": "Deployment"},
            {"name": "REFRESHBUS_WORKLOAD_NAME", "value": "big"}]
 
-    def one(i: int) -> None:
+    def one(i: int) -> tuple[str, str]:
         name = f"big-5d8f9c7b6-{i:04d}"
         body = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "labels": {"app": "big"},
@@ -37,18 +39,24 @@ def make_pods(cluster: Any, ns: str) -> None:
                 "spec": {"containers": [{"name": "app", "image": "registry.invalid/app"}],
                          "initContainers": [{"name": "refreshbus-sidecar", "restartPolicy": "Always",
                                              "image": "registry.invalid/sidecar", "env": env}]}}
-        api.create_namespaced_pod(ns, body)
+        uid = api.create_namespaced_pod(ns, body).metadata.uid
         api.patch_namespaced_pod_status(name, ns, {"status": {"phase": "Running"}})
+        # What the kubelet projects into the pod for the ack audience.
+        request = {"spec": {"audiences": [ACK_TOKEN_AUDIENCE], "expirationSeconds": 3600,
+                            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid}}}
+        token = api.create_namespaced_service_account_token("default", ns, request).status.token
+        return name, token
 
     with ThreadPoolExecutor(32) as pool:
-        list(pool.map(one, range(N)))
+        return dict(pool.map(one, range(N)))
 
 
 class BulkAcker:
     """Receives the workload message and answers for all N pods."""
 
-    def __init__(self, url: str, ns: str) -> None:
+    def __init__(self, url: str, ns: str, tokens: dict[str, str]) -> None:
         self.ns = ns
+        self.tokens = tokens
         self.events: list[RefreshEvent] = []
         self.conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = self.conn.channel()
@@ -75,15 +83,16 @@ class BulkAcker:
             failed = i in FAILING
             ack = Ack(id=new_id(), event_id=event.id, namespace=self.ns, pod=pod,
                       result=AckResult.FAILED if failed else AckResult.OK, received_at=now(),
-                      error="reload endpoint returned 500" if failed else None)
+                      error="reload endpoint returned 500" if failed else None,
+                      identity_token=self.tokens[pod])
             ch.basic_publish(routing.EXCHANGE, routing.ack_key(self.ns, pod), encode(ack))
 
 
 def test_a_thousand_targets(cluster, namespace, running_broker, start_operator):
     configmap(cluster, namespace, "app-config", {"k": "v"})
     deployment(cluster, namespace, "big", {"app": "big"})
-    make_pods(cluster, namespace)
-    acker = BulkAcker(running_broker.url("refreshbus-sidecar"), namespace)
+    tokens = make_pods(cluster, namespace)
+    acker = BulkAcker(running_broker.url("refreshbus-sidecar"), namespace, tokens)
     try:
         op = start_operator()
         refresh(cluster, namespace, "big", {"sources": [{"configMap": {"name": "app-config"}}],
@@ -102,6 +111,12 @@ def test_a_thousand_targets(cluster, namespace, running_broker, start_operator):
     assert len(acker.events) == 1  # one message under the workload key reached everyone
     size = len(json.dumps(obj))
     assert size < 64 * 1024, size  # small object: results bounded, round annotation compressed
-    patches = op.metrics()["refreshbus_operator_status_patches_total"]
-    print(f"1,000 targets: {patches:.0f} status PATCHes, object {size} bytes")
+    metrics = op.metrics()
+    patches = metrics["refreshbus_operator_status_patches_total"]
+    reviews = metrics['refreshbus_operator_token_reviews_total{result="answered"}']
+    took = obj["status"]["completionTime"], obj["status"]["startTime"]
+    print(f"1,000 targets: {patches:.0f} status PATCHes, {reviews:.0f} TokenReviews, object {size} bytes, "
+          f"start {took[1]} -> complete {took[0]}")
+    assert metrics['refreshbus_operator_ack_identity_checks_total{result="verified"}'] == N
+    assert reviews == N  # one per pod's token: never one per ack
     assert patches <= 15, patches  # 1,000 acks, a handful of PATCHes

@@ -23,7 +23,7 @@ from refreshbus_testenv.procs import free_port
 from refreshbus_wire import pods as podc
 
 from refreshbus_support import apps as apps_mod
-from refreshbus_support.pods import Owner, TestPod, create_pod
+from refreshbus_support.pods import Owner, TestPod, ack_token, create_pod
 from refreshbus_support.sidecars import Sidecar, start_sidecar
 
 #: Sidecars in tests fetch almost at once after an event (the production jitter is 0.3 s).
@@ -43,6 +43,9 @@ class Member:
     #: Where a journaling Node app records its loads (:func:`apps.read_journal`).
     journal: Path | None = None
     sidecar_env: dict[str, str] = field(default_factory=dict)
+    #: The pod's identity token for its acks (minted once, while the API server is surely up:
+    #: fault runs restart sidecars while it is not).
+    ack_token: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -97,7 +100,8 @@ class Fleet:
         pod = create_pod(self.cluster, self.namespace, name, labels=labels, owner=owner,
                          configmaps=[configmap], action=action)
         member = Member(pod=pod, shared=shared, app_port=port, config_file=config_file,
-                        journal=self.tmp_path / f"app-{name}" / "loads.jsonl" if journal else None)
+                        journal=self.tmp_path / f"app-{name}" / "loads.jsonl" if journal else None,
+                        ack_token=self.ack_token(pod))
         self.members.append(member)
         if start:
             self.start(member)
@@ -116,7 +120,7 @@ class Fleet:
                                        kubeconfig=self.kubeconfig, target_dir=member.shared,
                                        workdir=self.tmp_path / f"sidecar-{member.name}",
                                        env={**self.sidecar_env, **member.sidecar_env},
-                                       wait_ready=wait_ready, timeout=timeout)
+                                       wait_ready=wait_ready, timeout=timeout, ack_token=member.ack_token)
 
     def nginx_pod(self, name: str, *, labels: dict[str, str], owner: Owner | None = None,
                   configmap: str = "app-config") -> Member:
@@ -125,10 +129,15 @@ class Fleet:
         pod = create_pod(self.cluster, self.namespace, name, labels=labels, owner=owner,
                          configmaps=[configmap], action={podc.ENV_ACTION: "signal", podc.ENV_SIGNAL: "SIGHUP",
                                  podc.ENV_PROCESS: app.process_pattern})
-        member = Member(pod=pod, shared=shared, app=app)
+        member = Member(pod=pod, shared=shared, app=app, ack_token=self.ack_token(pod))
         self.members.append(member)
         self.start_sidecar(member)
         return member
+
+    def ack_token(self, pod: TestPod) -> str:
+        """The pod's identity token, as the injector's projected volume holds it (valid a day
+        here: nothing rotates it)."""
+        return ack_token(self.cluster, pod.namespace, pod.name, pod.uid, duration="24h")
 
     def stop(self) -> None:
         for member in self.members:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from refreshbus_wire import pods as podc
+from refreshbus_wire.events import ACK_TOKEN_AUDIENCE
 
 
 class Kubectl(Protocol):
@@ -106,6 +107,7 @@ def create_pod(
     action: Mapping[str, str] | None = None,
     with_sidecar: bool = True,
     running: bool = True,
+    service_account: str | None = None,
 ) -> TestPod:
     """Create a Pod object (and, if ``running``, mark it Running + Ready as a kubelet would).
 
@@ -119,6 +121,7 @@ def create_pod(
         action: extra sidecar env for the reload action, e.g.
             ``{podc.ENV_ACTION: "signal", podc.ENV_SIGNAL: "SIGHUP", podc.ENV_PROCESS: "nginx: master"}``.
         with_sidecar: False creates a pod that is not opted in.
+        service_account: ``spec.serviceAccountName`` (it must exist; see :func:`ack_token`).
     """
     labels = dict(labels or {})
     annotations = dict(annotations or {})
@@ -137,6 +140,8 @@ def create_pod(
     spec: dict[str, Any] = {
         "containers": [{"name": "app", "image": "registry.invalid/app:test"}],
     }
+    if service_account is not None:
+        spec["serviceAccountName"] = service_account
     if with_sidecar:
         annotations.setdefault(podc.ANN_INJECT, "true")
         if configmaps:
@@ -184,3 +189,21 @@ def delete_pod(cluster: Kubectl, pod: TestPod) -> None:
     """Delete the pod object at once (no kubelet will ever confirm a graceful deletion)."""
     cluster.kubectl("-n", pod.namespace, "delete", "pod", pod.name, "--grace-period=0", "--force",
                     "--wait=false", "--ignore-not-found", check=False)
+
+
+def ack_token(cluster: Kubectl, namespace: str, pod: str, uid: str | None = None, *,
+              service_account: str = "default", audience: str | None = ACK_TOKEN_AUDIENCE,
+              bound: bool = True, duration: str = "1h") -> str:
+    """A token of ``service_account`` as the kubelet projects it into the pod for the ack
+    audience: a TokenRequest bound to the Pod object, which the API server ties to that
+    pod's name and uid and refuses once the pod is gone. ``audience=None``: the API
+    server's own audience; ``bound=False``: not bound to any pod. The kubelet's tokens live
+    10 minutes and are rotated; a test's lives ``duration`` and is not."""
+    args = ["-n", namespace, "create", "token", service_account, f"--duration={duration}"]
+    if audience is not None:
+        args.append(f"--audience={audience}")
+    if bound:
+        args += ["--bound-object-kind=Pod", f"--bound-object-name={pod}"]
+        if uid is not None:
+            args.append(f"--bound-object-uid={uid}")
+    return str(cluster.kubectl(*args).stdout.strip())

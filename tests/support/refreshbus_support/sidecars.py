@@ -146,6 +146,7 @@ def sidecar_env(
     workdir: Path,
     health_port: int,
     env: Mapping[str, str] | None = None,
+    ack_token: str | None = None,
 ) -> dict[str, str]:
     """The complete environment of a sidecar process for ``pod``."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +164,12 @@ def sidecar_env(
         podc.ENV_HEALTH_PORT: str(health_port),
         podc.ENV_POD_UID: pod.uid,
     }
+    if ack_token is not None:
+        # What the injector's projected volume holds (the kubelet writes it the same way).
+        token_file = workdir / "ack-token"
+        token_file.write_text(ack_token)
+        token_file.chmod(0o600)
+        out[podc.ENV_ACK_TOKEN_FILE] = str(token_file)
     out.update(env or {})
     return out
 
@@ -178,6 +185,7 @@ def start_sidecar(
     args: Sequence[str] = ("run",),
     wait_ready: bool = True,
     timeout: float = 15.0,
+    ack_token: str | None = None,
 ) -> Sidecar:
     """Start ``refreshbus-sidecar run`` for ``pod``; by default wait until /readyz says 200
     and the sidecar consumes from its queue.
@@ -188,10 +196,13 @@ def start_sidecar(
         target_dir: the shared volume; each source lands in ``<target_dir>/configmap-<name>/``.
         workdir: where the log (``sidecar.log``) and the broker-URL file go.
         env: overrides, e.g. ``{podc.ENV_FETCH_JITTER: "0"}``.
+        ack_token: the pod's identity token for its acks (see
+            :func:`refreshbus_support.pods.ack_token`); an operator in ``require`` mode
+            refuses acks without one.
     """
     health_port = free_port()
     full_env = sidecar_env(pod, broker_urls=broker_urls, kubeconfig=kubeconfig, target_dir=target_dir,
-                           workdir=workdir, health_port=health_port, env=env)
+                           workdir=workdir, health_port=health_port, env=env, ack_token=ack_token)
     log = workdir / "sidecar.log"
     with log.open("ab") as out:
         proc = subprocess.Popen([str(SIDECAR_BIN), *args], stdout=out, stderr=subprocess.STDOUT,

@@ -72,7 +72,7 @@ def test_ack_round_trips() -> None:
 
 def test_envelope_carries_version_type_and_camel_case_fields() -> None:
     body = wire(refresh_event())
-    assert body["v"] == "1.1"
+    assert body["v"] == "1.2"
     assert body["type"] == "refresh"
     assert body["issuedAt"] == "2026-11-21T12:00:00.000Z"
     assert body["sources"][0] == {
@@ -167,6 +167,43 @@ def test_failed_ack_must_say_why() -> None:
     ack.pop("error")
     with pytest.raises(ProtocolError, match="must say why"):
         decode(json.dumps(ack))
+
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+def ack_1_2(**overrides: Any) -> Ack:
+    fields: dict[str, Any] = {
+        "id": new_id(), "event_id": new_id(), "namespace": "shop", "pod": "orders-1",
+        "result": AckResult.OK, "received_at": T0, "identity_token": TOKEN,
+    }  # fmt: skip
+    fields.update(overrides)
+    return Ack(**fields)
+
+
+def test_an_ack_carries_its_identity_token_and_never_shows_it_in_repr() -> None:
+    ack = ack_1_2()
+    assert wire(ack)["identityToken"] == TOKEN
+    assert decode(encode(ack)) == ack
+    assert TOKEN not in repr(ack)
+
+
+def test_an_ack_without_identity_token_from_a_1_1_sidecar_still_decodes() -> None:
+    body = wire(ack_1_2(identity_token=None))
+    assert "identityToken" not in body
+    body["v"] = "1.1"
+    decoded = decode(json.dumps(body))
+    assert isinstance(decoded, Ack)
+    assert decoded.identity_token is None
+
+
+@pytest.mark.parametrize("token", ["", "not-a-jwt", "a.b", 42, "a.b.c" + "x" * 9000, "a.b.c d"])
+def test_a_malformed_identity_token_is_refused_without_echoing_it(token: Any) -> None:
+    body = wire(ack_1_2())
+    body["identityToken"] = token
+    with pytest.raises(ProtocolError, match="identityToken must be a JWT") as err:
+        decode(json.dumps(body))
+    assert str(token) not in str(err.value) or token == ""
 
 
 def test_long_error_text_is_capped() -> None:

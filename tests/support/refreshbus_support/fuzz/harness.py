@@ -43,7 +43,7 @@ from refreshbus_support.fuzz.messages import (
     Live,
     To,
 )
-from refreshbus_support.pods import Owner, create_pod
+from refreshbus_support.pods import Owner, ack_token, create_pod
 from refreshbus_support.sidecars import Sidecar, start_sidecar
 
 #: Most messages published to one process and not yet counted by it.
@@ -264,13 +264,18 @@ def run(
     app: apps.App | None = None
     operator = OperatorProc(kubeconfig=cluster.kubeconfig, broker_urls=[broker.url("refreshbus-operator")],
                             namespaces=(namespace,), workdir=workdir, name="operator",
-                            env={"REFRESHBUS_OPERATOR_UNKNOWN_ACK_GRACE": str(UNKNOWN_ACK_GRACE)})
+                            env={"REFRESHBUS_OPERATOR_UNKNOWN_ACK_GRACE": str(UNKNOWN_ACK_GRACE),
+                                 # The generated acks carry no identity token; "warn" routes them
+                                 # on, so each is counted by what it is (not_target, late, ...).
+                                 # The real sidecar's acks carry a real one and are verified.
+                                 "REFRESHBUS_OPERATOR_ACK_IDENTITY": "warn"})
     refresher: _Refresher | None = None
     publisher: _Publisher | None = None
     try:
         sidecar = start_sidecar(pod, broker_urls=[broker.url("refreshbus-sidecar")],
                                 kubeconfig=cluster.kubeconfig, target_dir=shared, workdir=workdir / "sidecar",
-                                env={podc.ENV_FETCH_JITTER: "0.02"})
+                                env={podc.ENV_FETCH_JITTER: "0.02"},
+                                ack_token=ack_token(cluster, namespace, pod.name, pod.uid))
         app = apps.start_node_app(workdir / "app", config_file, port=port)
         operator.start()
         progress("sidecar, app and operator up; first real refresh and the anchor round ...")

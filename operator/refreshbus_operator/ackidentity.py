@@ -1,0 +1,282 @@
+"""Which pod sent an ack: its projected service-account token, checked with a TokenReview.
+
+Every sidecar shares one broker user, so the routing key and the ``pod`` field of an ack
+prove nothing. A sidecar therefore sends its pod's projected service-account token
+(audience :data:`~refreshbus_wire.events.ACK_TOKEN_AUDIENCE`, minted by the kubelet for
+that pod only and refused by the API server for anything else), and the operator asks
+the API server whose it is (``authentication.k8s.io/v1`` TokenReview). The answer names
+the service account's namespace and, for a pod-bound token, the pod
+(``authentication.kubernetes.io/pod-name`` / ``pod-uid`` in ``user.extra``; the API
+server also refuses a token whose pod no longer exists or has another uid). An ack is
+believed only when that pod is the one it speaks for.
+
+One review per token, not per ack: the answer is cached until the token expires (its
+``exp`` claim, at most :data:`MAX_CACHE_SECONDS`), so a round of 1,000 pods costs at most
+1,000 reviews and the next rounds none until the kubelet rotates the tokens. Reviews of
+the same token already under way are shared; a refused token is remembered for
+:data:`REFUSED_CACHE_SECONDS` so a flood of copies costs one review. Claims are read
+(unverified) only to reject early what cannot match and to know how long to cache; only
+the TokenReview's answer ever makes an ack count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from refreshbus_wire import Ack
+from refreshbus_wire.events import ACK_TOKEN_AUDIENCE
+
+from refreshbus_operator import metrics
+
+log = logging.getLogger(__name__)
+
+TOKEN_REVIEWS_PATH: Final = "/apis/authentication.k8s.io/v1/tokenreviews"
+EXTRA_POD_NAME: Final = "authentication.kubernetes.io/pod-name"
+EXTRA_POD_UID: Final = "authentication.kubernetes.io/pod-uid"
+SA_PREFIX: Final = "system:serviceaccount:"
+
+#: Longest a verified token is trusted without asking again (the kubelet's tokens for our
+#: audience live 10 minutes; this bounds what a long-lived hand-made token can buy).
+MAX_CACHE_SECONDS: Final = 3600.0
+#: How long a refused token is refused without asking again.
+REFUSED_CACHE_SECONDS: Final = 60.0
+#: Tokens remembered at most (verified + refused); the oldest go first.
+MAX_CACHED: Final = 50_000
+#: TokenReviews in flight at once (a round's first acks from many pods arrive together).
+MAX_CONCURRENT_REVIEWS: Final = 16
+#: Attempts of one review when the API server fails (not when it answers "no").
+REVIEW_ATTEMPTS: Final = 3
+
+
+class Mode(StrEnum):
+    """What happens to an ack whose identity does not check out."""
+
+    #: Refused: counted, logged, shown on the ConfigRefresh, never folded.
+    REQUIRE = "require"
+    #: Folded anyway, but counted, logged and shown (for a fleet still running sidecars
+    #: older than protocol 1.2, or pods injected before the token volume existed).
+    WARN = "warn"
+
+
+class Check(StrEnum):
+    """The outcome of checking one ack (the ``result`` label of the checks metric)."""
+
+    VERIFIED = "verified"
+    #: No token: a sidecar older than protocol 1.2, or a pod without the token volume.
+    MISSING = "missing"
+    #: The API server does not accept the token for our audience, or it is not bound to a pod.
+    INVALID = "invalid"
+    #: A valid token of another pod: the ack speaks for a pod that did not send it.
+    FORGED = "forged"
+    #: The API server could not be asked (after retries); nothing is known.
+    UNVERIFIABLE = "unverifiable"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    check: Check
+    #: Why, for logs, Events and status (never the token).
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.check is Check.VERIFIED
+
+
+@dataclass(frozen=True, slots=True)
+class PodToken:
+    """Whose a verified token is."""
+
+    namespace: str
+    pod: str
+    pod_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    check: Check
+    detail: str
+
+
+_Cached = tuple[PodToken | _Refused, float]  # (answer, monotonic expiry)
+Review = Callable[[str, Mapping[str, Any]], Awaitable[Any]]
+
+
+class AckVerifier:
+    """Checks acks against the identity of their sender (use on the event loop only).
+
+    ``review`` posts a TokenReview body and returns the API server's answer (the
+    operator passes ``Kube.apost``)."""
+
+    def __init__(
+        self,
+        review: Review,
+        mode: Mode = Mode.REQUIRE,
+        audience: str = ACK_TOKEN_AUDIENCE,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.review = review
+        self.mode = mode
+        self.audience = audience
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[PodToken | _Refused]] = {}
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REVIEWS)
+        self.reviews = 0
+
+    async def verify(self, ack: Ack) -> Verdict:
+        verdict = await self._verify(ack)
+        metrics.ACK_IDENTITY.labels(result=verdict.check.value).inc()
+        return verdict
+
+    async def _verify(self, ack: Ack) -> Verdict:
+        token = ack.identity_token
+        if token is None:
+            return Verdict(Check.MISSING, "the ack carries no identity token (a sidecar older than protocol "
+                           "1.2, or a pod injected without the refreshbus-ack-token volume)")
+        claims = _claims(token)
+        if claims is None:
+            return Verdict(Check.INVALID, "the identity token is not a readable JWT")
+        early = self._precheck(ack, claims)
+        if early is not None:
+            return early
+        answer = await self._lookup(token, claims)
+        if isinstance(answer, _Refused):
+            return Verdict(answer.check, answer.detail)
+        if (answer.namespace, answer.pod) != (ack.namespace, ack.pod):
+            return Verdict(
+                Check.FORGED,
+                f"the ack speaks for pod {ack.namespace}/{ack.pod} but was sent with the token of pod "
+                f"{answer.namespace}/{answer.pod}",
+            )
+        return Verdict(Check.VERIFIED)
+
+    def _precheck(self, ack: Ack, claims: Mapping[str, Any]) -> Verdict | None:
+        """Refuse without a review what cannot pass one: a token for another audience,
+        expired, or (per its own claims) of another pod. Never accepts anything."""
+        audiences = claims.get("aud")
+        if isinstance(audiences, str):
+            audiences = [audiences]
+        if not isinstance(audiences, list) or self.audience not in audiences:
+            return Verdict(Check.INVALID, f"the identity token is not for audience {self.audience}")
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and exp <= self._wall_clock():
+            return Verdict(Check.INVALID, "the identity token has expired")
+        k8s = claims.get("kubernetes.io")
+        pod = k8s.get("pod") if isinstance(k8s, dict) else None
+        if isinstance(k8s, dict) and isinstance(pod, dict):
+            claimed = (k8s.get("namespace"), pod.get("name"))
+            if claimed != (ack.namespace, ack.pod):
+                return Verdict(
+                    Check.FORGED,
+                    f"the ack speaks for pod {ack.namespace}/{ack.pod} but its token names pod "
+                    f"{claimed[0]}/{claimed[1]}",
+                )
+        return None
+
+    async def _lookup(self, token: str, claims: Mapping[str, Any]) -> PodToken | _Refused:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._cache.get(key)
+        if cached is not None:
+            answer, until = cached
+            if until > self._clock():
+                return answer
+            del self._cache[key]
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[PodToken | _Refused] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            answer = await self._ask(token)
+        except BaseException:  # cancelled (shutdown): _ask turns every failure into a verdict
+            future.cancel()
+            raise
+        finally:
+            del self._inflight[key]
+        future.set_result(answer)
+        if isinstance(answer, PodToken):
+            exp = claims.get("exp")
+            lifetime = MAX_CACHE_SECONDS
+            if isinstance(exp, int | float):
+                lifetime = min(lifetime, float(exp) - self._wall_clock())
+            self._remember(key, answer, lifetime)
+        elif answer.check is not Check.UNVERIFIABLE:
+            self._remember(key, answer, REFUSED_CACHE_SECONDS)
+        return answer
+
+    def _remember(self, key: str, answer: PodToken | _Refused, lifetime: float) -> None:
+        if lifetime <= 0:
+            return
+        self._cache[key] = (answer, self._clock() + lifetime)
+        while len(self._cache) > MAX_CACHED:
+            self._cache.popitem(last=False)
+
+    async def _ask(self, token: str) -> PodToken | _Refused:
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [self.audience]},
+        }
+        last = ""
+        for attempt in range(REVIEW_ATTEMPTS):
+            async with self._slots:
+                try:
+                    self.reviews += 1
+                    answer = await self.review(TOKEN_REVIEWS_PATH, body)
+                    metrics.TOKEN_REVIEWS.labels(result="answered").inc()
+                    return self._read(answer)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    metrics.TOKEN_REVIEWS.labels(result="error").inc()
+                    last = f"{type(exc).__name__}: {exc}"
+                    log.warning("TokenReview failed (attempt %d/%d): %s", attempt + 1, REVIEW_ATTEMPTS, last)
+            await asyncio.sleep(0.2 * 4**attempt)
+        return _Refused(Check.UNVERIFIABLE, f"the API server could not review the identity token: {last}")
+
+    def _read(self, answer: Any) -> PodToken | _Refused:
+        status = answer.get("status") if isinstance(answer, dict) else None
+        if not isinstance(status, dict) or not status.get("authenticated"):
+            why = (status.get("error") if isinstance(status, dict) else None) or "not authenticated"
+            return _Refused(Check.INVALID, f"the API server does not accept the identity token: {why}")
+        if self.audience not in (status.get("audiences") or ()):
+            return _Refused(Check.INVALID, f"the identity token is not valid for audience {self.audience}")
+        user = status.get("user") or {}
+        username = str(user.get("username") or "")
+        extra = user.get("extra") or {}
+        names, uids = extra.get(EXTRA_POD_NAME) or [], extra.get(EXTRA_POD_UID) or []
+        if not username.startswith(SA_PREFIX) or len(names) != 1 or len(uids) != 1:
+            return _Refused(
+                Check.INVALID,
+                f"the identity token of {username or 'an unknown user'} is not a service-account token "
+                "bound to a pod",
+            )
+        namespace = username.removeprefix(SA_PREFIX).split(":", 1)[0]
+        return PodToken(namespace=namespace, pod=str(names[0]), pod_uid=str(uids[0]))
+
+
+def _claims(token: str) -> dict[str, Any] | None:
+    """The JWT's payload, unverified (None when unreadable)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    return claims if isinstance(claims, dict) else None
