@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                              "newest content")
     parser.add_argument("--canary-bound", type=float, default=60.0,
                         help="seconds within which the canary refresh after each fault must succeed")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="stop playing rounds at the first violation (then check and tear down)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where logs go (default .chaos/seed-<seed>)")
     args = parser.parse_args(argv)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupted)
     report = run(Options(seed=seed, rounds=args.rounds, workdir=workdir, sidecars=args.sidecars,
                          faults=args.faults, converge_bound=args.converge_bound,
-                         canary_bound=args.canary_bound))
+                         canary_bound=args.canary_bound, fail_fast=args.fail_fast))
     return 1 if report.violations else 0
 
 

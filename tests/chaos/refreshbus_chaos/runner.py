@@ -60,6 +60,8 @@ class Options:
     converge_bound: float = 60.0
     #: Invariant 4: a canary refresh succeeds within this after each fault's recovery.
     canary_bound: float = 60.0
+    #: Stop playing rounds at the first violation (the checks after the faults still run).
+    fail_fast: bool = False
 
 
 @dataclass
@@ -196,6 +198,9 @@ class Chaos:
         thread.start()
         try:
             for rp in self.plan.rounds:
+                if self.options.fail_fast and self.report.violations:
+                    self.log(f"stopping after round {rp.index - 1}: --fail-fast")
+                    break
                 if rp.fault is not None:
                     # Rounds wait for the previous fault (and its canary) to be over, so the
                     # faults stay spread over the rounds instead of queueing up behind them.
