@@ -40,7 +40,7 @@ sys.path[:0] = [
 
 import kubernetes  # noqa: E402
 from opharness import FakeSidecar, OperatorProc, configmap  # noqa: E402
-from refreshbus_support.pods import Owner, create_pod  # noqa: E402
+from refreshbus_support.pods import Owner, ack_token, create_pod  # noqa: E402
 from refreshbus_testenv.broker import Broker  # noqa: E402
 from refreshbus_testenv.controlplane import ControlPlane  # noqa: E402
 
@@ -161,7 +161,8 @@ def main() -> int:
                     configmaps=("app-config",),
                 )
                 fakes.append(
-                    FakeSidecar(broker.url("refreshbus-sidecar"), ns, pod.name, ("Deployment", "orders"))
+                    FakeSidecar(broker.url("refreshbus-sidecar"), ns, pod.name, ("Deployment", "orders"),
+                                token=ack_token(plane, ns, pod.name, pod.uid))
                 )
                 made += 1
             names = [f"orders-5d8f9c7b6-{i:04d}" for i in range(size)]

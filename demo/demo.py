@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "testenv"), str(ROOT / "tests" / "support"), str(ROOT / "sidecar")]
 
 from refreshbus_support import apps as apps_mod  # noqa: E402
-from refreshbus_support.pods import Owner, create_pod  # noqa: E402
+from refreshbus_support.pods import Owner, ack_token, create_pod  # noqa: E402
 from refreshbus_support.sidecars import start_sidecar  # noqa: E402
 from refreshbus_testenv.broker import Broker  # noqa: E402
 from refreshbus_testenv.controlplane import ControlPlane  # noqa: E402
@@ -219,6 +219,8 @@ def main() -> int:
                 kubeconfig=plane.kubeconfig,
                 target_dir=shared,
                 workdir=WORK / "sidecars" / name,
+                # What the injector mounts: the pod's token for the ack audience.
+                ack_token=ack_token(plane, NS, pod.name, pod.uid),
             )
             pids.append(sidecar.pid)
             app = apps_mod.start_node_app(WORK / "apps" / name, cfg, port=port)

@@ -256,7 +256,9 @@ def test_spec_change_after_completion_starts_a_new_round(cluster, namespace, sta
 def test_bad_acks_are_counted_and_ignored(cluster, namespace, running_broker, start_operator, fake_sidecars):
     configmap(cluster, namespace, "app-config", {"a": "1"})
     fakes = orders_deployment_pods(cluster, namespace, 2, fake_sidecars, {1: silent()})
-    op = start_operator()
+    # How each kind of bad ack is routed; whether its sender is who it claims to be is
+    # tests/integration/operator/test_ack_identity.py's business ("warn": routed anyway).
+    op = start_operator(env={"REFRESHBUS_OPERATOR_ACK_IDENTITY": "warn"})
     refresh(cluster, namespace, "r", spec(SELECTOR, deadlineSeconds=20))
     wait_for(lambda: fakes[1].deliveries(), 10, "the event to reach the silent pod")
     event_id = fakes[1].deliveries()[0].id

@@ -79,6 +79,7 @@ def test_acks_sent_while_the_operator_is_down_are_not_lost(
                 pod="orders-5d8f9c7b6-p1",
                 result=AckResult.OK,
                 received_at=now(),
+                identity_token=fakes[1].token,
             )
             publish_raw(url, ack_key(namespace, "orders-5d8f9c7b6-p1"), encode(ack))
 
