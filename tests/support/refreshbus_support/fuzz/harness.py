@@ -89,6 +89,8 @@ class Report:
     refreshes_ok: int = 0
     refresh_seconds: list[float] = field(default_factory=list)
     sidecar_reconnects: int = 0
+    #: Kubernetes API requests the operator made during the run (real refreshes included).
+    api_requests: int = 0
     #: CPU seconds each process used while the messages flowed.
     cpu: dict[str, float] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
@@ -138,6 +140,8 @@ class Report:
             f"(apply -> Succeeded p50 {p50:.2f} s, max {worst:.2f} s)",
             "CPU used: " + ", ".join(f"{p} {sec:.1f} s ({sec / max(self.messages, 1) * 1e6:.0f} us/message)"
                                      for p, sec in self.cpu.items()),
+            f"operator API requests: {self.api_requests:,} "
+            f"({self.api_requests / max(self.refreshes, 1):.1f} per real refresh)",
             f"sidecar reconnects: {self.sidecar_reconnects}",
             f"violations: {len(self.violations)}",
             *(f"  - {x}" for x in self.violations),
@@ -153,6 +157,7 @@ class Report:
             "drain_seconds": self.drain_seconds, "throughput": self.throughput,
             "refreshes": self.refreshes, "refreshes_ok": self.refreshes_ok,
             "refresh_seconds": self.refresh_seconds, "cpu_seconds": self.cpu,
+            "api_requests": self.api_requests,
             "violations": self.violations,
         }
 
@@ -368,6 +373,9 @@ def run(
                 report.rss[process].append((messages, rss_kib(pid)))
                 report.cpu[process] += cpu_seconds(pid)
         after = _scrape(sidecar.metrics)
+        op_after = _scrape(operator.metrics)
+        report.api_requests = int(sum(v - before["operator"].get(k, 0) for k, v in op_after.items()
+                                      if k.startswith("refreshbus_operator_api_requests_total{")))
         report.sidecar_reconnects = int(after.get("refreshbus_sidecar_reconnects_total", 0)
                                         - before["sidecar"].get("refreshbus_sidecar_reconnects_total", 0))
         for process, alive in (("sidecar", sidecar.proc.poll() is None), ("operator", operator.alive)):
