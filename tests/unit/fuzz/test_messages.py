@@ -28,8 +28,12 @@ from refreshbus_wire import Ack, ProtocolError, RefreshEvent, decode, routing
 N = 20_000
 
 
+TOKENS = {"web-0": "aGVhZGVy.d2ViLTA.c2ln", "web-other": "aGVhZGVy.b3RoZXI.c2ln"}
+
+
 def live() -> Live:
     return Live(namespace="shop", pod="web-0", workload=("Deployment", "web"), configmap="app-config",
+                silent_pod="web-silent", other_pod="web-other", tokens=dict(TOKENS),
                 anchor_event="11111111-2222-4333-8444-555555555555",
                 finished=["aaaaaaaa-2222-4333-8444-555555555555", "bbbbbbbb-2222-4333-8444-555555555555"])
 
@@ -102,17 +106,28 @@ def test_the_valid_messages_are_what_their_category_says(messages: list[tuple[st
             assert all(managed) if name == "replayed_event" else not any(managed)
         else:
             assert isinstance(message, Ack), name
+            sent_by = {v: k for k, v in TOKENS.items()}.get(message.identity_token or "")
             if name == "ack_unknown_event":
                 assert message.event_id not in (lv.anchor_event, *lv.finished)
             elif name == "ack_finished_round":
                 assert message.event_id in lv.finished
             elif name == "ack_not_target":
                 assert message.event_id == lv.anchor_event
-                assert (message.namespace, message.pod) != ME_POD
-            else:
-                assert name == "ack_duplicate"
+                assert message.pod == "web-other"
+            elif name == "ack_duplicate":
                 assert message.event_id == lv.anchor_event
                 assert (message.namespace, message.pod) == ME_POD
+            if name in ("ack_unknown_event", "ack_finished_round", "ack_not_target", "ack_duplicate"):
+                assert sent_by == message.pod  # gets past the identity check
+            elif name == "ack_forged":
+                assert sent_by is not None
+                assert sent_by != message.pod
+            elif name == "ack_without_token":
+                assert message.identity_token is None
+            else:
+                assert name == "ack_bad_token"
+                assert message.identity_token is not None
+                assert sent_by is None
 
 
 def test_every_mutation_of_every_field_is_refused_by_the_decoder() -> None:
@@ -121,7 +136,9 @@ def test_every_mutation_of_every_field_is_refused_by_the_decoder() -> None:
     gen = Generator(11, live())
     checked = 0
     for _ in range(60):
-        for template, fields_of in ((gen._event, fields_of_event), (gen._ack, fields_of_ack)):
+        signed = lambda: gen._ack(token=TOKENS["web-0"])  # noqa: E731
+        for template, fields_of in ((gen._event, fields_of_event), (gen._ack, fields_of_ack),
+                                    (signed, fields_of_ack)):
             base = template()
             decode(json.dumps(base))  # the template itself is valid
             for field_ in fields_of(base):

@@ -58,6 +58,8 @@ RSS_BOUND_KIB = {"sidecar": 12 * 1024, "operator": 24 * 1024}
 WORKLOAD = "web"
 POD = "web-5d8f9c7b6-0"
 SILENT_POD = "web-5d8f9c7b6-silent"
+#: A pod no round targets (acks from it, with its own token, are not_target).
+OTHER_POD = "other-0"
 CONFIGMAP = "app-config"
 ANCHOR = "fuzz-anchor"
 
@@ -254,7 +256,8 @@ def run(
 ) -> Report:
     """Run the fuzz against processes started here (stopped before returning)."""
     report = Report(seed=seed, messages=messages)
-    live = Live(namespace=namespace, pod=POD, workload=("Deployment", WORKLOAD), configmap=CONFIGMAP)
+    live = Live(namespace=namespace, pod=POD, workload=("Deployment", WORKLOAD), configmap=CONFIGMAP,
+                silent_pod=SILENT_POD, other_pod=OTHER_POD)
     configs.put_configmap(cluster, namespace, CONFIGMAP, {"config.json": json.dumps({"version": 0})})
     shared = workdir / "shared"
     config_file = shared / f"configmap-{CONFIGMAP}" / "config.json"
@@ -265,22 +268,21 @@ def run(
                                                      podc.ENV_PROCESS: pattern})
     create_pod(cluster, namespace, SILENT_POD, labels={"app": WORKLOAD}, owner=Owner.replicaset_of(WORKLOAD),
                configmaps=[CONFIGMAP])
+    other = create_pod(cluster, namespace, OTHER_POD, labels={"app": "other"}, configmaps=[CONFIGMAP])
+    # Real pod-bound tokens, as the kubelet projects them, that outlive the longest run.
+    live.tokens = {p.name: ack_token(cluster, namespace, p.name, p.uid, duration="12h") for p in (pod, other)}
     sidecar: Sidecar | None = None
     app: apps.App | None = None
     operator = OperatorProc(kubeconfig=cluster.kubeconfig, broker_urls=[broker.url("refreshbus-operator")],
                             namespaces=(namespace,), workdir=workdir, name="operator",
-                            env={"REFRESHBUS_OPERATOR_UNKNOWN_ACK_GRACE": str(UNKNOWN_ACK_GRACE),
-                                 # The generated acks carry no identity token; "warn" routes them
-                                 # on, so each is counted by what it is (not_target, late, ...).
-                                 # The real sidecar's acks carry a real one and are verified.
-                                 "REFRESHBUS_OPERATOR_ACK_IDENTITY": "warn"})
+                            env={"REFRESHBUS_OPERATOR_UNKNOWN_ACK_GRACE": str(UNKNOWN_ACK_GRACE)})
     refresher: _Refresher | None = None
     publisher: _Publisher | None = None
     try:
         sidecar = start_sidecar(pod, broker_urls=[broker.url("refreshbus-sidecar")],
                                 kubeconfig=cluster.kubeconfig, target_dir=shared, workdir=workdir / "sidecar",
                                 env={podc.ENV_FETCH_JITTER: "0.02"},
-                                ack_token=ack_token(cluster, namespace, pod.name, pod.uid))
+                                ack_token=live.tokens[POD])
         app = apps.start_node_app(workdir / "app", config_file, port=port)
         operator.start()
         progress("sidecar, app and operator up; first real refresh and the anchor round ...")
@@ -383,6 +385,11 @@ def run(
                 report.violations.append(f"the {process} process died")
         if refresher.error is not None:
             report.violations.append(f"real refreshes stopped: {refresher.error!r}")
+        # Forged acks spoke for the silent pod all along: none may have become its result.
+        anchor = cfr(cluster, namespace, ANCHOR).get("status", {})
+        answered = sorted(r.get("pod", "") for r in anchor.get("results") or ())
+        if anchor.get("phase") != "InProgress" or answered != [POD]:
+            report.violations.append(f"anchor round: {anchor.get('phase')}, results from {answered}")
         report.check()
         return report
     finally:

@@ -13,7 +13,9 @@ allowed), truncated, oversized, not UTF-8, not JSON, nested too deep, from an un
 protocol version, of an unknown type, acks on a refresh key, events for another pod,
 replays of events it already handled and events for sources it does not manage.
 Messages for the operator's ack queue are the same for acks, plus acks for events no
-round knows, for finished rounds, from pods that are not targets, and duplicates.
+round knows, for finished rounds, from pods that are not targets, and duplicates (each
+with the real identity token of the pod it speaks for, so it gets past the identity
+check), and acks without a token, with a made-up one, or with another pod's (forged).
 
 Which mutations are invalid is decided from the protocol (docs/protocol.md), not by
 asking the decoder: tests/unit/fuzz checks that the decoder agrees with every one.
@@ -21,6 +23,7 @@ asking the decoder: tests/unit/fuzz checks that the decoder agrees with every on
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -36,6 +39,7 @@ SIDECAR_DROPPED = "refreshbus_sidecar_events_dropped_total"
 SIDECAR_REFRESHES = "refreshbus_sidecar_refreshes_total"
 SIDECAR_DUPLICATES = "refreshbus_sidecar_duplicate_events_total"
 OPERATOR_ACKS = "refreshbus_operator_acks_total"
+OPERATOR_IDENTITY = "refreshbus_operator_ack_identity_checks_total"
 
 
 def series(name: str, **labels: str) -> str:
@@ -72,6 +76,11 @@ class Live:
     workload: tuple[str, str]
     #: A ConfigMap the sidecar manages (events naming it are real work; never generated).
     configmap: str
+    #: The target of the anchor round that never answers, and a pod no round targets.
+    silent_pod: str = ""
+    other_pod: str = ""
+    #: Real identity tokens (pod name -> token) of ``pod`` and ``other_pod``.
+    tokens: dict[str, str] = field(default_factory=dict)
     #: Event id of a round kept in flight all along (the real pod answered it, another
     #: target never does): acks for it from other pods are ``not_target``, from the real
     #: pod ``duplicate``.
@@ -133,9 +142,20 @@ CATEGORIES: tuple[Category, ...] = (
     Category("ack_finished_round", To.OPERATOR, 3.0, (series(OPERATOR_ACKS, outcome="late"),),
              "a valid ack for a real round that already finished"),
     Category("ack_not_target", To.OPERATOR, 3.0, (series(OPERATOR_ACKS, outcome="not_target"),),
-             "a valid ack for the round in flight from a pod it does not target"),
+             "a valid ack for the round in flight from a pod it does not target, with that pod's token"),
+    Category("ack_forged", To.OPERATOR, 3.0,
+             (series(OPERATOR_ACKS, outcome="refused"), series(OPERATOR_IDENTITY, result="forged")),
+             "an ack speaking for another pod (the silent target of the round in flight, any pod) "
+             "with a real token of the sending pod"),
+    Category("ack_without_token", To.OPERATOR, 3.0,
+             (series(OPERATOR_ACKS, outcome="refused"), series(OPERATOR_IDENTITY, result="missing")),
+             "a valid ack of the real pod without an identity token"),
+    Category("ack_bad_token", To.OPERATOR, 2.0,
+             (series(OPERATOR_ACKS, outcome="refused"), series(OPERATOR_IDENTITY, result="invalid")),
+             "a made-up token: not a readable JWT, or the right claims with no valid signature "
+             "(a TokenReview each)"),
     Category("ack_duplicate", To.OPERATOR, 3.0, (series(OPERATOR_ACKS, outcome="duplicate"),),
-             "a valid ack for the round in flight from a target that already answered"),
+             "a valid ack for the round in flight from the target that already answered, with its token"),
 )
 BY_NAME = {c.name: c for c in CATEGORIES}
 
@@ -261,6 +281,9 @@ def fields_of_ack(ack: dict[str, Any]) -> list[Field]:
     ]
     if "configHash" in ack:
         fields.append(_str(("configHash",), required=False))
+    if "identityToken" in ack:
+        fields.append(Field(("identityToken",), False, _wrong(str, type(None)),
+                            ("", "a.b", "a.b.c.d", "sp ace.b.c", "\u00e9.b.c", "a.b.c" + "x" * 8192)))
     if ack["result"] == "failed":
         fields.append(_str(("error",)))
     elif "error" in ack:
@@ -311,11 +334,13 @@ class Generator:
             "replayed_event": self._replayed,
             "unmanaged_source": self._unmanaged,
             "event_on_ack_key": lambda c: (self._ack_key(), self._dumps(self._event())),
-            "ack_unknown_event": lambda c: (self._ack_key(), self._dumps(self._ack(event_id=self._id()))),
-            "ack_finished_round": self._ack_finished,
-            "ack_not_target": self._ack_not_target,
-            "ack_duplicate": lambda c: (self._ack_key(self.live.pod), self._dumps(
-                self._ack(event_id=self.live.anchor_event, pod=self.live.pod))),
+            "ack_unknown_event": lambda c: self._signed(self._id()),
+            "ack_finished_round": lambda c: self._signed(self._pick(self.live.finished)),
+            "ack_not_target": lambda c: self._signed(self.live.anchor_event, self.live.other_pod),
+            "ack_duplicate": lambda c: self._signed(self.live.anchor_event),
+            "ack_forged": self._forged,
+            "ack_without_token": self._without_token,
+            "ack_bad_token": self._bad_token,
         }
 
     def messages(self, n: int) -> Iterator[Message]:
@@ -341,7 +366,10 @@ class Generator:
         shape = category.name.split("_", 1)[1]
         if category.to is To.SIDECAR:
             return self._sidecar_key(), self._shaped(shape, self._event(), To.SIDECAR)
-        return self._ack_key(), self._shaped(shape, self._ack(), To.OPERATOR)
+        token = None
+        if self.rng.random() < 0.5:  # so that mutations reach the identityToken field too
+            token = ".".join(self._b64(self.rng.randbytes(12)) for _ in range(3))
+        return self._ack_key(), self._shaped(shape, self._ack(token=token), To.OPERATOR)
 
     # -- routing -------------------------------------------------------------------------
 
@@ -426,7 +454,8 @@ class Generator:
                 event["refresh"]["generation"] = rng.randrange(1, 100)
         return event
 
-    def _ack(self, *, event_id: str | None = None, pod: str | None = None) -> dict[str, Any]:
+    def _ack(self, *, event_id: str | None = None, pod: str | None = None,
+             token: str | None = None) -> dict[str, Any]:
         rng, ns = self.rng, self.live.namespace
         pod = pod or self._pod_name()
         result = rng.choice(("ok", "ok", "unchanged", "failed"))
@@ -441,6 +470,8 @@ class Generator:
             ack["configHash"] = f"sha256:{rng.getrandbits(256):064x}"
         if result == "failed":
             ack["error"] = rng.choice(("reload failed: no process matches", "fetch failed: 403 Forbidden"))
+        if token is not None:
+            ack["identityToken"] = token
         return ack
 
     # -- valid messages that still must not do anything ------------------------------------
@@ -458,17 +489,55 @@ class Generator:
              "namespace": self.live.namespace}])
         return self._sidecar_key(), self._dumps(event)
 
-    def _ack_finished(self, category: Category) -> tuple[str, bytes]:
-        finished = self.live.finished
-        event_id = finished[self.rng.randrange(len(finished))]
-        pod = self.live.pod if self.rng.random() < 0.5 else None
-        return self._ack_key(pod), self._dumps(self._ack(event_id=event_id, pod=pod))
+    def _pick(self, ids: list[str]) -> str:
+        return ids[self.rng.randrange(len(ids))]
 
-    def _ack_not_target(self, category: Category) -> tuple[str, bytes]:
-        ack = self._ack(event_id=self.live.anchor_event)
-        if self.rng.random() < 0.3:  # the right pod name in another namespace is not a target either
-            ack["pod"] = {"namespace": f"other-{self.rng.randrange(1000)}", "name": self.live.pod}
-        return self._ack_key(ack["pod"]["name"]), self._dumps(ack)
+    def _signed(self, event_id: str, pod: str | None = None) -> tuple[str, bytes]:
+        """A valid ack from ``pod`` (default: the real pod) with that pod's real token."""
+        pod = pod or self.live.pod
+        ack = self._ack(event_id=event_id, pod=pod, token=self.live.tokens[pod])
+        return self._ack_key(pod), self._dumps(ack)
+
+    def _any_event(self) -> str:
+        pick = self.rng.randrange(3)
+        if pick == 0:
+            return self.live.anchor_event
+        return self._pick(self.live.finished) if pick == 1 else self._id()
+
+    def _forged(self, category: Category) -> tuple[str, bytes]:
+        live, rng = self.live, self.rng
+        sender = rng.choice((live.pod, live.other_pod))
+        victim = rng.choice((live.silent_pod, live.silent_pod, live.pod, live.other_pod, self._pod_name()))
+        if victim == sender:
+            victim = live.silent_pod
+        ack = self._ack(event_id=live.anchor_event if victim == live.silent_pod else self._any_event(),
+                        pod=victim, token=live.tokens[sender])
+        return self._ack_key(rng.choice((sender, victim))), self._dumps(ack)
+
+    def _without_token(self, category: Category) -> tuple[str, bytes]:
+        ack = self._ack(event_id=self._any_event(), pod=self.live.pod)
+        return self._ack_key(self.live.pod), self._dumps(ack)
+
+    def _bad_token(self, category: Category) -> tuple[str, bytes]:
+        rng, live = self.rng, self.live
+        pod = rng.choice((live.pod, live.other_pod, live.silent_pod))
+        if rng.random() < 0.5:
+            token = self._fake_jwt({
+                "aud": ["refreshbus.io/ack"], "exp": 4102444800, "iss": "https://kubernetes.default.svc",
+                "sub": f"system:serviceaccount:{live.namespace}:default",
+                "kubernetes.io": {"namespace": live.namespace, "pod": {"name": pod, "uid": self._id()},
+                                  "serviceaccount": {"name": "default", "uid": self._id()}}})
+        else:  # JWT-shaped, but its parts are not base64url JSON
+            token = ".".join(self._b64(rng.randbytes(rng.randrange(8, 64))) for _ in range(3))
+        return self._ack_key(pod), self._dumps(self._ack(event_id=self._any_event(), pod=pod, token=token))
+
+    def _fake_jwt(self, claims: dict[str, Any]) -> str:
+        header = self._b64(self._dumps({"alg": "RS256", "kid": self._id()}))
+        return f"{header}.{self._b64(self._dumps(claims))}.{self._b64(self.rng.randbytes(256))}"
+
+    @staticmethod
+    def _b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     # -- shapes of a bad message -----------------------------------------------------------
 
