@@ -133,6 +133,11 @@ class AckVerifier:
         self._clock = clock
         self._wall_clock = wall_clock
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        #: Refused tokens apart: they all live REFUSED_CACHE_SECONDS, so the oldest is
+        #: always first and expired ones are purged from the front as new ones come in.
+        #: (Mixed with verified tokens, which live longer, an expired refused token would
+        #: stay until the cap: a flood of made-up tokens grew the cache to MAX_CACHED.)
+        self._refused: OrderedDict[str, _Cached] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[PodToken | _Refused]] = {}
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REVIEWS)
         self.reviews = 0
@@ -189,12 +194,13 @@ class AckVerifier:
 
     async def _lookup(self, token: str, claims: Mapping[str, Any]) -> PodToken | _Refused:
         key = hashlib.sha256(token.encode()).hexdigest()
-        cached = self._cache.get(key)
-        if cached is not None:
-            answer, until = cached
-            if until > self._clock():
-                return answer
-            del self._cache[key]
+        for cache in (self._cache, self._refused):
+            cached = cache.get(key)
+            if cached is not None:
+                answer, until = cached
+                if until > self._clock():
+                    return answer
+                del cache[key]
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -221,9 +227,14 @@ class AckVerifier:
     def _remember(self, key: str, answer: PodToken | _Refused, lifetime: float) -> None:
         if lifetime <= 0:
             return
-        self._cache[key] = (answer, self._clock() + lifetime)
-        while len(self._cache) > MAX_CACHED:
-            self._cache.popitem(last=False)
+        now = self._clock()
+        cache = self._cache if isinstance(answer, PodToken) else self._refused
+        if cache is self._refused:
+            while self._refused and next(iter(self._refused.values()))[1] <= now:
+                self._refused.popitem(last=False)
+        cache[key] = (answer, now + lifetime)
+        while len(cache) > MAX_CACHED:
+            cache.popitem(last=False)
 
     async def _ask(self, token: str) -> PodToken | _Refused:
         body = {

@@ -109,6 +109,24 @@ def test_a_verified_token_is_reviewed_once_until_it_expires() -> None:
     asyncio.run(main())
 
 
+def test_refused_tokens_leave_the_cache_once_expired_so_a_flood_of_made_up_ones_stays_small() -> None:
+    api, clock = Api({}), Clock()
+
+    async def main() -> None:
+        v = verifier(api, clock)
+        for i in range(200):  # made-up tokens with the right claims: one review each, refused
+            assert (await v.verify(ack("web", pod_token("web", exp=NOW + 600 + i)))).check is Check.INVALID
+            clock.mono += 1.0
+        assert len(api.calls) == 200
+        # only the last REFUSED_CACHE_SECONDS' worth are remembered, not all 200
+        assert len(v._cache) + len(getattr(v, "_refused", ())) <= 61
+        again = pod_token("web", exp=NOW + 600 + 199)
+        assert (await v.verify(ack("web", again))).check is Check.INVALID
+        assert len(api.calls) == 200  # still cached
+
+    asyncio.run(main())
+
+
 def test_the_review_decides_whose_token_it_is() -> None:
     # Claims without a pod (hand-made): only the review says whose it is.
     unclaimed = jwt({"aud": [ACK_TOKEN_AUDIENCE], "exp": NOW + 600})
