@@ -182,7 +182,11 @@ class AutoRefresher:
         self.kube = kube
         self.workloads: dict[WorkloadKey, Workload] = {}
         self.watches: dict[WatchKey, SourceWatch] = {}
+        #: Changed sources per workload: in their quiet period (changed), then waiting for
+        #: their ConfigRefresh to be created (due).
         self.changed: dict[WorkloadKey, set[SourceKey]] = {}
+        self.due: dict[WorkloadKey, set[SourceKey]] = {}
+        self._creating: set[WorkloadKey] = set()
         self.timers: dict[WorkloadKey, asyncio.TimerHandle] = {}
         #: Every watch and ConfigRefresh-creating task, until it ends (stop awaits them all,
         #: including watches the supervisor is still cancelling).
@@ -224,6 +228,7 @@ class AutoRefresher:
             timer.cancel()
         self.timers.clear()
         self.changed.clear()
+        self.due.clear()
         tasks = [t for t in (self._supervisor, self._gc) if t is not None] + list(self._owned)
         self._supervisor = self._gc = None
         self.watches.clear()
@@ -429,32 +434,51 @@ class AutoRefresher:
 
     def _fire(self, wkey: WorkloadKey) -> None:
         self.timers.pop(wkey, None)
-        sources = sorted(self.changed.pop(wkey, set()))
-        workload = self.workloads.get(wkey)
-        if not sources or workload is None or not self.running:
+        sources = self.changed.pop(wkey, set())
+        if not sources or wkey not in self.workloads or not self.running:
             return
-        self._own(asyncio.create_task(self._create(wkey, workload, sources)))
+        self.due.setdefault(wkey, set()).update(sources)
+        if wkey not in self._creating:
+            self._creating.add(wkey)
+            self._own(asyncio.create_task(self._create(wkey)))
 
-    async def _create(self, wkey: WorkloadKey, workload: Workload, sources: list[SourceKey]) -> None:
+    async def _create(self, wkey: WorkloadKey) -> None:
+        """Create ConfigRefreshes for ``wkey`` until no change is due: a failure is retried
+        for as long as the workload opts in (an API server outage must not lose an edit);
+        changes that come due during a create get a ConfigRefresh of their own after it."""
         ns, kind, name = wkey
-        body = refresh_manifest(ns, kind, name, workload.uid, sources)
-        for attempt in range(5):
-            try:
-                created = await self.kube.apost(cfr_path(ns), body)
+        attempt = 0
+        try:
+            while wkey in self.due:
+                workload = self.workloads.get(wkey)
+                if workload is None:
+                    self.due.pop(wkey, None)
+                    return
+                sources = self.due.pop(wkey)
+                try:
+                    created = await self.kube.apost(
+                        cfr_path(ns), refresh_manifest(ns, kind, name, workload.uid, sorted(sources))
+                    )
+                except Exception as exc:
+                    self.due.setdefault(wkey, set()).update(sources)
+                    delay = backoff(attempt, 0.5, 30.0)
+                    attempt += 1
+                    log.warning(
+                        "auto-refresh: could not create a ConfigRefresh for %s %s/%s (retrying in %.1fs): %s",
+                        kind,
+                        ns,
+                        name,
+                        delay,
+                        exc,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                attempt = 0
                 metrics.AUTO_REFRESHES.inc()
-                log.info(
-                    "auto-refresh: created ConfigRefresh %s/%s for %s %s",
-                    ns,
-                    created["metadata"]["name"],
-                    kind,
-                    name,
-                )
-                return
-            except Exception as exc:
-                log.warning(
-                    "auto-refresh: could not create a ConfigRefresh for %s %s/%s: %s", kind, ns, name, exc
-                )
-                await asyncio.sleep(backoff(attempt, 0.5, 10.0))
+                created_name = created["metadata"]["name"]
+                log.info("auto-refresh: created ConfigRefresh %s/%s for %s %s", ns, created_name, kind, name)
+        finally:
+            self._creating.discard(wkey)
 
     # -- garbage collection -------------------------------------------------------------------
 

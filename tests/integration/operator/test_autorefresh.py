@@ -354,3 +354,46 @@ def test_stop_leaves_no_task_and_start_resumes_every_known_workload(cluster, nam
             assert asyncio.all_tasks() == {asyncio.current_task()}
 
     asyncio.run(scenario())
+
+
+def test_an_edit_is_refreshed_however_long_creating_its_configrefresh_fails(
+    cluster, namespace, caplog
+):
+    """The API server refuses the create (here: RBAC, until the binding appears) for longer
+    than the old five attempts lasted (~15 s): the edit is still refreshed once it may be,
+    with one ConfigRefresh (it used to be dropped for good)."""
+    configmap(cluster, namespace, "app-config", {"k": "v0"})
+    sa = f"--serviceaccount={namespace}:auto"
+    cluster.kubectl("-n", namespace, "create", "serviceaccount", "auto")
+    cluster.kubectl("-n", namespace, "create", "role", "watch", "--verb=list,watch", "--resource=configmaps")
+    cluster.kubectl("-n", namespace, "create", "rolebinding", "watch", "--role=watch", sa)
+    cluster.kubectl("-n", namespace, "create", "role", "create", "--verb=create",
+                    "--resource=configrefreshes.refreshbus.io")
+    token = cluster.kubectl("-n", namespace, "create", "token", "auto", "--duration=1h").stdout.strip()
+    kubeconfig = cluster.kubeconfig_for_token(token, f"auto-{namespace}")
+    body = workload_manifest(namespace, "orders", AUTO)
+    caplog.set_level("WARNING", logger="refreshbus_operator.autorefresh")
+    base = configmap_watches(cluster)
+
+    def refused() -> int:
+        return sum("could not create a ConfigRefresh" in r.getMessage() for r in caplog.records)
+
+    async def scenario() -> None:
+        async with kube_client(kubeconfig) as kube:
+            auto = AutoRefresher(Config(auto_refresh_debounce=0.1, namespaces=(namespace,)), kube)
+            await auto.start()
+            try:
+                auto.workload_event("Deployment", "ADDED", body)
+                await until(lambda: configmap_watches(cluster) - base == 1, 20, "the watch")
+                edit(cluster, namespace, {"data": {"k": "v1"}})
+                await until(lambda: refused() >= 6, 60, "six refused creates")
+                cluster.kubectl("-n", namespace, "create", "rolebinding", "create", "--role=create", sa)
+                await until(lambda: auto_refreshes(cluster, namespace), 60, "the ConfigRefresh once allowed")
+                assert auto_refreshes(cluster, namespace)[0]["spec"]["sources"] == [
+                    {"configMap": {"name": "app-config"}}
+                ]
+            finally:
+                await auto.stop()
+
+    asyncio.run(scenario())
+    assert len(auto_refreshes(cluster, namespace)) == 1
