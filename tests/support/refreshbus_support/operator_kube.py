@@ -3,6 +3,7 @@ server: one client per ``asyncio.run`` (its session belongs to that loop), alway
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -16,3 +17,7 @@ async def kube_client(kubeconfig: str) -> AsyncIterator[Kube]:
         yield kube
     finally:
         await kube.aclose()
+        # A cancelled watch's connection is closed (not pooled), so the session no longer
+        # tracks it while its TLS shutdown still runs on the loop; asyncio.run closing the
+        # loop at once would leave that socket to the garbage collector (ResourceWarning).
+        await asyncio.sleep(0.25)
