@@ -36,6 +36,7 @@ from refreshbus_support.pods import Owner
 from refreshbus_testenv.broker import Broker
 from refreshbus_testenv.controlplane import ControlPlane
 from refreshbus_testenv.procs import free_port
+from refreshbus_wire import pods as podc
 
 from refreshbus_chaos.plan import FaultPlan, content
 
@@ -133,9 +134,9 @@ class World:
         self.fleet = Fleet(self.cluster, self.broker, NAMESPACE, self.workdir / "pods",
                            kubeconfig=str(kubeconfig))
         for group in self.groups.values():
-            annotations = {"refreshbus.io/inject": "true", "refreshbus.io/configmaps": group.configmap}
+            annotations = {podc.ANN_INJECT: "true", podc.ANN_CONFIGMAPS: group.configmap}
             if group.auto:
-                annotations["refreshbus.io/auto-refresh"] = "true"
+                annotations[podc.ANN_AUTO_REFRESH] = "true"
             deployment(self.cluster, NAMESPACE, group.name, group.labels, annotations)
             self.put_version(group)
             self.log(f"starting {self._sizes[group.name]} pods of {group.name}")
@@ -148,14 +149,15 @@ class World:
             self.start_operator(slot)
 
     def down(self) -> None:
-        for op in self.operators.values():
-            op.stop()
-        if self.fleet is not None:
-            self.fleet.stop()
-        if self.proxy is not None:
-            self.proxy.stop()
-        self.cluster.stop()
-        self.broker.stop()
+        """Stop everything, each step even if an earlier one failed."""
+        steps: list[Callable[[], object]] = [op.stop for op in self.operators.values()]
+        steps += [s.stop for s in (self.fleet, self.proxy) if s is not None]
+        steps += [self.cluster.stop, self.broker.stop]
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                self.log(f"tear-down: {step.__qualname__} failed: {exc}")
 
     # -- the suite's own API access ----------------------------------------------------
 
