@@ -43,10 +43,15 @@ log = logging.getLogger(__name__)
 
 KIND_LABEL = "refreshbus.io/auto-refresh-kind"
 SOURCE_ANNOTATION = "refreshbus.io/changed-sources"
+#: On an auto-created ConfigRefresh: {"ConfigMap/<name>": content hash} of the workload's
+#: ConfigMaps when it was created (Secrets never: a hash of a low-entropy value can be guessed).
+HASHES_ANNOTATION = "refreshbus.io/source-hashes"
 
 WorkloadKey = tuple[str, str, str]  # namespace, kind, name
 SourceKey = tuple[str, str, str]  # namespace, ConfigMap|Secret, name
 WatchKey = tuple[str, str, str | None]  # namespace, ConfigMap|Secret, name (None: all of the namespace)
+#: Per workload, the source hashes its newest auto-created ConfigRefresh was made for.
+Records = dict[WorkloadKey, dict[SourceKey, str]]
 
 #: Server-side bound of one watch request; the client gives up 30 s after it (a half-open
 #: connection), and the watch resumes from its last resourceVersion.
@@ -107,13 +112,22 @@ def label_value(name: str) -> str:
 
 
 def refresh_manifest(
-    namespace: str, kind: str, name: str, uid: str | None, sources: list[SourceKey]
+    namespace: str,
+    kind: str,
+    name: str,
+    uid: str | None,
+    sources: list[SourceKey],
+    hashes: Mapping[SourceKey, str] | None = None,
 ) -> dict[str, Any]:
+    annotations = {SOURCE_ANNOTATION: ",".join(f"{k}/{n}" for _, k, n in sources)}
+    recorded = {f"{k}/{n}": h for (_, k, n), h in sorted((hashes or {}).items()) if k == "ConfigMap"}
+    if recorded:
+        annotations[HASHES_ANNOTATION] = json.dumps(recorded, sort_keys=True)
     meta: dict[str, Any] = {
         "generateName": f"{name[:50]}-auto-",
         "namespace": namespace,
         "labels": {AUTO_REFRESH_LABEL: label_value(name), KIND_LABEL: kind.lower()},
-        "annotations": {SOURCE_ANNOTATION: ",".join(f"{k}/{n}" for _, k, n in sources)},
+        "annotations": annotations,
     }
     if uid:
         meta["ownerReferences"] = [
@@ -128,6 +142,26 @@ def refresh_manifest(
         "metadata": meta,
         "spec": {"sources": spec_sources, "target": {"workload": {"kind": kind, "name": name}}},
     }
+
+
+def recorded_hashes(items: Sequence[Mapping[str, Any]]) -> Records:
+    """Per workload, the ConfigMap hashes its newest auto-created ConfigRefresh was made for."""
+    newest: dict[WorkloadKey, tuple[str, dict[SourceKey, str]]] = {}
+    for item in items:
+        meta = item.get("metadata") or {}
+        target = ((item.get("spec") or {}).get("target") or {}).get("workload") or {}
+        ns = meta.get("namespace", "")
+        try:
+            raw = json.loads((meta.get("annotations") or {}).get(HASHES_ANNOTATION) or "{}")
+            entries = [(str(k).partition("/"), str(h)) for k, h in raw.items()]
+        except (ValueError, AttributeError):
+            continue  # not a record we can read: no baseline from it
+        hashes = {(ns, kind, name): h for (kind, sep, name), h in entries if sep}
+        wkey: WorkloadKey = (ns, str(target.get("kind", "")), str(target.get("name", "")))
+        created = str(meta.get("creationTimestamp", ""))
+        if hashes and (wkey not in newest or created >= newest[wkey][0]):
+            newest[wkey] = (created, hashes)
+    return {w: h for w, (_, h) in newest.items()}
 
 
 def gc_victims(
@@ -190,7 +224,9 @@ class AutoRefresher:
         self.timers: dict[WorkloadKey, asyncio.TimerHandle] = {}
         #: Every watch and ConfigRefresh-creating task, until it ends (stop awaits them all,
         #: including watches the supervisor is still cancelling).
-        self._owned: set[asyncio.Task[None]] = set()
+        self._owned: set[asyncio.Task[Any]] = set()
+        #: Per namespace, this run's one listing of the auto-created ConfigRefreshes' records.
+        self._records: dict[str, asyncio.Task[Records]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._gc: asyncio.Task[None] | None = None
         self._wanted_changed = asyncio.Event()
@@ -229,6 +265,7 @@ class AutoRefresher:
         self.timers.clear()
         self.changed.clear()
         self.due.clear()
+        self._records.clear()
         tasks = [t for t in (self._supervisor, self._gc) if t is not None] + list(self._owned)
         self._supervisor = self._gc = None
         self.watches.clear()
@@ -276,8 +313,11 @@ class AutoRefresher:
                 or "nothing to watch",
             )
         if self.workloads.get(key) != workload:
+            new = key not in self.workloads
             self.workloads[key] = workload
             self._wanted_changed.set()
+            if new and self.running:
+                self._check_records(key, workload)
 
     def wanted_sources(self) -> set[SourceKey]:
         wanted: set[SourceKey] = set()
@@ -329,7 +369,7 @@ class AutoRefresher:
         self._own(task)
         return SourceWatch(key, task)
 
-    def _own(self, task: asyncio.Task[None]) -> None:
+    def _own(self, task: asyncio.Task[Any]) -> None:
         self._owned.add(task)
         task.add_done_callback(self._owned.discard)
 
@@ -348,11 +388,12 @@ class AutoRefresher:
         attempt = 0
         while True:
             try:
+                records = await self._records_of(ns)
                 listing = await self.kube.aget(path, fieldSelector=selector)
                 self._listed(key, {
                     (i.get("metadata") or {}).get("name", ""): content_hash(kind, i)
                     for i in listing.get("items") or []
-                })
+                }, records)
                 rv = (listing.get("metadata") or {}).get("resourceVersion")
                 while True:
                     query = {
@@ -381,14 +422,75 @@ class AutoRefresher:
                 log.debug("watch of %s %s/%s restarts in %.1fs: %s", kind, ns, name or "*", delay, exc)
                 await asyncio.sleep(delay)
 
-    def _listed(self, key: WatchKey, digests: Mapping[str, str]) -> None:
+    async def _records_of(self, namespace: str) -> Records:
+        """What the newest auto-created ConfigRefresh of each workload in ``namespace`` was
+        made for: listed once per run and namespace, shared by its watches."""
+        task = self._records.get(namespace)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = asyncio.create_task(self._list_records(namespace))
+            self._own(task)
+            self._records[namespace] = task
+        try:
+            return await asyncio.shield(task)  # a cancelled watch must not cancel the others' listing
+        except Exception as exc:
+            log.warning(
+                "auto-refresh: could not list the auto-created ConfigRefreshes of %s (%s): an edit made "
+                "there while no replica watched is not refreshed until the next edit",
+                namespace,
+                exc,
+            )
+            return {}
+
+    def _check_records(self, wkey: WorkloadKey, workload: Workload) -> None:
+        """A workload first known after its sources were listed: compare them with its record."""
+        task = self._records.get(wkey[0])
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return
+        recorded = task.result().get(wkey, {})
+        for source, digest in self._hashes(wkey[0], workload).items():
+            if recorded.get(source, digest) != digest:
+                log.info("%s %s/%s changed while it was not watched", source[1], source[0], source[2])
+                self._schedule(wkey, source)
+
+    async def _list_records(self, namespace: str) -> Records:
+        listing = await self.kube.aget(cfr_path(namespace), labelSelector=AUTO_REFRESH_LABEL)
+        return recorded_hashes(listing.get("items") or [])
+
+    def _listed(self, key: WatchKey, digests: Mapping[str, str], records: Records) -> None:
         watch = self.watches.get(key)
         if watch is None:
             return
+        unseen = set(digests) - set(watch.hashes)
         for name in set(watch.hashes) - set(digests):
             self._observed(key, name, None, True)  # deleted while the watch was down
         for name, digest in digests.items():
             self._observed(key, name, digest, True)
+        # First sight in this run: compare with what the last auto refresh was made for, so an
+        # edit made while no replica watched (a takeover, a restart) is still refreshed.
+        for name in unseen:
+            source: SourceKey = (key[0], key[1], name)
+            for wkey in self._users(source):
+                before = records.get(wkey, {}).get(source)
+                if before is not None and before != digests[name]:
+                    log.info("%s %s/%s changed while it was not watched", key[1], key[0], name)
+                    self._schedule(wkey, source)
+
+    def _users(self, source: SourceKey) -> list[WorkloadKey]:
+        ns = source[0]
+        return [k for k, w in self.workloads.items() if k[0] == ns and source in self.watched_sources(ns, w)]
+
+    def _schedule(self, wkey: WorkloadKey, source: SourceKey) -> None:
+        log.info(
+            "%s %s/%s changed: refresh of %s %s due in %.1fs",
+            source[1],
+            source[0],
+            source[2],
+            wkey[1],
+            wkey[2],
+            self.config.auto_refresh_debounce,
+        )
+        self.changed.setdefault(wkey, set()).add(source)
+        self._debounce(wkey)
 
     def _observed(self, key: WatchKey, name: str, digest: str | None, initial: bool) -> None:
         watch = self.watches.get(key)
@@ -401,9 +503,7 @@ class AutoRefresher:
             return  # first sight (baseline), deletion, or the object appeared after a re-list
         ns, kind = key[0], key[1]
         source: SourceKey = (ns, kind, name)
-        users = [
-            w for w, wl in self.workloads.items() if w[0] == ns and source in self.watched_sources(ns, wl)
-        ]
+        users = self._users(source)
         if not users:
             return  # another object of a namespace-wide watch
         if digest == previous:
@@ -413,17 +513,7 @@ class AutoRefresher:
             return
         metrics.SOURCE_UPDATES.labels(update="content").inc()
         for wkey in users:
-            log.info(
-                "%s %s/%s changed: refresh of %s %s due in %.1fs",
-                kind,
-                ns,
-                name,
-                wkey[1],
-                wkey[2],
-                self.config.auto_refresh_debounce,
-            )
-            self.changed.setdefault(wkey, set()).add(source)
-            self._debounce(wkey)
+            self._schedule(wkey, source)
 
     def _debounce(self, wkey: WorkloadKey) -> None:
         timer = self.timers.pop(wkey, None)
@@ -456,9 +546,10 @@ class AutoRefresher:
                     return
                 sources = self.due.pop(wkey)
                 try:
-                    created = await self.kube.apost(
-                        cfr_path(ns), refresh_manifest(ns, kind, name, workload.uid, sorted(sources))
+                    body = refresh_manifest(
+                        ns, kind, name, workload.uid, sorted(sources), self._hashes(ns, workload)
                     )
+                    created = await self.kube.apost(cfr_path(ns), body)
                 except Exception as exc:
                     self.due.setdefault(wkey, set()).update(sources)
                     delay = backoff(attempt, 0.5, 30.0)
@@ -479,6 +570,17 @@ class AutoRefresher:
                 log.info("auto-refresh: created ConfigRefresh %s/%s for %s %s", ns, created_name, kind, name)
         finally:
             self._creating.discard(wkey)
+
+    def _hashes(self, namespace: str, workload: Workload) -> dict[SourceKey, str]:
+        """The current content hash of each of the workload's watched sources, where known."""
+        scope = self.config.auto_refresh_watch_scope
+        hashes: dict[SourceKey, str] = {}
+        for source in self.watched_sources(namespace, workload):
+            watch = self.watches.get(watch_key(source, scope))
+            digest = watch.hashes.get(source[2]) if watch is not None else None
+            if digest is not None:
+                hashes[source] = digest
+        return hashes
 
     # -- garbage collection -------------------------------------------------------------------
 

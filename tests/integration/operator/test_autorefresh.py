@@ -397,3 +397,45 @@ def test_an_edit_is_refreshed_however_long_creating_its_configrefresh_fails(
 
     asyncio.run(scenario())
     assert len(auto_refreshes(cluster, namespace)) == 1
+
+
+def test_an_edit_made_while_no_replica_watched_is_refreshed_by_the_next(cluster, namespace):
+    """Replica A refreshes an edit, then stops (killed, or paused by a takeover); the
+    ConfigMap is edited before replica B watches it. B compares what it finds with what A's
+    last ConfigRefresh was made for and refreshes the edit (it used to take the edited
+    content as its baseline: the pods stayed on the old content). Without such an edit, B
+    creates nothing more."""
+    configmap(cluster, namespace, "app-config", {"k": "v0"})
+    base = configmap_watches(cluster)
+    body = workload_manifest(namespace, "orders", AUTO)
+    body["metadata"]["uid"] = "00000000-0000-0000-0000-000000000002"
+
+    async def replica(edit_to: str | None, wanted: int) -> None:
+        async with kube_client(cluster.kubeconfig) as kube:
+            auto = AutoRefresher(Config(auto_refresh_debounce=0.1, namespaces=(namespace,)), kube)
+            await auto.start()
+            try:
+                auto.workload_event("Deployment", "ADDED", body)
+                await until(lambda: configmap_watches(cluster) - base == 1, 20, "the watch")
+                if edit_to is not None:
+                    edit(cluster, namespace, {"data": {"k": edit_to}})
+                elif wanted == len(auto_refreshes(cluster, namespace)):
+                    # Listed and compared with the record: nothing may be scheduled.
+                    assert not auto.changed
+                    assert not auto.timers
+                    assert not auto.due
+                await until(lambda: len(auto_refreshes(cluster, namespace)) >= wanted, 20,
+                            f"{wanted} auto-created ConfigRefreshes")
+            finally:
+                await auto.stop()
+        await until(lambda: configmap_watches(cluster) == base, 20, "the watch to end")
+
+    asyncio.run(replica("v1", 1))  # replica A: a watched edit
+    edit(cluster, namespace, {"data": {"k": "v2"}})  # nobody watches
+    asyncio.run(replica(None, 2))  # replica B refreshes it
+    latest = max(auto_refreshes(cluster, namespace), key=lambda i: i["metadata"]["creationTimestamp"])
+    assert json.loads(latest["metadata"]["annotations"]["refreshbus.io/source-hashes"]).keys() == {
+        "ConfigMap/app-config"
+    }
+    asyncio.run(replica(None, 2))  # replica C: nothing changed since B's refresh
+    assert len(auto_refreshes(cluster, namespace)) == 2
