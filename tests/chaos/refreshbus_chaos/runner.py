@@ -403,6 +403,10 @@ class Chaos:
             self.violation(f"{where}: results truncated with only {len(group.members)} pods")
             return
         pods = {m.name for m in group.members}
+        if not results:
+            self.violation(f"{where} has no pod results (every pod of {group.name} is Running): "
+                           f"{status.get('message')}")
+            return
         if {r["pod"] for r in results} != pods or len(results) != len(pods):
             self.violation(f"{where}: results for {sorted(r['pod'] for r in results)}, "
                            f"the workload's pods are {sorted(pods)}")
