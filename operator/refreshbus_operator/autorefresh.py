@@ -3,11 +3,13 @@
 Workloads (Deployments, StatefulSets, DaemonSets) whose pod template says
 ``refreshbus.io/auto-refresh: "true"`` are reported by kopf event handlers. For each
 ConfigMap/Secret such a workload manages (``refreshbus.io/configmaps`` / ``secrets`` on
-its pod template), this module runs **one** watch restricted to that object by name
-(``fieldSelector=metadata.name=...``): the cost scales with the opted-in workloads, never
-with every ConfigMap and Secret in the cluster, and nothing is cached. Of each version
-only a content hash is kept (data + binaryData; a Secret's values are hashed and
-dropped at once), so a metadata-only update (labels, annotations) never triggers a
+its pod template), a watch runs: one per namespace on its ConfigMaps
+(``auto_refresh_watch_scope=namespace``, the default: one connection however many are
+named) or one per ConfigMap by name (``object``); Secrets always by name. Watches are
+asyncio tasks that only the supervisor task starts and cancels, at most
+``auto_refresh_max_watches``; nothing is cached. Of each version only a content hash is
+kept (data + binaryData; a Secret's values are hashed and dropped at once), so a
+metadata-only update (labels, annotations) never triggers a
 refresh. Secrets are watched only with ``auto_refresh_secrets`` (off by default: the
 operator then never lists or watches a Secret, and says so once per workload that names
 some). A real change starts a quiet period (``auto_refresh_debounce``); when it ends
