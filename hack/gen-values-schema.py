@@ -42,6 +42,8 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "operator.healthPort": PORT,
     "operator.autoRefresh.ttlSecondsAfterFinished": {"minimum": 0},
     "operator.autoRefresh.historyLimit": {"minimum": 0},
+    "operator.autoRefresh.watchScope": {"enum": ["namespace", "object"]},
+    "operator.autoRefresh.maxWatches": {"minimum": 1},
     "operator.livenessProbe.*": {"minimum": 0},
     "operator.terminationGracePeriodSeconds": {"minimum": 0},
     "operator.podDisruptionBudget.minAvailable": {"type": ["integer", "string"]},
