@@ -28,6 +28,8 @@ import kubernetes
 from yarl import URL
 
 from refreshbus_operator import metrics
+from refreshbus_operator.broker import backoff
+from refreshbus_operator.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +42,19 @@ MERGE_PATCH = "application/merge-patch+json"
 #: its credential expired. A 401 asks at once.
 CREDENTIALS_TTL = 60.0
 
+#: Backoff between two attempts of a read that failed on the way (exponential, jittered).
+RETRY_INITIAL = 0.2
+RETRY_MAX = 5.0
+
 
 class ApiError(Exception):
     """A non-2xx answer of the API server."""
 
-    def __init__(self, status: int, reason: str, body: Any) -> None:
+    def __init__(self, status: int, reason: str, body: Any, retry_after: float | None = None) -> None:
         self.status = status
         self.reason = reason
         self.body = body
+        self.retry_after = retry_after
         message = body.get("message") if isinstance(body, dict) else None
         super().__init__(f"{status} {reason}: {message or body}")
 
@@ -58,6 +65,11 @@ class ApiError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
+
+    @property
+    def transient(self) -> bool:
+        """Throttled (429) or the server's own trouble (5xx): asking again later may succeed."""
+        return self.status == 429 or self.status >= 500
 
 
 class ConfigError(Exception):
@@ -106,6 +118,29 @@ def _query(path: str, query: Mapping[str, Any] | None) -> str:
     return f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
 
 
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    """The ``Retry-After`` seconds the API server asks for (it sends seconds, never a date)."""
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return None
+
+
+def _retry_reason(exc: BaseException) -> str | None:
+    """Why a failed read may be asked again (the metric's ``reason``), or ``None``: a real answer."""
+    if isinstance(exc, ApiError):
+        if exc.status == 429:
+            return "throttled"
+        return "server_error" if exc.transient else None
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, ssl.SSLCertVerificationError)):
+        return None  # the wrong server or CA: asking again cannot help
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+        return "timeout"
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)):
+        return "connection"
+    return None
+
+
 def _decode(raw: bytes) -> Any:
     try:
         return json.loads(raw) if raw else None
@@ -120,10 +155,16 @@ class Kube:
     connection pool. Not shared across event loops."""
 
     def __init__(
-        self, configuration: kubernetes.client.Configuration | None = None, timeout: float = 30.0
+        self,
+        configuration: kubernetes.client.Configuration | None = None,
+        timeout: float = 30.0,
+        retry_timeout: float = 30.0,
     ) -> None:
         self.configuration = configuration or load_configuration()
         self.timeout = timeout
+        #: How long a GET that failed on the way (connection reset/refused, timeout, 429,
+        #: 5xx) is asked again before its error is raised.
+        self.retry_timeout = retry_timeout
         self.requests = 0
         self._base = self.configuration.host.rstrip("/")
         self._ssl = _ssl_context(self.configuration)
@@ -195,19 +236,43 @@ class Kube:
         content_type: str | None = None,
         accept: str = "application/json",
     ) -> Any:
+        """One request; a GET is retried with backoff for up to ``retry_timeout`` seconds when
+        it failed on the way (a blip must not fail a refresh round), never on a real answer
+        (404, 403, 422, ...). Writes are not: a POST whose answer was lost may have happened."""
         headers = {"Accept": accept}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
             data = json.dumps(body).encode()
+        url = _query(path, query)
+        deadline = time.monotonic() + self.retry_timeout
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(method, url, headers, data)
+            except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                reason = _retry_reason(exc) if method == "GET" else None
+                left = deadline - time.monotonic()
+                if reason is None or left <= 0:
+                    raise
+                delay = backoff(attempt, RETRY_INITIAL, RETRY_MAX)
+                if isinstance(exc, ApiError) and exc.retry_after is not None:
+                    delay = exc.retry_after
+                delay = min(delay, left)
+                attempt += 1
+                metrics.API_RETRIES.labels(verb="get", reason=reason).inc()
+                log.info("GET %s failed (%s: %s); retry %d in %.1fs", path, reason, exc, attempt, delay)
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, method: str, url: str, headers: Mapping[str, str], data: bytes | None) -> Any:
         self.requests += 1
         metrics.API_REQUESTS.labels(verb=method.lower()).inc()
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        response = await self._send(method, _query(path, query), headers, data, timeout)
+        response = await self._send(method, url, headers, data, timeout)
         async with response:
             result = _decode(await response.read())
             if not 200 <= response.status <= 299:
-                raise ApiError(response.status, str(response.reason), result)
+                raise ApiError(response.status, str(response.reason), result, _retry_after(response))
         return result
 
     async def astream(
@@ -260,7 +325,8 @@ def in_memo(memo: MutableMapping[str, Any]) -> Kube:
     """The process's one Kube, kept in kopf's memo (``memo["kube"]``): the rounds, auto-refresh,
     injection and sidecar RBAC share its session. Closed by the operator's clean-up."""
     if memo.get("kube") is None:
-        memo["kube"] = Kube()
+        config: Config | None = memo.get("config")
+        memo["kube"] = Kube(retry_timeout=config.api_retry_timeout) if config else Kube()
     shared: Kube = memo["kube"]
     return shared
 

@@ -58,6 +58,11 @@ STATUS_PATCHES = Counter("refreshbus_operator_status_patches_total", "PATCHes of
 API_REQUESTS = Counter(
     "refreshbus_operator_api_requests_total", "Kubernetes API requests made by refreshbus code.", ["verb"]
 )
+API_RETRIES = Counter(
+    "refreshbus_operator_api_retries_total",
+    "Kubernetes reads asked again after a transient failure.",
+    ["verb", "reason"],
+)
 IN_FLIGHT = Gauge("refreshbus_operator_refreshes_in_flight", "Refresh rounds not final yet.")
 AUTO_REFRESHES = Counter(
     "refreshbus_operator_auto_refreshes_total", "ConfigRefreshes created by auto-refresh."

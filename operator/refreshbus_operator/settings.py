@@ -63,6 +63,9 @@ class Config:
     publish_retry_initial: float = 0.2
     publish_retry_max: float = 5.0
     ack_prefetch: int = 1000
+    #: Seconds a Kubernetes read (GET, list) that failed on the way -- connection reset or
+    #: refused, timeout, 429, 5xx -- keeps being retried with backoff before it fails.
+    api_retry_timeout: float = 30.0
     #: What happens to an ack whose identity token does not prove it comes from the pod it
     #: speaks for: ``require`` refuses it, ``warn`` folds it anyway (both log, count and show
     #: it). ``warn`` is for the transition from sidecars older than protocol 1.2.
@@ -176,6 +179,7 @@ _FIELDS: dict[str, type] = {
     "publish_retry_initial": float,
     "publish_retry_max": float,
     "ack_prefetch": int,
+    "api_retry_timeout": float,
     "ack_identity": str,
     "auto_refresh": bool,
     "auto_refresh_secrets": bool,
@@ -235,6 +239,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         )
     if config.auto_refresh_max_watches < 1:
         raise ValueError(f"{ENV_PREFIX}AUTO_REFRESH_MAX_WATCHES must be >= 1")
+    if config.api_retry_timeout < 0:
+        raise ValueError(f"{ENV_PREFIX}API_RETRY_TIMEOUT must be >= 0 (0: never retry a read)")
     for number, url in enumerate(config.broker_urls, 1):
         contract.check_broker_url(number, url)
     return config
