@@ -179,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_refkey="object",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
     # Settings are applied before kopf starts (peering keep-alives begin concurrently with
     # the start-up handlers); the @kopf.on.startup hook applies them again for embedders.
     kopf_settings = kopf.OperatorSettings()

@@ -1,140 +1,155 @@
 """Consuming acks from the operators' shared durable queue and routing them to rounds.
 
-:class:`AckConsumer` is a thread that owns its own pika connection and consumes
-``refreshbus.operator.acks`` with manual acknowledgements, only while this replica has
-refreshes in flight (a standby replica never takes acks away from the active one). An
-AMQP message is acknowledged to the broker only after the status PATCH that contains
-it succeeded, so an operator that dies between receiving an ack and writing status gets
-the ack redelivered: nothing is lost between the queue and the status.
+:class:`AckConsumer` is one task on the event loop (aio-pika) that consumes
+``refreshbus.operator.acks`` with manual acknowledgements and a prefetch window, only
+while this replica has refreshes in flight (a standby replica never takes acks away from
+the active one). A delivery is acknowledged to the broker only after the status PATCH that
+contains it succeeded (:meth:`AckConsumer.settle`). Deliveries whose status was never
+written (round cancelled, operator stopping, status writes failing) are never acked: the
+broker redelivers them when this consumer's channel closes (stop, broker trouble, or idle),
+so nothing is lost between the queue and the status.
 
-:class:`AckRouter` runs on the event loop: it decodes each message, hands it to the
-round with that event id, and counts and drops the rest: malformed messages, acks for
-an event id no round knows (kept for ``grace`` seconds first, since after a restart
-acks can arrive before the round is resumed), acks for finished rounds, and acks from
-pods that were not targets.
+:class:`AckRouter` decodes each message, hands it to the round with that event id, and
+counts and drops the rest: malformed messages, acks for an event id no round knows (kept
+for ``grace`` seconds first, since after a restart acks can arrive before the round is
+resumed), acks for finished rounds, and acks from pods that were not targets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from refreshbus_wire import Ack, ProtocolError, decode
-from refreshbus_wire.routing import OPERATOR_ACK_QUEUE
 
 from refreshbus_operator import metrics
 from refreshbus_operator.ackidentity import AckVerifier, Mode, Verdict
-from refreshbus_operator.broker import LinkThread, backoff, declare_topology
+from refreshbus_operator.broker import Heartbeat, Link, backoff, declare_topology, describe
 
 log = logging.getLogger(__name__)
 
-#: (connection generation, delivery tag): delivery tags are only valid on their channel.
-Tag = tuple[int, int]
+#: One broker delivery of an ack; acknowledged (settled) once its status is durable.
+Tag = AbstractIncomingMessage
+
+#: The consumer task wakes at least this often (liveness: silent for much longer = stuck).
+CONSUMER_TICK = 5.0
 
 
-class AckConsumer(LinkThread):
+class AckConsumer:
     def __init__(
         self,
         urls: Sequence[str],
-        deliver: Callable[[bytes, Tag], None],
+        deliver: Callable[[bytes, Tag], object],
         prefetch: int = 1000,
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
     ) -> None:
-        super().__init__(urls, "consumer", "ack consumer", "refreshbus-acks", log)
+        self.urls = tuple(urls)
         self.deliver = deliver
         self.prefetch = prefetch
         self.retry_initial = retry_initial
         self.retry_max = retry_max
-        self._active = threading.Event()
-        self._settle: queue.SimpleQueue[Tag] = queue.SimpleQueue()
-        self._generation = 0
-        self._lost = False
-        #: Called (in the consumer thread) after a *re*connect: messages may have been lost.
+        self._link = Link(self.urls, "consumer", "ack consumer", log)
+        self._active = False
+        self._wake = asyncio.Event()
+        self._settle: list[Tag] = []
+        self._task: asyncio.Task[None] | None = None
+        self.heartbeat = Heartbeat(4 * CONSUMER_TICK + 15)
+        #: Called after a *re*connect: messages may have been lost with the old connection.
         self.on_reconnect: Callable[[], None] = lambda: None
 
-    def _wake(self) -> None:
-        self._active.set()
+    @property
+    def connected(self) -> bool:
+        return self._link.is_open
+
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done() and not self.heartbeat.stale
 
     def set_active(self, active: bool) -> None:
-        if active:
-            self._active.set()
-        else:
-            self._active.clear()
+        if active != self._active:
+            self._active = active
+            self._wake.set()
 
     def settle(self, tags: Iterable[Tag]) -> None:
-        """Acknowledge messages to the broker (thread-safe; done by the consumer thread)."""
-        for tag in tags:
-            self._settle.put(tag)
+        """Acknowledge these deliveries to the broker (their status is durable)."""
+        self._settle.extend(tags)
+        self._wake.set()
 
-    # -- the thread ----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="refreshbus-ack-consumer")
 
-    def _run(self) -> None:
+    async def stop(self) -> None:
+        """Ack what is settled, then close: every unsettled delivery goes back to the queue."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._drain()
+        await self._link.close()
+
+    # -- the task --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
         attempt = 0
-        while not self._stopping.is_set():
-            if not self._active.is_set():
-                if self._link.conn is not None:
-                    self._drain_settle()
-                    self._link.close()
-                self._lost = False  # a deliberate close: nothing was lost
-                self._active.wait(1.0)
-                continue
-            try:
-                self._ensure()
-                self._link.conn.process_data_events(time_limit=0.05)
-                self._drain_settle()
-                attempt = 0
-            except Exception as exc:
-                # Only a connection that broke may have lost messages; a failed connect did not.
-                self._lost = self._lost or self.connected
-                self._link.close()
-                delay = backoff(attempt, self.retry_initial, self.retry_max)
-                attempt += 1
-                log.warning("ack consumer: broker trouble (%s); reconnecting in %.1fs", exc, delay)
-                self._stopping.wait(delay)
-        self._drain_settle()
-        self._link.close()
-
-    def _ensure(self) -> None:
-        if self._link.is_open:
-            return
-        # A link still marked connected but no longer open broke under us (e.g. a broker
-        # restart): note it before open() resets the mark, even if this reconnect fails.
-        self._lost = self._lost or self._link.connected
-        self._link.open(self._prepare)
-        if self._lost:
-            self._lost = False
-            self.on_reconnect()
-
-    def _prepare(self, channel: Any) -> None:
-        declare_topology(channel)
-        channel.basic_qos(prefetch_count=self.prefetch)
-        self._generation += 1
-        generation = self._generation
-
-        def on_message(_ch: Any, method: Any, _props: Any, body: bytes) -> None:
-            self.deliver(body, (generation, method.delivery_tag))
-
-        channel.basic_consume(queue=OPERATOR_ACK_QUEUE, on_message_callback=on_message, auto_ack=False)
-
-    def _drain_settle(self) -> None:
+        lost = False
         while True:
-            try:
-                generation, tag = self._settle.get_nowait()
-            except queue.Empty:
-                return
-            channel = self._link.channel
-            if generation == self._generation and channel is not None and channel.is_open:
+            self.heartbeat.beat()
+            self._wake.clear()
+            if not self._active:
+                if self._link.channel is not None:
+                    await self._drain()
+                    await self._link.close()
+                lost = False  # a deliberate close: nothing was lost
+                await self._idle()
+                continue
+            if not self._link.is_open:
+                # A link still holding a channel that is no longer open broke under us (e.g. a
+                # broker restart): note it before open() resets it, even if this reopen fails.
+                lost = lost or self._link.channel is not None
                 try:
-                    channel.basic_ack(delivery_tag=tag)
-                except Exception as exc:  # redelivered later; rounds dedupe per pod
-                    log.debug("could not ack delivery %s: %s", tag, exc)
+                    await self._link.open(self._prepare)
+                except Exception as exc:
+                    delay = backoff(attempt, self.retry_initial, self.retry_max)
+                    attempt += 1
+                    log.warning("ack consumer: broker trouble (%s); reconnecting in %.1fs",
+                                describe(exc), delay)
+                    await self._idle(delay)
+                    continue
+                attempt = 0
+                if lost:
+                    lost = False
+                    self.on_reconnect()
+            await self._drain()
+            await self._idle()
+
+    async def _idle(self, timeout: float = CONSUMER_TICK) -> None:
+        """Until woken (settle, activity change), the link is lost, or ``timeout``."""
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._link.lost.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _prepare(self, channel: AbstractChannel) -> None:
+        await channel.set_qos(prefetch_count=self.prefetch)
+        _exchange, queue = await declare_topology(channel)
+        await queue.consume(self._on_message, no_ack=False)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.deliver(message.body, message)
+
+    async def _drain(self) -> None:
+        tags, self._settle = self._settle, []
+        for tag in tags:
+            try:
+                await tag.ack()
+            except Exception as exc:  # its channel is gone: redelivered later; rounds dedupe per pod
+                log.debug("could not ack delivery %s: %s", tag.delivery_tag, exc)
 
 
 class AckSink(Protocol):

@@ -2,7 +2,7 @@
 per-object serialisation of their writes.
 
 Rounds run as our own asyncio tasks (kopf handlers only start them), so a long refresh
-never holds a kopf worker, and acks arrive from the consumer thread through the loop.
+never holds a kopf worker. Everything runs on kopf's event loop: no threads.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from refreshbus_wire import new_id, now
@@ -18,7 +18,7 @@ from refreshbus_wire import new_id, now
 from refreshbus_operator import metrics
 from refreshbus_operator import status as st
 from refreshbus_operator.ackidentity import AckVerifier, Mode
-from refreshbus_operator.acks import AckConsumer, AckRouter, Tag
+from refreshbus_operator.acks import AckConsumer, AckRouter
 from refreshbus_operator.events import Recorder
 from refreshbus_operator.kube import Kube, cfr_path
 from refreshbus_operator.publishing import Publisher
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    """Owns the broker threads and every round of this replica."""
+    """Owns the broker links and every round of this replica."""
 
     def __init__(self, config: Config, kube: Kube, publisher: Publisher | None = None) -> None:
         self.config = config
@@ -41,7 +41,6 @@ class Engine:
         self.recorder = Recorder(kube, config.instance)
         self.rounds: dict[tuple[str, str], Round] = {}
         self._writes: dict[tuple[str, str], asyncio.Future[Any]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.verifier = AckVerifier(kube.apost, Mode(config.ack_identity))
         self.router = AckRouter(
             settle=lambda tags: self.consumer.settle(tags),
@@ -51,42 +50,46 @@ class Engine:
         )
         self.consumer = AckConsumer(
             config.broker_urls,
-            deliver=self._deliver_threadsafe,
+            deliver=self.router.handle,
             prefetch=config.ack_prefetch,
             retry_initial=config.publish_retry_initial,
             retry_max=config.publish_retry_max,
         )
         self.router.on_change = lambda: self.consumer.set_active(bool(self.router.rounds))
-        self.consumer.on_reconnect = self._reconnected_threadsafe
+        self.consumer.on_reconnect = self._reconnected
         self._janitor: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.publisher.start()
-        self.consumer.start()
+        await self.publisher.start()
+        await self.consumer.start()
         self._janitor = asyncio.create_task(self._expire_parked(), name="refreshbus-ack-janitor")
 
     async def stop(self) -> None:
-        """Stop without finishing rounds: their status stays InProgress and a restarted
-        operator resumes them."""
+        """Stop without finishing rounds: their status stays InProgress, the acks they had
+        not written yet go back to the queue, and a restarted operator resumes them."""
+        await self.stop_rounds()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        await self.consumer.stop()
+        await self.publisher.stop()
+
+    async def stop_rounds(self) -> None:
         tasks = [r.task for r in self.rounds.values() if r.task is not None]
         for task in tasks:
             task.cancel()
-        if self._janitor is not None:
-            self._janitor.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(self.consumer.stop)
-        await asyncio.to_thread(self.publisher.stop)
 
-    def _deliver_threadsafe(self, body: bytes, tag: Tag) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.router.handle, body, tag)
+    def dead_workers(self) -> list[str]:
+        """The worker tasks (publisher, ack consumer, janitor) that died or are stuck."""
+        dead = [] if self.publisher.alive() else ["publisher"]
+        dead += [] if self.consumer.alive() else ["ack consumer"]
+        dead += [] if self._janitor is not None and not self._janitor.done() else ["ack janitor"]
+        return dead
 
-    def _reconnected_threadsafe(self) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._reconnected)
+    def alive(self) -> bool:
+        return not self.dead_workers()
 
     def _reconnected(self) -> None:
         """The broker connection was lost and is back: events or acks may have been lost
@@ -201,11 +204,11 @@ class Engine:
 
     # -- writes (serialised per object, across rounds) -----------------------------------
 
-    async def _serialised(self, key: tuple[str, str], call: Any, *args: Any) -> Any:
+    async def _serialised(self, key: tuple[str, str], write: Coroutine[Any, Any, Any]) -> Any:
         previous = self._writes.get(key)
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
-        future: asyncio.Future[Any] = asyncio.ensure_future(call(*args))
+        future: asyncio.Future[Any] = asyncio.ensure_future(write)
         self._writes[key] = future
         try:
             return await asyncio.shield(future)
@@ -218,9 +221,7 @@ class Engine:
         patch = {"metadata": {"uid": round_.ref.uid}, "status": body} if round_.ref.uid else {"status": body}
         await self._serialised(
             (round_.ref.namespace, round_.ref.name),
-            self.kube.apatch,
-            cfr_path(round_.ref.namespace, round_.ref.name, status=True),
-            patch,
+            self.kube.apatch(cfr_path(round_.ref.namespace, round_.ref.name, status=True), patch),
         )
         metrics.STATUS_PATCHES.inc()
         log.debug("%r status written in %.0f ms", round_, (time.monotonic() - started) * 1000)
@@ -231,7 +232,5 @@ class Engine:
             patch["metadata"]["uid"] = round_.ref.uid
         await self._serialised(
             (round_.ref.namespace, round_.ref.name),
-            self.kube.apatch,
-            cfr_path(round_.ref.namespace, round_.ref.name),
-            patch,
+            self.kube.apatch(cfr_path(round_.ref.namespace, round_.ref.name), patch),
         )

@@ -1,86 +1,95 @@
-"""Publishing refresh events with publisher confirms, in a thread that owns its connection.
+"""Publishing refresh events with publisher confirms, on the event loop (aio-pika).
 
-pika's connections are single-threaded, and a blocking publish must never stall kopf's
-event loop, so one dedicated thread owns a ``BlockingConnection`` in confirm mode. The
-loop hands it jobs (a list of ``(routing key, body)``) and awaits a future. A message
-counts as sent only when the broker confirmed it; on any broker trouble the thread
-reconnects (broker URLs in random order, delay growing from ``retry_initial`` to
-``retry_max``) and re-sends the unconfirmed rest of the job until the job's deadline.
-Re-sending is safe: sidecars handle an event id at most once.
+One long-lived task keeps the publisher's connection open (broker URLs in random order,
+delay growing from ``retry_initial`` to ``retry_max``); it also declares the topology at
+start-up, so acks have a queue to land in before the first refresh. :meth:`Publisher.publish`
+sends one job's messages together and awaits their confirms together (pipelined, not one
+round trip each). A message counts as sent only when the broker confirmed it; what was not
+confirmed is re-sent after a backoff until the job's deadline. Re-sending is safe: sidecars
+handle an event id at most once. A cancelled caller simply stops awaiting its confirms.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
+import contextlib
 import logging
-import queue
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-import pika
-import pika.exceptions
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
 from refreshbus_wire import CONTENT_TYPE
-from refreshbus_wire.routing import EXCHANGE
 
 from refreshbus_operator import metrics
-from refreshbus_operator.broker import (  # re-exported: callers import them from here too
-    LinkThread,
+from refreshbus_operator.broker import (
+    Heartbeat,
+    Link,
     PublishError,
     backoff,
-    connect,
-    connection_parameters,
     declare_topology,
+    describe,
 )
 
-__all__ = [
-    "PublishError",
-    "Publisher",
-    "backoff",
-    "connect",
-    "connection_parameters",
-    "declare_topology",
-]
+__all__ = ["PublishError", "Publisher"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Job:
-    messages: Sequence[tuple[str, bytes]]
-    deadline: float
-    future: cf.Future[None]
-    on_retry: Callable[[str], None] | None = None
-    sent: int = 0
-    attempts: int = field(default=0)
+#: The keeper wakes at least this often (liveness: a keeper silent for 4x this is stuck).
+KEEPER_TICK = 5.0
+#: How long a publish waits for a connection being made before it counts as a failed attempt.
+CONNECT_WAIT = 2.0
 
 
-class Publisher(LinkThread):
-    """Owns the publishing thread. ``publish`` is the coroutine the operator awaits."""
-
+class Publisher:
     def __init__(self, urls: Sequence[str], retry_initial: float = 0.2, retry_max: float = 5.0) -> None:
-        super().__init__(urls, "publisher", "publisher", "refreshbus-publisher", log)
+        self.urls = tuple(urls)
         self.retry_initial = retry_initial
         self.retry_max = retry_max
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._link = Link(self.urls, "publisher", "publisher", log, publisher_confirms=True)
+        self._exchange: AbstractExchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.heartbeat = Heartbeat(4 * KEEPER_TICK + 15)
 
-    def _wake(self) -> None:
-        self._jobs.put(None)
+    @property
+    def connected(self) -> bool:
+        return self._link.is_open
 
-    def submit(
-        self,
-        messages: Sequence[tuple[str, bytes]],
-        timeout: float,
-        on_retry: Callable[[str], None] | None = None,
-    ) -> cf.Future[None]:
-        future: cf.Future[None] = cf.Future()
-        if not messages:
-            future.set_result(None)
-            return future
-        self._jobs.put(_Job(list(messages), time.monotonic() + timeout, future, on_retry))
-        return future
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done() and not self.heartbeat.stale
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._keep(), name="refreshbus-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._link.close()
+
+    # -- the connection keeper -------------------------------------------------------------
+
+    async def _prepare(self, channel: AbstractChannel) -> None:
+        self._exchange, _queue = await declare_topology(channel)
+
+    async def _keep(self) -> None:
+        attempt = 0
+        while True:
+            self.heartbeat.beat()
+            if self._link.is_open:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._link.lost.wait(), KEEPER_TICK)
+                continue
+            try:
+                await self._link.open(self._prepare)
+            except Exception as exc:
+                delay = backoff(attempt, self.retry_initial, self.retry_max)
+                attempt += 1
+                log.warning("publisher: broker trouble (%s); reconnecting in %.1fs", describe(exc), delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+
+    # -- publishing ------------------------------------------------------------------------
 
     async def publish(
         self,
@@ -89,82 +98,65 @@ class Publisher(LinkThread):
         on_retry: Callable[[str], None] | None = None,
     ) -> None:
         """Publish and wait for every confirm; raises PublishError after ``timeout`` s."""
-        await asyncio.wrap_future(self.submit(messages, timeout, on_retry))
-
-    # -- the thread ----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        # Connect (and declare the exchange and the ack queue) at once, so acks have a queue
-        # to land in before the first refresh; failures here are retried on first publish.
-        try:
-            self._ensure()
-        except Exception as exc:
-            log.warning("publisher: broker not reachable at start-up (%s); will retry", exc)
-        while not self._stopping.is_set():
-            try:
-                job = self._jobs.get(timeout=1.0)
-            except queue.Empty:
-                self._heartbeat()
-                continue
-            if job is None:
-                break
-            self._do(job)
-        self._link.close()
-
-    def _heartbeat(self) -> None:
-        if self._link.conn is None:
-            return
-        try:
-            self._link.conn.process_data_events(0)
-        except Exception as exc:  # the broker went away while idle
-            log.warning("publisher connection lost while idle: %s", exc)
-            self._link.close()
-
-    def _do(self, job: _Job) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._ensure()
-                while job.sent < len(job.messages):
-                    key, body = job.messages[job.sent]
-                    self._link.channel.basic_publish(
-                        exchange=EXCHANGE,
-                        routing_key=key,
-                        body=body,
-                        properties=pika.BasicProperties(
-                            content_type=CONTENT_TYPE, delivery_mode=2, app_id="refreshbus-operator"
-                        ),
-                    )
-                    job.sent += 1
-                    metrics.PUBLISHED.inc()
-                job.future.set_result(None)
-                return
-            except Exception as exc:
-                # NackError, connection/channel errors, socket errors: all "broker trouble".
-                self._link.close()
-                job.attempts += 1
-                metrics.PUBLISH_RETRIES.inc()
-                reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-                log.warning("publish failed (attempt %d): %s", job.attempts, reason)
-                if job.on_retry is not None:
-                    try:
-                        job.on_retry(reason)
-                    except Exception:
-                        log.exception("on_retry callback failed")
-                delay = backoff(job.attempts - 1, self.retry_initial, self.retry_max)
-                remaining = job.deadline - time.monotonic()
-                if remaining <= 0:
-                    job.future.set_exception(PublishError(f"broker unavailable: {reason}"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = list(messages)
+        attempts = 0
+        while pending:
+            if not self._link.is_open:
+                # The keeper may be (re)connecting right now: a moment's wait is not a failure.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._link.up.wait(), min(CONNECT_WAIT, deadline - loop.time()))
+            exchange = self._exchange if self._link.is_open else None
+            if exchange is None:
+                reason = f"not connected ({self._link.last_error})"
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        pending, reason = await self._send(exchange, pending)
+                except TimeoutError:
+                    raise PublishError("the broker did not confirm before the deadline") from None
+                if not pending:
                     return
-                if self._stopping.wait(min(delay, remaining)):
-                    break
-        if not job.future.done():
-            job.future.set_exception(PublishError("operator is stopping"))
+            attempts += 1
+            metrics.PUBLISH_RETRIES.inc()
+            log.warning("publish failed (attempt %d): %s", attempts, reason)
+            if on_retry is not None:
+                on_retry(reason)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise PublishError(f"broker unavailable: {reason}")
+            await asyncio.sleep(min(backoff(attempts - 1, self.retry_initial, self.retry_max), remaining))
 
-    def _ensure(self) -> None:
-        if not self._link.is_open:
-            self._link.open(_confirm_and_declare)
-
-
-def _confirm_and_declare(channel: Any) -> None:
-    channel.confirm_delivery()
-    declare_topology(channel)
+    @staticmethod
+    async def _send(
+        exchange: AbstractExchange, messages: list[tuple[str, bytes]]
+    ) -> tuple[list[tuple[str, bytes]], str]:
+        """Send all, await all confirms; returns the unconfirmed ones and why."""
+        results = await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        content_type=CONTENT_TYPE,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        app_id="refreshbus-operator",
+                    ),
+                    routing_key=key,
+                    mandatory=False,
+                )
+                for key, body in messages
+            ),
+            return_exceptions=True,
+        )
+        failed: list[tuple[str, bytes]] = []
+        reason = ""
+        for message, result in zip(messages, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                failed.append(message)
+                reason = reason or describe(result)
+            else:
+                metrics.PUBLISHED.inc()
+        return failed, reason

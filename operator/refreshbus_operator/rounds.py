@@ -52,6 +52,7 @@ DEFAULT_DEADLINE = 60
 #: Warning Events about acks whose identity did not check out, at most per round (one per
 #: pod and kind of failure): a flood of forged acks must not become a flood of Events.
 MAX_IDENTITY_EVENTS = 10
+FINAL_WRITE_RETRY_MAX = 10.0
 
 
 class Round:
@@ -204,7 +205,8 @@ class Round:
             for task in list(self._background):
                 task.cancel()
             engine.router.unregister(self.snapshot.event_id or "")
-            engine.consumer.settle(self.unsettled)
+            # Deliveries folded but never written to status (cancelled, stopping) are not
+            # acked: the broker redelivers them (to a restarted or the next active replica).
             self.unsettled = []
             engine.round_ended(self)
 
@@ -369,14 +371,9 @@ class Round:
         remaining = (self.deadline - now()).total_seconds()
         if remaining <= 0:
             return
-        loop = asyncio.get_running_loop()
         messages = self._messages(pods)
         try:
-            await engine.publisher.publish(
-                messages,
-                timeout=remaining,
-                on_retry=lambda reason: self._call_soon(loop, reason),
-            )
+            await engine.publisher.publish(messages, timeout=remaining, on_retry=self.broker_trouble)
         except PublishError as exc:
             self.snapshot.conditions["Published"] = st.Condition(
                 "Published", "False", "BrokerUnavailable", str(exc)
@@ -417,9 +414,6 @@ class Round:
             log.warning("%r: re-publishing failed: %s", self, exc)
         finally:
             self._nudging = False
-
-    def _call_soon(self, loop: asyncio.AbstractEventLoop, reason: str) -> None:
-        loop.call_soon_threadsafe(self.broker_trouble, reason)
 
     # -- status --------------------------------------------------------------------------
 
@@ -472,17 +466,22 @@ class Round:
         self.final = True
         self.snapshot.completion_time = now()
         body = st.render(self.snapshot, self.snapshot.completion_time, self.previous_conditions)
-        for attempt in range(6):
+        # Until the final status is written the round is not over: its acks stay unsettled
+        # (and in flight here) however long the API refuses; a new generation, a delete or
+        # the operator stopping cancels this, and the broker then redelivers them.
+        attempt = 0
+        while True:
             try:
                 await self.engine.write_status(self, body)
                 break
             except ApiError as exc:
-                if exc.not_found:
+                if exc.not_found or exc.conflict:  # gone, or replaced by a new object
                     return
-                log.warning("%r: final status write failed (%s)", self, exc)
+                log.warning("%r: final status write failed (%s); retrying", self, exc)
             except Exception as exc:
-                log.warning("%r: final status write failed (%s)", self, exc)
-            await asyncio.sleep(0.2 * 2**attempt)
+                log.warning("%r: final status write failed (%s); retrying", self, exc)
+            await asyncio.sleep(min(FINAL_WRITE_RETRY_MAX, 0.2 * 2**attempt))
+            attempt += 1
         self.engine.consumer.settle(self.unsettled)
         self.unsettled = []
         phase = body["phase"]

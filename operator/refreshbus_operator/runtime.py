@@ -51,3 +51,16 @@ def probe(memo: Any) -> dict[str, bool]:
     if engine is None:
         return {"publisher": False, "consumer": False}
     return {"publisher": engine.publisher.connected, "consumer": engine.consumer.connected}
+
+
+def dead_workers(memo: Any) -> list[str]:
+    """The internal workers that died or are stuck: liveness fails while any is listed."""
+    dead: list[str] = []
+    engine: Engine | None = memo.get("engine")
+    if engine is not None:
+        dead += engine.dead_workers()
+    # AutoRefresher.alive() arrives with the async auto-refresh; until then it has no workers.
+    alive = getattr(memo.get("auto"), "alive", None)
+    if alive is not None and not alive():
+        dead.append("auto-refresh")
+    return dead

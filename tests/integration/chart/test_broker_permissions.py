@@ -7,6 +7,7 @@ needs works; everything else is refused by the broker.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -83,15 +84,30 @@ def test_definitions_load_with_the_users_and_topology(node: Broker) -> None:
 
 
 def test_operator_and_sidecar_do_their_job_with_the_chart_credentials(node: Broker, tmp_path: Any) -> None:
-    from refreshbus_operator.publishing import connect, declare_topology
+    from refreshbus_operator.broker import connect, declare_topology
+    from refreshbus_operator.publishing import Publisher
     from refreshbus_sidecar.bus import Bus
     from refreshbus_wire import events, routing
 
-    # Operator: its real topology declaration (exchange, ack queue, ack.# binding).
-    op = connect([url(node, "operator")])
-    channel = op.channel()
-    declare_topology(channel)
-    channel.confirm_delivery()
+    async def operator_publishes(key: str) -> None:
+        # The real publisher: connects, declares its topology (exchange, ack queue, ack.#
+        # binding), publishes with confirms.
+        publisher = Publisher([url(node, "operator")])
+        await publisher.start()
+        try:
+            await publisher.publish([(key, b"nudge")], timeout=20)
+        finally:
+            await publisher.stop()
+
+    async def operator_gets_an_ack() -> bytes | None:
+        conn = await connect([url(node, "operator")])
+        try:
+            _exchange, queue = await declare_topology(await conn.channel())
+            message = await queue.get(no_ack=True, fail=False)
+            return None if message is None else message.body
+        finally:
+            await conn.close()
+
     # Sidecar: the real Bus (declares the exchange, its queue, its four bindings; consumes).
     pod = f"web-{uuid.uuid4().hex[:6]}"
     identity = routing.PodIdentity("shop", pod, "Deployment", "web")
@@ -100,7 +116,7 @@ def test_operator_and_sidecar_do_their_job_with_the_chart_credentials(node: Brok
     bus = Bus([url(node, "sidecar")], identity, token_file=token_file)
     bus.connect()
     try:
-        channel.basic_publish(routing.EXCHANGE, routing.pod_key("shop", pod), b"nudge")
+        asyncio.run(operator_publishes(routing.pod_key("shop", pod)))
         for _ in range(20):
             bus.wait(0.25)
             if bus.pending:
@@ -112,8 +128,8 @@ def test_operator_and_sidecar_do_their_job_with_the_chart_credentials(node: Brok
             result=events.AckResult.OK, received_at=events.now(),
         )  # fmt: skip
         bus.publish_ack(ack)
-        method, _, body = channel.basic_get(routing.OPERATOR_ACK_QUEUE, auto_ack=True)
-        assert method is not None
+        body = asyncio.run(operator_gets_an_ack())
+        assert body is not None
         received = events.decode(body)
         assert isinstance(received, events.Ack)
         assert (received.id, received.pod, received.result) == (ack.id, pod, events.AckResult.OK)
@@ -121,14 +137,13 @@ def test_operator_and_sidecar_do_their_job_with_the_chart_credentials(node: Brok
         # The kubelet rotates the token: every ack carries the file's current content.
         token_file.write_text("aaa.bbb.second")
         bus.publish_ack(ack)
-        method, _, body = channel.basic_get(routing.OPERATOR_ACK_QUEUE, auto_ack=True)
-        assert method is not None
+        body = asyncio.run(operator_gets_an_ack())
+        assert body is not None
         rotated = events.decode(body)
         assert isinstance(rotated, events.Ack)
         assert rotated.identity_token == "aaa.bbb.second"
     finally:
         bus.close()
-        op.close()
 
 
 def test_a_sidecar_cannot_publish_refresh_events(node: Broker) -> None:

@@ -4,50 +4,59 @@ the deadline."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import pytest
 from refreshbus_operator.acks import AckConsumer
 
 
 class FlakyLink:
-    """Was connected; the broker closed it; the first reopen fails (broker still down)."""
+    """Was connected (``broke``) or never was; the first reopen fails (broker still down)."""
 
-    def __init__(self) -> None:
-        self.connected = True
+    def __init__(self, broke: bool) -> None:
+        self.channel: object | None = object() if broke else None
         self.is_open = False
+        self.lost = asyncio.Event()
         self.attempts = 0
 
-    def open(self, prepare: Any) -> None:
-        self.connected = False  # what Link.open does first: close() resets the mark
+    async def open(self, prepare: Any) -> None:
+        self.channel = None  # what Link.open does first: close() forgets the old channel
         self.attempts += 1
         if self.attempts == 1:
             raise ConnectionError("broker still down")
-        self.connected = self.is_open = True
+        self.channel = object()
+        self.is_open = True
+
+    async def close(self) -> None:
+        self.channel = None
+        self.is_open = False
+
+
+def nudges_after_two_attempts(broke: bool) -> list[int]:
+    async def main() -> list[int]:
+        consumer = AckConsumer(["amqp://u:p@127.0.0.1:1/"], deliver=lambda body, tag: None,
+                               retry_initial=0.01, retry_max=0.01)
+        link = FlakyLink(broke)
+        consumer._link = link  # type: ignore[assignment]
+        nudges: list[int] = []
+        consumer.on_reconnect = lambda: nudges.append(1)
+        consumer.set_active(True)
+        await consumer.start()
+        for _ in range(200):
+            if link.is_open:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        await consumer.stop()
+        assert link.attempts == 2
+        return nudges
+
+    return asyncio.run(main())
 
 
 def test_a_link_that_broke_and_needed_two_attempts_to_reopen_still_nudges() -> None:
-    consumer = AckConsumer(["amqp://u:p@127.0.0.1:1/"], deliver=lambda body, tag: None)
-    consumer._link = FlakyLink()  # type: ignore[assignment]
-    nudges: list[int] = []
-    consumer.on_reconnect = lambda: nudges.append(1)
-
-    with pytest.raises(ConnectionError):
-        consumer._ensure()  # noticed broken; the broker is still down
-    consumer._ensure()
-
-    assert nudges == [1]
+    assert nudges_after_two_attempts(broke=True) == [1]
 
 
 def test_the_first_connection_is_not_a_reconnect() -> None:
-    consumer = AckConsumer(["amqp://u:p@127.0.0.1:1/"], deliver=lambda body, tag: None)
-    link = FlakyLink()
-    link.connected = False
-    link.attempts = 1
-    consumer._link = link  # type: ignore[assignment]
-    nudges: list[int] = []
-    consumer.on_reconnect = lambda: nudges.append(1)
-
-    consumer._ensure()
-
-    assert nudges == []
+    assert nudges_after_two_attempts(broke=False) == []
