@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import logging
 import os
+import secrets
+import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from refreshbus_operator import settings
@@ -168,6 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # restarts in the same pod replaces its own keep-alive instead of meeting a stale
         # entry with its own (stable) priority and pausing until that expires.
         os.environ.setdefault("POD_ID", config.pod_name)
+    # Chosen here (as kopf would: POD_ID, else user@host/time/random) and handed to kopf, so
+    # the operator's own view of peering (runtime/pause.py) knows which entry is its own.
+    identity = os.environ.get("POD_ID") or (
+        f"{getpass.getuser()}@{socket.gethostname()}/{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+        f"/{secrets.token_hex(2)}"
+    )
+    config = dataclasses.replace(config, peering_identity=identity)
 
     import kopf
 
@@ -190,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         standalone=config.standalone if config.peering_name is None else False,
         peering_name=config.peering_name,
         priority=config.priority,
+        identity=identity,  # type: ignore[arg-type]  # a NewType of str kopf does not export
         liveness_endpoint=config.liveness_endpoint,
         clusterwide=config.clusterwide,
         namespaces=config.namespaces,

@@ -58,6 +58,8 @@ class Engine:
         self.router.on_change = lambda: self.consumer.set_active(bool(self.router.rounds))
         self.consumer.on_reconnect = self._reconnected
         self._janitor: asyncio.Task[None] | None = None
+        #: Set while kopf peering has paused this replica: no round starts or resumes.
+        self.paused = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -107,6 +109,8 @@ class Engine:
 
     def reconcile(self, body: Mapping[str, Any]) -> str:
         """Start, resume or leave alone the round of one ConfigRefresh. Returns what it did."""
+        if self.paused:
+            return "paused"
         meta = body.get("metadata") or {}
         ns, name = meta["namespace"], meta["name"]
         uid = meta.get("uid")

@@ -181,10 +181,7 @@ class Round:
             flusher = asyncio.create_task(self._flusher(), name=f"flush {self.ref.name}")
             try:
                 await self._publish()
-                remaining = (self.deadline - now()).total_seconds()
-                if st.pending_pods(self.snapshot) and remaining > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.answered.wait(), timeout=remaining)
+                await self._await_answers()
             finally:
                 self._closing = True
                 self._closed.set()
@@ -392,7 +389,24 @@ class Round:
         )
         self.dirty.set()
 
-    def nudge(self) -> None:
+    async def _await_answers(self) -> None:
+        """Until every target answered or the deadline, re-publishing (same event id) to the
+        silent ones at a backing-off interval: an event can be lost on the sidecar's side (its
+        exclusive queue goes with its connection). No API request: nothing is written."""
+        config = self.engine.config
+        interval = config.renudge_initial
+        while st.pending_pods(self.snapshot):
+            remaining = (self.deadline - now()).total_seconds()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self.answered.wait(), timeout=min(remaining, interval))
+                return
+            except TimeoutError:
+                self.nudge("not answered yet")
+            interval = min(interval * 2, config.renudge_max)
+
+    def nudge(self, why: str = "broker reconnected") -> None:
         """Re-publish the event to the targets that have not answered (once at a time)."""
         published = self.snapshot.conditions.get("Published")
         if self.final or self._nudging or published is None or published.status != "True":
@@ -400,15 +414,15 @@ class Round:
         if not st.pending_pods(self.snapshot):
             return
         self._nudging = True
-        self._spawn(self._republish(), f"nudge {self.ref.name}")
+        self._spawn(self._republish(why), f"nudge {self.ref.name}")
 
-    async def _republish(self) -> None:
+    async def _republish(self, why: str) -> None:
         try:
             pods = st.pending_pods(self.snapshot)
             remaining = (self.deadline - now()).total_seconds()
             if pods and remaining > 0:
-                log.info("%r: broker reconnected, re-publishing to %d pod(s) that have not answered",
-                         self, len(pods))
+                log.info("%r: %s, re-publishing to %d pod(s) that have not answered",
+                         self, why, len(pods))
                 await self.engine.publisher.publish(self._messages(pods), timeout=remaining)
         except Exception as exc:
             log.warning("%r: re-publishing failed: %s", self, exc)

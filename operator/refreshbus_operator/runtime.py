@@ -1,32 +1,53 @@
-"""Process-wide objects, created at kopf start-up and kept in ``memo``."""
+"""Process-wide objects, created at kopf start-up and kept in ``memo``; what happens when
+kopf peering pauses or resumes this replica; what liveness reports."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refreshbus_operator import metrics
 from refreshbus_operator.engine import Engine
-from refreshbus_operator.kube import Kube, in_memo
+from refreshbus_operator.kube import Kube, cfr_path, in_memo
+from refreshbus_operator.pause import PeeringPause, peering_paths
 from refreshbus_operator.settings import Config
+
+if TYPE_CHECKING:
+    from refreshbus_operator.autorefresh import AutoRefresher
 
 log = logging.getLogger(__name__)
 
 
 async def start(memo: Any) -> None:
     config: Config = memo["config"]
-    engine = Engine(config, in_memo(memo))
+    kube = in_memo(memo)
+    engine = Engine(config, kube)
     await engine.start()
     memo["engine"] = engine
     if config.metrics_port and not memo.get("metrics_started"):
         metrics.serve(config.metrics_port)
         memo["metrics_started"] = True
+    auto = None
     if config.auto_refresh:
         from refreshbus_operator.autorefresh import AutoRefresher
 
-        auto = AutoRefresher(config, in_memo(memo))
-        await auto.start()
+        auto = AutoRefresher(config, kube)
         memo["auto"] = auto
+    if config.peering_name is not None:
+        # HA: nothing of ours runs until peering says this replica is the active one.
+        engine.paused = True
+        pause = PeeringPause(
+            kube,
+            peering_paths(config.peering_name, config.namespaces),
+            config.peering_identity,
+            config.effective_priority(),
+            on_pause=lambda: paused(memo),
+            on_resume=lambda: resumed(memo),
+        )
+        memo["pause"] = pause
+        await pause.start()
+    elif auto is not None:
+        await auto.start()
     log.info(
         "refreshbus operator started (namespaces: %s, brokers: %d)",
         ", ".join(config.namespaces) or "all",
@@ -35,6 +56,9 @@ async def start(memo: Any) -> None:
 
 
 async def stop(memo: Any) -> None:
+    pause: PeeringPause | None = memo.get("pause")
+    if pause is not None:
+        await pause.stop()
     auto = memo.get("auto")
     if auto is not None:
         await auto.stop()
@@ -46,11 +70,45 @@ async def stop(memo: Any) -> None:
         await shared.aclose()
 
 
+async def paused(memo: Any) -> None:
+    """A peer took over: stop our rounds without finishing them (the active replica resumes
+    them from their round annotation; their unwritten acks go back to the queue) and stop
+    auto-refresh (the active replica's creates the ConfigRefreshes)."""
+    engine: Engine = memo["engine"]
+    engine.paused = True
+    await engine.stop_rounds()
+    auto = memo.get("auto")
+    if auto is not None:
+        await auto.stop()
+
+
+async def resumed(memo: Any) -> None:
+    """This replica is the active one (again): pick up every round in flight and watch."""
+    engine: Engine = memo["engine"]
+    config: Config = memo["config"]
+    engine.paused = False
+    auto = memo.get("auto")
+    if auto is not None:
+        await auto.start()
+    # kopf does not run its handlers again for objects it saw before the pause.
+    for namespace in config.namespaces or (None,):
+        listing = await in_memo(memo).aget(cfr_path(namespace))
+        for body in listing.get("items") or ():
+            outcome = engine.reconcile(body)
+            if outcome in {"started", "resumed"}:
+                log.info("after the pause: %s/%s %s", body["metadata"].get("namespace"),
+                         body["metadata"]["name"], outcome)
+
+
 def probe(memo: Any) -> dict[str, bool]:
     engine: Engine | None = memo.get("engine")
+    pause: PeeringPause | None = memo.get("pause")
     if engine is None:
         return {"publisher": False, "consumer": False}
-    return {"publisher": engine.publisher.connected, "consumer": engine.consumer.connected}
+    report = {"publisher": engine.publisher.connected, "consumer": engine.consumer.connected}
+    if pause is not None:
+        report["paused"] = pause.paused
+    return report
 
 
 def dead_workers(memo: Any) -> list[str]:
@@ -59,8 +117,10 @@ def dead_workers(memo: Any) -> list[str]:
     engine: Engine | None = memo.get("engine")
     if engine is not None:
         dead += engine.dead_workers()
-    # AutoRefresher.alive() arrives with the async auto-refresh; until then it has no workers.
-    alive = getattr(memo.get("auto"), "alive", None)
-    if alive is not None and not alive():
+    pause: PeeringPause | None = memo.get("pause")
+    if pause is not None and not pause.alive():
+        dead.append("peering watch")
+    auto: AutoRefresher | None = memo.get("auto")
+    if auto is not None and not auto.alive():
         dead.append("auto-refresh")
     return dead

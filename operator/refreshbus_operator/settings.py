@@ -50,6 +50,8 @@ class Config:
     #: Seconds a replica's peering keep-alive is valid: a dead active replica is replaced
     #: by a standby within about this long (kopf's default is 60).
     peering_lifetime: int = 60
+    #: kopf's peering identity of this replica (set by the CLI, which hands it to kopf).
+    peering_identity: str = ""
     liveness_endpoint: str | None = None
     metrics_port: int = 9465
     log_format: str = "json"  # json | plain
@@ -70,6 +72,10 @@ class Config:
     #: speaks for: ``require`` refuses it, ``warn`` folds it anyway (both log, count and show
     #: it). ``warn`` is for the transition from sidecars older than protocol 1.2.
     ack_identity: str = "require"
+    #: A round re-publishes to its silent targets this long after publishing, then at twice
+    #: the previous interval, at most ``renudge_max`` apart, until its deadline.
+    renudge_initial: float = 10.0
+    renudge_max: float = 60.0
     auto_refresh: bool = True
     #: Also watch the Secrets opted-in workloads manage. Off (default): auto-refresh follows
     #: ConfigMaps only and the operator never lists/watches a Secret (the Helm chart grants
@@ -181,6 +187,8 @@ _FIELDS: dict[str, type] = {
     "ack_prefetch": int,
     "api_retry_timeout": float,
     "ack_identity": str,
+    "renudge_initial": float,
+    "renudge_max": float,
     "auto_refresh": bool,
     "auto_refresh_secrets": bool,
     "auto_refresh_debounce": float,
@@ -241,6 +249,8 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         raise ValueError(f"{ENV_PREFIX}AUTO_REFRESH_MAX_WATCHES must be >= 1")
     if config.api_retry_timeout < 0:
         raise ValueError(f"{ENV_PREFIX}API_RETRY_TIMEOUT must be >= 0 (0: never retry a read)")
+    if not 0 < config.renudge_initial <= config.renudge_max:
+        raise ValueError("re-nudge intervals must satisfy 0 < renudge_initial <= renudge_max")
     for number, url in enumerate(config.broker_urls, 1):
         contract.check_broker_url(number, url)
     return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -150,3 +151,158 @@ def test_broker_restart_mid_refresh_converges(
     assert obj["status"]["counts"]["acked"] == 2
     assert len(fakes[0].deliveries()) == 1
     assert len(fakes[1].deliveries()) == 2
+
+
+def test_a_publish_superseded_while_the_broker_is_down_does_not_wedge_the_operator(
+    cluster, namespace, running_broker, start_operator, fake_sidecars
+):
+    """Broker down, a ConfigRefresh applied, re-applied with a new generation while its publish
+    is retrying, broker back: the new generation and every new ConfigRefresh afterwards reach a
+    final phase (the cancelled publish once killed the publisher for good)."""
+    make_pods(cluster, namespace, 2, fake_sidecars, {})
+    op = start_operator()
+    running_broker.stop()
+    try:
+        refresh(cluster, namespace, "r", {**SPEC, "deadlineSeconds": 120})
+        wait_for(
+            lambda: condition(cfr(cluster, namespace, "r"), "Published").get("reason") == "BrokerUnavailable",
+            30,
+            "generation 1 to retry its publish",
+        )
+        refresh(cluster, namespace, "r", {**SPEC, "deadlineSeconds": 119})
+        wait_for(
+            lambda: cfr(cluster, namespace, "r").get("status", {}).get("observedGeneration") == 2,
+            30,
+            "generation 2 to start",
+        )
+    finally:
+        running_broker.start()
+    obj = wait_phase(cluster, namespace, "r", "Succeeded", timeout=60, operator=op)
+    assert obj["status"]["observedGeneration"] == 2
+    for name in ("after-1", "after-2"):
+        refresh(cluster, namespace, name, SPEC)
+        wait_phase(cluster, namespace, name, "Succeeded", timeout=30, operator=op)
+
+
+def ok_then_unchanged(event: RefreshEvent, nth: int) -> tuple[str, None]:
+    """A sidecar answers ``unchanged`` when sent an event it already applied."""
+    return ("ok", None) if nth == 1 else ("unchanged", None)
+
+
+def unacked_acks(broker: Any) -> int:
+    out = broker.ctl("list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged")
+    counts = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+    return int(counts.get("refreshbus.operator.acks", 0))
+
+
+def results(obj: dict[str, Any]) -> dict[str, str]:
+    return {r["pod"]: r["result"] for r in obj["status"].get("results") or ()}
+
+
+def test_acks_folded_but_not_written_when_the_operator_stops_are_redelivered(
+    cluster, namespace, running_broker, start_operator, fake_sidecars
+):
+    """SIGTERM between folding acks and writing them to status: the restarted operator gets
+    them again from the broker and shows ``ok``, instead of re-publishing and showing the
+    ``unchanged`` the pods answer the second time."""
+    gate = threading.Event()
+
+    def gated(event: RefreshEvent, nth: int) -> tuple[str, None]:
+        gate.wait(60)
+        return ok_then_unchanged(event, nth)
+
+    fakes = make_pods(cluster, namespace, 2, fake_sidecars, {0: gated, 1: gated})
+    # A long flush interval keeps the acks folded in memory, unwritten, once InProgress is.
+    op = start_operator("--standalone", "--status-flush-interval", "60")
+    refresh(cluster, namespace, "r", {**SPEC, "deadlineSeconds": 90})
+    wait_for(lambda: cfr(cluster, namespace, "r").get("status", {}).get("phase") == "InProgress", 30,
+             "the round to publish")
+    gate.set()
+    wait_for(lambda: unacked_acks(running_broker) == 2, 30, "both acks delivered to the operator, unacked")
+    assert "results" not in cfr(cluster, namespace, "r")["status"]
+    assert op.stop() == 0  # SIGTERM
+    op2 = start_operator(name="restarted")
+    obj = wait_phase(cluster, namespace, "r", "Succeeded", operator=op2)
+    assert results(obj) == {f.pod: "ok" for f in fakes}
+    assert [len(f.deliveries()) for f in fakes] == [1, 1]  # folded from the queue, not re-published
+
+
+def refuse_status_writes(cluster: Any, namespace: str, name: str) -> None:
+    """A ValidatingAdmissionPolicy that refuses every status write of ConfigRefresh ``name``."""
+    policy = f"refuse-status-{namespace}"
+    manifests = [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": ["refreshbus.io"], "apiVersions": ["*"], "operations": ["UPDATE"],
+                    "resources": ["configrefreshes/status"]}]},
+                "matchConditions": [{"name": "this-one", "expression": f"object.metadata.name == '{name}'"}],
+                "validations": [{"expression": "false", "message": "status writes refused by the test"}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy},
+            "spec": {
+                "policyName": policy,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+            },
+        },
+    ]
+    items = {"apiVersion": "v1", "kind": "List", "items": manifests}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(items))
+
+    def refused() -> bool:
+        probe = cluster.kubectl("-n", namespace, "patch", "configrefresh", name, "--subresource=status",
+                                "--type=merge", "-p", '{"status":{"message":"probe"}}', "--dry-run=server",
+                                check=False)
+        return probe.returncode != 0 and "refused by the test" in probe.stderr
+
+    wait_for(refused, 30, "the policy to refuse status writes", interval=0.2)
+
+
+def allow_status_writes(cluster: Any, namespace: str) -> None:
+    policy = f"refuse-status-{namespace}"
+    cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
+                    "--ignore-not-found")
+
+
+def test_an_ack_whose_status_write_fails_is_not_released_and_is_redelivered(
+    cluster, namespace, running_broker, start_operator, fake_sidecars
+):
+    """Status writes refused (longer than the old give-up budget) after a pod answered: the
+    delivery stays unacked at the broker; the operator stopped meanwhile, its successor gets
+    the ack redelivered and shows ``ok`` (no re-publish)."""
+    gate = threading.Event()
+
+    def gated(event: RefreshEvent, nth: int) -> tuple[str, None]:
+        gate.wait(60)
+        return ok_then_unchanged(event, nth)
+
+    fakes = make_pods(cluster, namespace, 1, fake_sidecars, {0: gated})
+    op = start_operator()
+    refresh(cluster, namespace, "r", {**SPEC, "deadlineSeconds": 120})
+    wait_for(lambda: cfr(cluster, namespace, "r").get("status", {}).get("phase") == "InProgress", 30,
+             "the round to publish")
+    try:
+        refuse_status_writes(cluster, namespace, "r")
+        gate.set()
+        # The old code gave up after 6 attempts (~13 s) and released the ack anyway.
+        wait_for(lambda: op.text().count("final status write failed") >= 7, 40,
+                 "the final status write to be retried beyond the old budget")
+        assert unacked_acks(running_broker) == 1
+        assert cfr(cluster, namespace, "r")["status"]["phase"] == "InProgress"
+        assert op.stop() == 0  # SIGTERM while the write is still refused
+    finally:
+        allow_status_writes(cluster, namespace)
+    op2 = start_operator(name="restarted")
+    obj = wait_phase(cluster, namespace, "r", "Succeeded", operator=op2)
+    assert results(obj) == {fakes[0].pod: "ok"}
+    assert len(fakes[0].deliveries()) == 1
