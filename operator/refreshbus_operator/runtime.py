@@ -90,7 +90,8 @@ async def resumed(memo: Any) -> None:
     auto = memo.get("auto")
     if auto is not None:
         await auto.start()
-    # kopf does not run its handlers again for objects it saw before the pause.
+    # kopf does not run its handlers again for objects it saw before the pause, and those it
+    # ran while our view still said "paused" (start-up, unpause) were refused: list them all.
     for namespace in config.namespaces or (None,):
         listing = await in_memo(memo).aget(cfr_path(namespace))
         for body in listing.get("items") or ():

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from opharness import ORDERS, cfr, configmap, refresh, wait_for, wait_phase
+from opharness import ORDERS, cfr, configmap, deployment, refresh, wait_for, wait_phase
 from refreshbus_support.pods import Owner, create_pod
 
 pytestmark = pytest.mark.integration
@@ -93,3 +93,70 @@ def test_replicas_without_priority_derive_distinct_ones_from_their_pod_names(
     standby = ops[1 - leader]
     wait_for(lambda: "Pausing operations in favour of" in standby.text(), 20, "the lower one to pause")
     assert "Possibly conflicting operators with the same priority" not in ops[0].text() + ops[1].text()
+
+
+AUTO = {
+    "refreshbus.io/inject": "true",
+    "refreshbus.io/auto-refresh": "true",
+    "refreshbus.io/configmaps": "app-config",
+}
+
+
+def test_a_paused_replica_stops_its_rounds_and_auto_refresh_and_resumes_when_active(
+    cluster, namespace, start_operator, fake_sidecars
+):
+    """A rolling update: a higher-priority replica joins while the old one is active. The old
+    one pauses: its in-flight round stops unfinished (the new one resumes it), its
+    auto-refresh stops (one ConfigMap edit -> exactly one ConfigRefresh, run by the new one).
+    When the new one leaves, the old one resumes the round the new one left in flight."""
+    configmap(cluster, namespace, "app-config", {"k": "v0"})
+    deployment(cluster, namespace, "orders", ORDERS, AUTO)
+    for i in range(2):
+        pod = create_pod(cluster, namespace, f"orders-5d8f9c7b6-p{i}", labels=ORDERS,
+                         owner=Owner.replicaset_of("orders"), configmaps=("app-config",))
+        fake_sidecars(namespace, pod.name, ("Deployment", "orders"))
+    lates = []
+    for i in range(2):  # pods that answer only when sent the event a second time
+        late = create_pod(cluster, namespace, f"late-{i}", labels={"app": "late"}, configmaps=("app-config",))
+        lates.append(fake_sidecars(namespace, late.name, ("Pod", late.name),
+                                   lambda _e, nth: None if nth == 1 else ("ok", None)))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+        "metadata": {"name": "refreshbus", "namespace": namespace}}))
+    env = {"REFRESHBUS_OPERATOR_PEERING_LIFETIME": "4", "REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE": "0.5",
+           "REFRESHBUS_OPERATOR_RENUDGE_INITIAL": "120", "REFRESHBUS_OPERATOR_RENUDGE_MAX": "120"}
+    old = start_operator("--peering", "refreshbus", "--priority", "100", name="old", env=env)
+    wait_for(lambda: old.metrics().get("refreshbus_operator_watched_sources") == 1, 30,
+             "the old replica's ConfigMap watch")
+    refresh(cluster, namespace, "inflight", {**SPEC, "target": {"pods": ["late-0"]}, "deadlineSeconds": 120})
+    wait_for(lambda: lates[0].deliveries(), 20, "the in-flight event to reach late-0")
+
+    new = start_operator("--peering", "refreshbus", "--priority", "200", name="new", env=env)
+    wait_for(lambda: "paused by peering" in old.text(), 30, "the old replica to pause")
+    wait_phase(cluster, namespace, "inflight", "Succeeded", timeout=60, operator=new)
+    assert handled(new, "inflight")
+    assert len(lates[0].deliveries()) == 2  # once by the old replica, once by the new one
+    assert not re.search(r"/inflight gen=\d+ event=[^>]+> finished", old.text())  # stopped, unfinished
+
+    cluster.kubectl("-n", namespace, "patch", "configmap", "app-config", "--type=merge", "-p",
+                    json.dumps({"data": {"k": "v1"}}))
+    items = wait_for(
+        lambda: [i for i in cluster.get_json("-n", namespace, "configrefreshes", "-l",
+                                             "refreshbus.io/auto-refresh-for=orders")["items"]
+                 if i.get("status", {}).get("phase") == "Succeeded"],
+        30, "the auto-created refresh to succeed")
+    auto = cluster.get_json("-n", namespace, "configrefreshes", "-l",
+                            "refreshbus.io/auto-refresh-for=orders")["items"]
+    assert [i["metadata"]["name"] for i in auto] == [items[0]["metadata"]["name"]]
+    assert handled(new, items[0]["metadata"]["name"])
+    assert not handled(old, items[0]["metadata"]["name"])
+    assert old.metrics().get("refreshbus_operator_auto_refreshes_total", 0) == 0
+
+    # The new replica leaves with a round in flight: the old one, active again, resumes it.
+    refresh(cluster, namespace, "left", {**SPEC, "target": {"pods": ["late-1"]}, "deadlineSeconds": 120})
+    wait_for(lambda: lates[1].deliveries(), 20, "the second in-flight event to reach late-1")
+    assert new.stop() == 0
+    wait_for(lambda: "active by peering" in old.text().split("paused by peering", 1)[1], 30,
+             "the old replica to become active again")
+    wait_phase(cluster, namespace, "left", "Succeeded", timeout=60, operator=old)
+    assert len(lates[1].deliveries()) == 2
