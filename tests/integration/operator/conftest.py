@@ -30,6 +30,7 @@ def start_operator(
         env: dict[str, str] | None = None,
         namespaces: tuple[str, ...] | None = None,
         kubeconfig: str | None = None,
+        inject: str | None = None,
     ) -> OperatorProc:
         proc = OperatorProc(
             kubeconfig=kubeconfig or cluster.kubeconfig,
@@ -39,6 +40,7 @@ def start_operator(
             args=args or ("--standalone",),
             env=env or {},
             name=f"{name}-{len(procs)}",
+            inject=inject,
         )
         procs.append(proc)
         proc.start(wait=wait)

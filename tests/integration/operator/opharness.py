@@ -54,6 +54,8 @@ class OperatorProc:
     name: str = "operator"
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=free_port)
+    #: Python run in the operator process before its CLI (fault injection in tests).
+    inject: str | None = None
 
     @property
     def log(self) -> Path:
@@ -70,8 +72,12 @@ class OperatorProc:
             "REFRESHBUS_OPERATOR_PUBLISH_RETRY_MAX": "1",
             **self.env,
         }
+        program = [str(OPERATOR_BIN)]
+        if self.inject is not None:
+            main = "import sys\nfrom refreshbus_operator.__main__ import main\nsys.exit(main(sys.argv[1:]))"
+            program = [sys.executable, "-c", f"{self.inject}\n{main}"]
         cmd = [
-            str(OPERATOR_BIN),
+            *program,
             *self.args,
             "--metrics-port",
             str(self.metrics_port),

@@ -296,3 +296,35 @@ def test_bad_acks_are_counted_and_ignored(cluster, namespace, running_broker, st
     assert obj["status"]["counts"]["targets"] == 2
     assert obj["status"]["counts"]["acked"] == 2
     assert "intruder" not in json.dumps(obj["status"])
+
+
+def test_a_silent_pod_is_sent_the_event_again_at_no_extra_api_cost(
+    cluster, namespace, start_operator, fake_sidecars
+):
+    """An event lost on the sidecar's side (here: the first delivery goes unanswered) is sent
+    again, same event id, to the silent pod only, well before the deadline; the round makes
+    exactly the API requests of a round whose pod answered at once."""
+    configmap(cluster, namespace, "app-config", {"a": "1"})
+    fakes = orders_deployment_pods(cluster, namespace, 2, fake_sidecars,
+                                   {0: lambda _e, nth: None if nth == 1 else ("ok", None)})
+    renudge = {"REFRESHBUS_OPERATOR_RENUDGE_INITIAL": "1", "REFRESHBUS_OPERATOR_RENUDGE_MAX": "2"}
+    op = start_operator("--standalone", "--no-auto-refresh", env=renudge)
+
+    def api_requests() -> float:
+        metrics = op.metrics()
+        return sum(v for k, v in metrics.items() if k.startswith("refreshbus_operator_api_requests_total"))
+
+    def run(name: str, pod: str) -> tuple[dict[str, Any], float]:
+        before = api_requests()
+        refresh(cluster, namespace, name, spec({"pods": [pod]}, deadlineSeconds=60))
+        obj = wait_phase(cluster, namespace, name, "Succeeded", timeout=30, operator=op)
+        wait_for(lambda: any(e.get("reason") == "Succeeded" for e in events_for(cluster, namespace, name)),
+                 10, "the Succeeded event")
+        return obj, api_requests() - before
+
+    _, answered_at_once = run("at-once", fakes[1].pod)
+    obj, renudged = run("renudged", fakes[0].pod)
+    assert [e.id for e in fakes[0].deliveries()] == [obj["status"]["eventId"]] * 2
+    assert len(fakes[1].deliveries()) == 1  # the pod that answered is not sent it again
+    assert "not answered yet, re-publishing to 1 pod(s)" in op.text()
+    assert renudged == answered_at_once
