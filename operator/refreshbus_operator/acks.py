@@ -145,11 +145,16 @@ class AckConsumer:
 
     async def _drain(self) -> None:
         tags, self._settle = self._settle, []
-        for tag in tags:
-            try:
-                await tag.ack()
-            except Exception as exc:  # its channel is gone: redelivered later; rounds dedupe per pod
-                log.debug("could not ack delivery %s: %s", tag.delivery_tag, exc)
+        # Together, not one socket drain after another: a flood of dropped acks is settled
+        # as fast as it arrives, so the prefetch window keeps moving.
+        await asyncio.gather(*(self._ack(tag) for tag in tags))
+
+    @staticmethod
+    async def _ack(tag: Tag) -> None:
+        try:
+            await tag.ack()
+        except Exception as exc:  # its channel is gone: redelivered later; rounds dedupe per pod
+            log.debug("could not ack delivery %s: %s", tag.delivery_tag, exc)
 
 
 class AckSink(Protocol):

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: The keeper wakes at least this often (liveness: a keeper silent for 4x this is stuck).
 KEEPER_TICK = 5.0
+#: How long start() waits for the first connection (a broker that is down is not fatal).
+STARTUP_WAIT = 5.0
 #: How long a publish waits for a connection being made before it counts as a failed attempt.
 CONNECT_WAIT = 2.0
 
@@ -58,7 +60,12 @@ class Publisher:
         return self._task is not None and not self._task.done() and not self.heartbeat.stale
 
     async def start(self) -> None:
+        """Start the keeper and give it a moment to connect: the topology (the ack queue and
+        its binding) should exist before the operator says it started, or acks sent right
+        after would be unroutable. A broker that is down only delays this; it never fails it."""
         self._task = asyncio.create_task(self._keep(), name="refreshbus-publisher")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._link.up.wait(), STARTUP_WAIT)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -32,6 +32,10 @@ def test_a_flood_of_acks_for_unknown_events_does_not_hold_up_a_real_refresh(
             channel.basic_publish(routing.EXCHANGE, routing.ack_key(namespace, "rogue"), encode(ack))
     finally:
         conn.close()
+    # The flood is ahead of the real ack in the queue (publishes without confirms may still
+    # be on their way into it when the connection has closed).
+    wait_for(lambda: running_broker.list_queues().get("refreshbus.operator.acks", 0) >= 3000, 30,
+             "the flood to be queued")
 
     refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "app-config"}}],
                                       "target": {"selector": {"matchLabels": ORDERS}}, "deadlineSeconds": 30})
