@@ -60,3 +60,26 @@ def test_a_link_that_broke_and_needed_two_attempts_to_reopen_still_nudges() -> N
 
 def test_the_first_connection_is_not_a_reconnect() -> None:
     assert nudges_after_two_attempts(broke=False) == []
+
+
+def test_a_worker_that_stops_showing_progress_is_not_alive() -> None:
+    """Liveness: a publisher or consumer task still running but silent past its limit is stuck."""
+    from refreshbus_operator.publishing import Publisher
+
+    async def main() -> None:
+        publisher = Publisher(["amqp://u:p@127.0.0.1:1/"], retry_initial=0.01, retry_max=0.01)
+        consumer = AckConsumer(["amqp://u:p@127.0.0.1:1/"], deliver=lambda body, tag: None)
+        assert not publisher.alive()  # not started
+        await publisher.start()
+        await consumer.start()
+        await asyncio.sleep(0.05)
+        assert publisher.alive()
+        assert consumer.alive()
+        for worker in (publisher, consumer):
+            worker.heartbeat.at -= worker.heartbeat.limit + 1  # as if stuck that long
+            assert not worker.alive()
+        await consumer.stop()
+        await publisher.stop()
+        assert not consumer.alive()
+
+    asyncio.run(main())
