@@ -93,15 +93,37 @@ class PeeringPause:
         while True:
             found = await self._blockers()
             if found is not None and bool(found) != self.paused:
-                self.paused = bool(found)
-                if self.paused:
-                    log.info("paused by peering (in favour of %s): stopping rounds and auto-refresh",
-                             ", ".join(found))
-                    await self.on_pause()
-                else:
-                    log.info("active by peering: resuming rounds in flight and auto-refresh")
-                    await self.on_resume()
+                await self._switch(found)
             await asyncio.sleep(self.interval)
+
+    async def _switch(self, found: list[str]) -> None:
+        """Pause or resume; a failed switch is retried at the next poll, never fatal: this
+        task dying would leave the replica in whatever state it was (an API server restart
+        is exactly when a resume's listing fails)."""
+        if found:
+            log.info(
+                "paused by peering (in favour of %s): stopping rounds and auto-refresh", ", ".join(found)
+            )
+            self.paused = True
+            try:
+                await self.on_pause()
+            except Exception:
+                log.exception("pausing failed; trying again in %.1fs", self.interval)
+                self.paused = False
+            return
+        log.info("active by peering: resuming rounds in flight and auto-refresh")
+        self.paused = False
+        try:
+            await self.on_resume()
+        except Exception:
+            # Half resumed is worse than paused (a round list not read means rounds nobody
+            # runs): undo it and resume again from the start at the next poll.
+            log.exception("resuming failed; staying paused and trying again in %.1fs", self.interval)
+            self.paused = True
+            try:
+                await self.on_pause()
+            except Exception:
+                log.exception("pausing after a failed resume failed too")
 
     async def _blockers(self) -> list[str] | None:
         """Who pauses us; ``None`` when the API cannot tell right now (keep the state)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
-from refreshbus_operator.pause import blockers, peering_paths
+from refreshbus_operator.pause import PeeringPause, blockers, peering_paths
 
 AT = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -38,3 +39,47 @@ def test_peering_objects_kopf_uses() -> None:
         "/apis/kopf.dev/v1/namespaces/a/kopfpeerings/rb",
         "/apis/kopf.dev/v1/namespaces/b/kopfpeerings/rb",
     ]
+
+
+class _PeeringObject:
+    """Stands in for the API server in this unit test: the peering object, no peers."""
+
+    async def aget(self, path: str) -> dict[str, object]:
+        return {"status": {}}
+
+
+def test_a_failed_resume_is_undone_and_retried_and_the_watch_stays_alive() -> None:
+    asyncio.run(_failed_resume_then_retry())
+
+
+async def _failed_resume_then_retry() -> None:
+    calls: list[str] = []
+
+    async def on_pause() -> None:
+        calls.append("pause")
+
+    async def on_resume() -> None:
+        calls.append("resume")
+        if calls.count("resume") == 1:
+            raise ConnectionResetError("API server restarting")
+
+    watch = PeeringPause(
+        _PeeringObject(),  # type: ignore[arg-type]
+        ["/apis/kopf.dev/v1/clusterkopfpeerings/rb"],
+        "me",
+        100,
+        on_pause=on_pause,
+        on_resume=on_resume,
+        interval=0.01,
+    )
+    await watch.start()
+    try:
+        for _ in range(500):
+            if not watch.paused:
+                break
+            await asyncio.sleep(0.01)
+        assert calls == ["resume", "pause", "resume"]
+        assert not watch.paused
+        assert watch.alive()
+    finally:
+        await watch.stop()
