@@ -126,8 +126,9 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
         return None
 
 
-def _retry_reason(exc: BaseException) -> str | None:
-    """Why a failed read may be asked again (the metric's ``reason``), or ``None``: a real answer."""
+def transient_reason(exc: BaseException) -> str | None:
+    """Why a failed call may succeed when asked again (the retry metric's ``reason``), or ``None``:
+    a real answer."""
     if isinstance(exc, ApiError):
         if exc.status == 429:
             return "throttled"
@@ -251,7 +252,7 @@ class Kube:
             try:
                 return await self._attempt(method, url, headers, data)
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = _retry_reason(exc) if method == "GET" else None
+                reason = transient_reason(exc) if method == "GET" else None
                 left = deadline - time.monotonic()
                 if reason is None or left <= 0:
                     raise

@@ -39,7 +39,8 @@ from refreshbus_operator import status as st
 from refreshbus_operator import targets as tg
 from refreshbus_operator.ackidentity import Check, Verdict
 from refreshbus_operator.acks import Tag
-from refreshbus_operator.kube import ApiError, source_path
+from refreshbus_operator.broker import backoff
+from refreshbus_operator.kube import ApiError, source_path, transient_reason
 from refreshbus_operator.publishing import PublishError
 from refreshbus_operator.records import ObjectRef, spec_action, spec_source_entries
 
@@ -173,7 +174,7 @@ class Round:
         engine = self.engine
         try:
             if self.resumed is None:
-                if not await self._prepare():
+                if not await self._prepare_despite_api_trouble():
                     return
             else:
                 self._load_sources(self.resumed.get("sources") or [])
@@ -206,6 +207,34 @@ class Round:
             # acked: the broker redelivers them (to a restarted or the next active replica).
             self.unsettled = []
             engine.round_ended(self)
+
+    async def _prepare_despite_api_trouble(self) -> bool:
+        """:meth:`_prepare`, again while the API server cannot be reached, until the deadline.
+
+        Reads already retry for ``api_retry_timeout``; an outage longer than that (an API
+        server restart on a loaded control plane) must not turn the user's refresh into
+        ``Failed``: nothing was published yet, so asking again is always safe."""
+        attempt = 0
+        while True:
+            try:
+                return await self._prepare()
+            except Exception as exc:
+                reason = transient_reason(exc)
+                if reason is None:
+                    raise
+                self.sources.clear()
+                remaining = (self.deadline - now()).total_seconds()
+                if remaining <= 0:
+                    text = f"the Kubernetes API server could not be reached before the deadline ({exc})"
+                    self.snapshot.conditions["TargetsResolved"] = st.Condition(
+                        "TargetsResolved", "False", "APIUnavailable", text
+                    )
+                    return await self._abort(text, "APIUnavailable")
+                delay = min(remaining, backoff(attempt, 1.0, 10.0))
+                attempt += 1
+                log.warning("%r: Kubernetes API unavailable (%s: %s); resolving again in %.1fs",
+                            self, reason, exc, delay)
+                await asyncio.sleep(delay)
 
     async def _prepare(self) -> bool:
         """Resolve, validate, persist and write Pending. False when the round ended here."""
