@@ -126,7 +126,7 @@ def _run(settings: config.Settings) -> int:
     service = Service(settings, refresher, bus, state, metrics)
     service.install_signal_handlers()
     log.info("starting", extra={
-        "pod": settings.identity.instance, "queue": bus.queue,
+        "pod": settings.identity.instance,
         "sources": [f"{k}/{n}" for k, n in settings.sources],
         "target_dir": str(settings.target_dir), "action": settings.reload.type,
         "brokers": len(settings.broker_urls)})

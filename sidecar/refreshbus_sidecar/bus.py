@@ -7,8 +7,12 @@ acknowledged to the broker only after their ack was confirmed (at-least-once; th
 refresher is idempotent by event id). Another thread reaches the connection only
 through :mod:`refreshbus_sidecar.handoff`.
 
-Each ack carries the pod's projected token, re-read from its file every time because the
-kubelet rotates it.
+The queue is exclusive to the connection and gets a fresh unguessable name each time it
+is declared: all sidecars share one broker user, and exclusivity is what stops one pod
+from reading, binding or deleting another pod's queue. It goes away with the connection;
+what was published meanwhile is caught up by the level-triggered sync after every
+connect (and the operator re-sends to pods that have not answered). Each ack carries the
+pod's projected token, re-read from its file every time because the kubelet rotates it.
 """
 
 from __future__ import annotations
@@ -32,9 +36,8 @@ from refreshbus_wire.routing import (
     EXCHANGE_TYPE,
     PodIdentity,
     ack_key,
+    new_sidecar_queue,
     sidecar_bindings,
-    sidecar_queue,
-    sidecar_queue_arguments,
 )
 
 log = logging.getLogger("refreshbus.sidecar.bus")
@@ -97,7 +100,8 @@ class Bus:
         self.heartbeat = heartbeat
         self.ca_file = ca_file
         self.token_file = token_file
-        self.queue = sidecar_queue(identity)
+        #: The current queue ("" while disconnected).
+        self.queue = ""
         self.pending: deque[Delivery] = deque()
         self.connected_to: str | None = None
         #: Set when the broker cancelled our consumer (its queue was deleted):
@@ -151,9 +155,10 @@ class Bus:
         self._subscribe()
 
     def _subscribe(self) -> None:
-        """Declare this pod's queue and bindings and consume from it."""
+        """Declare a new exclusive queue for this pod, bind it and consume from it."""
         assert self._channel is not None
-        self._channel.queue_declare(self.queue, durable=True, arguments=sidecar_queue_arguments())
+        self.queue = new_sidecar_queue(self.identity)
+        self._channel.queue_declare(self.queue, exclusive=True)
         for key in sidecar_bindings(self.identity):
             self._channel.queue_bind(self.queue, EXCHANGE, routing_key=key)
         self._channel.basic_consume(self.queue, self._on_message, auto_ack=False)
@@ -212,11 +217,12 @@ class Bus:
         self._channel.basic_ack(tag)
 
     def close(self) -> None:
-        """Close quietly; unacknowledged deliveries go back to the queue."""
+        """Close quietly; the queue and its unacknowledged deliveries go with the connection."""
         self.pending.clear()
         self.consumer_cancelled = False
         conn, self._conn, self._channel = self._conn, None, None
         self.connected_to = None
+        self.queue = ""
         if conn is not None and conn.is_open:
             with contextlib.suppress(*BROKER_ERRORS):
                 conn.close()

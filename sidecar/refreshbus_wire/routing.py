@@ -12,6 +12,7 @@ See docs/protocol.md for the full description.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 #: The one durable topic exchange that carries refresh events and acks.
@@ -23,10 +24,10 @@ OPERATOR_ACK_QUEUE = "refreshbus.operator.acks"
 #: Binding key of the operator's ack queue.
 ACK_BINDING = "ack.#"
 
-#: How long (ms) the broker keeps a sidecar's queue after its last consumer went away.
-#: Long enough to ride out a broker or pod network blip, short enough that the queues of
-#: deleted pods do not pile up.
-SIDECAR_QUEUE_EXPIRES_MS = 30 * 60 * 1000
+#: Prefix of every sidecar queue (the chart's broker permissions are written against it).
+SIDECAR_QUEUE_PREFIX = "refreshbus.sidecar."
+#: AMQP limits queue names to 255 bytes; the pod part is cut to leave room for the suffix.
+_MAX_QUEUE_NAME = 255
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod")
 
@@ -70,9 +71,16 @@ def ack_key(namespace: str, pod: str) -> str:
     return f"ack.{namespace}.{pod}"
 
 
-def sidecar_queue(identity: PodIdentity) -> str:
-    """Name of the queue a sidecar consumes from: one per pod."""
-    return f"refreshbus.sidecar.{identity.namespace}.{identity.pod}"
+def new_sidecar_queue(identity: PodIdentity) -> str:
+    """A fresh name for the exclusive queue of one sidecar connection.
+
+    The random suffix makes the name unguessable, so no other connection can declare it
+    first and lock the pod out; exclusivity makes the queue unreadable by any other
+    connection (every sidecar shares one broker user). The pod part is for people reading
+    ``rabbitmqctl list_queues`` and may be cut short."""
+    suffix = "." + secrets.token_hex(8)
+    name = f"{SIDECAR_QUEUE_PREFIX}{identity.namespace}.{identity.pod}"
+    return name.encode()[: _MAX_QUEUE_NAME - len(suffix)].decode(errors="ignore") + suffix
 
 
 def sidecar_bindings(identity: PodIdentity) -> tuple[str, ...]:
@@ -84,7 +92,3 @@ def sidecar_bindings(identity: PodIdentity) -> tuple[str, ...]:
         BROADCAST_KEY,
     )
 
-
-def sidecar_queue_arguments() -> dict[str, int]:
-    """Arguments of a sidecar queue (``x-expires`` cleans up after deleted pods)."""
-    return {"x-expires": SIDECAR_QUEUE_EXPIRES_MS}

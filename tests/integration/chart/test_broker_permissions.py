@@ -162,6 +162,68 @@ def test_a_sidecar_cannot_listen_to_acks(node: Broker) -> None:
     refused(lambda ch: ch.basic_consume("refreshbus.operator.acks", lambda *a: None), node, "sidecar")
 
 
+def test_a_sidecar_cannot_read_bind_or_delete_another_pods_queue(node: Broker) -> None:
+    """Same broker user, another connection (a compromised pod that learnt the victim's
+    queue name from `rabbitmqctl`-style listings or guessed the prefix): the broker refuses
+    every way in, because the real Bus declares its queue exclusive."""
+    from refreshbus_sidecar.bus import Bus
+    from refreshbus_wire import routing
+
+    victim = Bus([url(node, "sidecar")], routing.PodIdentity("shop", "web-victim", "Deployment", "web"))
+    victim.connect()
+    try:
+        queue = victim.queue
+        assert queue.startswith("refreshbus.sidecar.shop.web-victim.")
+        attempts: dict[str, Callable[[Any], object]] = {
+            "consume": lambda ch: ch.basic_consume(queue, lambda *a: None),
+            "get": lambda ch: ch.basic_get(queue),
+            "bind": lambda ch: ch.queue_bind(queue, "refreshbus", routing_key="refresh.all"),
+            "purge": lambda ch: ch.queue_purge(queue),
+            "delete": lambda ch: ch.queue_delete(queue),
+            "redeclare": lambda ch: ch.queue_declare(queue, exclusive=True),
+        }
+        for what, action in attempts.items():
+            conn = pika.BlockingConnection(pika.URLParameters(url(node, "sidecar")))
+            try:
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+                    action(conn.channel())
+                assert err.value.reply_code == 405, (what, err.value)  # RESOURCE_LOCKED
+            finally:
+                if conn.is_open:
+                    conn.close()
+        # ... and the victim's queue still works: an event for it arrives.
+        op = pika.BlockingConnection(pika.URLParameters(url(node, "operator")))
+        try:
+            op.channel().basic_publish(routing.EXCHANGE, routing.pod_key("shop", "web-victim"), b"nudge")
+        finally:
+            op.close()
+        for _ in range(40):
+            victim.wait(0.25)
+            if victim.pending:
+                break
+        assert [d.body for d in victim.pending] == [b"nudge"]
+    finally:
+        victim.close()
+    assert queue not in node.list_queues()  # gone with its connection: nothing piles up
+
+
+def test_a_sidecar_queue_is_new_and_unguessable_on_every_connection(node: Broker) -> None:
+    from refreshbus_sidecar.bus import Bus
+    from refreshbus_wire import routing
+
+    bus = Bus([url(node, "sidecar")], routing.PodIdentity("shop", "web-again", "Deployment", "web"))
+    bus.connect()
+    first = bus.queue
+    bus.connect()  # a reconnect
+    try:
+        assert bus.queue != first
+        queues = node.list_queues()
+        assert bus.queue in queues
+        assert first not in queues
+    finally:
+        bus.close()
+
+
 def test_a_sidecar_cannot_create_other_queues_or_exchanges(node: Broker) -> None:
     refused(lambda ch: ch.queue_declare("my-queue"), node, "sidecar")
     refused(lambda ch: ch.exchange_declare("other", exchange_type="fanout"), node, "sidecar")

@@ -168,9 +168,9 @@ def silent() -> Behaviour:
 
 
 class FakeSidecar:
-    """Speaks the real protocol on the real broker for one pod: declares the sidecar queue
-    and its four bindings, records every refresh event delivered, and acks (with the pod's
-    identity token) as told by
+    """Speaks the real protocol on the real broker for one pod: declares an exclusive
+    sidecar queue and its four bindings, records every refresh event delivered, and acks
+    (with the pod's identity token) as told by
     ``behaviour(event, nth delivery of this event id)``. Reconnects when the broker restarts."""
 
     def __init__(
@@ -210,8 +210,8 @@ class FakeSidecar:
                 conn = pika.BlockingConnection(pika.URLParameters(self.url))
                 ch = conn.channel()
                 ch.exchange_declare(routing.EXCHANGE, exchange_type=routing.EXCHANGE_TYPE, durable=True)
-                queue = routing.sidecar_queue(self.identity)
-                ch.queue_declare(queue, durable=True, arguments=routing.sidecar_queue_arguments())
+                queue = routing.new_sidecar_queue(self.identity)
+                ch.queue_declare(queue, exclusive=True)
                 for key in routing.sidecar_bindings(self.identity):
                     ch.queue_bind(queue, routing.EXCHANGE, routing_key=key)
                 ch.basic_consume(queue, lambda c, m, p, b: self._on_event(c, b), auto_ack=True)

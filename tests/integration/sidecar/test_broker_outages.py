@@ -16,7 +16,7 @@ from refreshbus_testenv.controlplane import ControlPlane
 from refreshbus_testenv.procs import free_port, wait_until
 from refreshbus_wire import pods as podc
 from refreshbus_wire.events import AckResult
-from refreshbus_wire.routing import PodIdentity, sidecar_queue
+from refreshbus_wire.routing import SIDECAR_QUEUE_PREFIX
 
 from .conftest import Apps, Sidecars
 
@@ -83,23 +83,25 @@ def test_a_change_missed_while_the_broker_was_down_is_applied_after_it_returns(
     assert sidecar.metrics()["refreshbus_sidecar_reconnects_total"] >= 1
 
 
-def test_events_queued_while_the_sidecar_was_away_are_handled_after_it_reconnects(
+def test_an_event_missed_while_the_sidecar_was_away_is_applied_at_reconnect_and_answered_when_resent(
     cluster: ControlPlane, namespace: str, sidecars: Sidecars, broker_restored: Broker, bus: TestBus
 ) -> None:
     configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
     pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
     sidecar = sidecars.start(pod)
-    sidecar.stop()  # its durable queue stays and collects what is addressed to the pod
+    sidecar.stop()  # its exclusive queue goes with its connection: nothing is kept for it
     rv = configs.put_configmap(cluster, namespace, "settings", {"a": "2"})
     event = make_event(namespace, [("ConfigMap", "settings", rv)])
     bus.publish(event)
 
     restarted = sidecars.start(pod, target_dir=sidecar.target_dir)
-
-    ack = bus.wait_ack(event.id)
-    # the start-up sync applied it after the event was issued: that was this event's change
-    assert ack.result is AckResult.OK
+    # Level-triggered: the start-up sync applied the change without any event ...
     assert (restarted.target_dir / "configmap-settings" / "a").read_text() == "2"
+    # ... and the event, re-sent as the operator does for pods that have not answered, is
+    # answered "ok": that sync applied this event's change, after the event was issued.
+    bus.publish(event)
+    assert bus.wait_ack(event.id).result is AckResult.OK
+    assert [a.result for a in bus.acks_for(event.id)] == [AckResult.OK]
     started = time.monotonic()
     assert restarted.stop() == 0
     assert time.monotonic() - started < 2
@@ -133,14 +135,21 @@ def test_a_deleted_queue_is_declared_again_and_the_sidecar_catches_up_and_hears_
     configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
     pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
     sidecar = sidecars.start(pod)
-    queue = sidecar_queue(PodIdentity(namespace, "api-0", "Pod", "api-0"))
-    assert queue in running_broker.list_queues()
+    prefix = f"{SIDECAR_QUEUE_PREFIX}{namespace}.api-0."
+
+    def queues() -> list[str]:
+        return [q for q in running_broker.list_queues() if q.startswith(prefix)]
+
+    (queue,) = queues()
 
     configs.put_configmap(cluster, namespace, "settings", {"a": "2"})  # its event went with the queue
-    running_broker.ctl("delete_queue", queue)  # the broker cancels the sidecar's consumer
+    # An administrator deletes it (no other sidecar can: it is exclusive); the broker cancels
+    # the sidecar's consumer.
+    running_broker.ctl("delete_queue", queue)
     wait_until(lambda: (sidecar.target_dir / "configmap-settings" / "a").read_text() == "2", 30,
                "the catch-up after the queue came back", sidecar.proc, sidecar.log)
-    assert queue in running_broker.list_queues()
+    (again,) = queues()
+    assert again != queue  # a new exclusive queue, under a new name
     rv = configs.put_configmap(cluster, namespace, "settings", {"a": "3"})
     event = make_event(namespace, [("ConfigMap", "settings", rv)])
     bus.publish(event)

@@ -44,7 +44,8 @@ def test_an_event_for_pod_b_is_never_routed_to_pod_a(
     assert bus.wait_ack(event.id, pod="billing-b").result is AckResult.OK
     assert sidecar_b.metrics()[RECEIVED] == 1
     assert sidecar_a.metrics()[RECEIVED] == 0
-    queue_a = routing.sidecar_queue(routing.PodIdentity(namespace, "orders-a", "Deployment", "orders"))
+    prefix = f"{routing.SIDECAR_QUEUE_PREFIX}{namespace}.orders-a."
+    (queue_a,) = [q for q in running_broker.list_queues() if q.startswith(prefix)]
     assert running_broker.list_queues()[queue_a] == 0  # nothing waiting for A either
     assert bus.acks_for(event.id) == [a for a in bus.acks if a.pod == "billing-b" and a.event_id == event.id]
     assert (sidecar_a.target_dir / "configmap-shared" / "k").read_text() == "v1"

@@ -24,7 +24,16 @@ def test_a_sidecar_binds_its_pod_workload_namespace_and_broadcast_keys() -> None
         "refresh.namespace.shop",
         "refresh.all",
     )
-    assert routing.sidecar_queue(me) == "refreshbus.sidecar.shop.orders-7d9f-abc"
+    first, second = routing.new_sidecar_queue(me), routing.new_sidecar_queue(me)
+    assert first.startswith("refreshbus.sidecar.shop.orders-7d9f-abc.")
+    assert first != second  # unguessable: nobody can declare a pod's queue before it does
+
+
+def test_a_sidecar_queue_name_fits_amqp_even_for_the_longest_pod_name() -> None:
+    me = PodIdentity("n" * 63, "p" * 253, "Pod", "p" * 253)
+    name = routing.new_sidecar_queue(me)
+    assert len(name.encode()) <= 255
+    assert name.startswith(routing.SIDECAR_QUEUE_PREFIX)
 
 
 @given(identities, identities)
