@@ -548,9 +548,10 @@ class AutoRefresher:
                     return
                 sources = self.due.pop(wkey)
                 try:
-                    body = refresh_manifest(
-                        ns, kind, name, workload.uid, sorted(sources), self._hashes(ns, workload)
-                    )
+                    hashes = self._hashes(ns, workload)
+                    if await self._already_requested(wkey, sources, hashes):
+                        continue
+                    body = refresh_manifest(ns, kind, name, workload.uid, sorted(sources), hashes)
                     created = await self.kube.apost(cfr_path(ns), body)
                 except Exception as exc:
                     self.due.setdefault(wkey, set()).update(sources)
@@ -572,6 +573,27 @@ class AutoRefresher:
                 log.info("auto-refresh: created ConfigRefresh %s/%s for %s %s", ns, created_name, kind, name)
         finally:
             self._creating.discard(wkey)
+
+    async def _already_requested(
+        self, wkey: WorkloadKey, sources: set[SourceKey], hashes: Mapping[SourceKey, str]
+    ) -> bool:
+        """Whether the workload's newest auto-created ConfigRefresh was made for exactly this
+        content. During a takeover the replica stepping down may still create the one for an
+        edit that the replica taking over also saw (its create was on the wire when it was
+        paused): one ConfigRefresh per edit, not two. Only ConfigMap changes can be matched
+        (a Secret's hash is never recorded), so a change that includes a Secret is always sent."""
+        if any(kind != "ConfigMap" for _, kind, _ in sources):
+            return False
+        ns, kind, name = wkey
+        selector = f"{AUTO_REFRESH_LABEL}={label_value(name)},{KIND_LABEL}={kind.lower()}"
+        listing = await self.kube.aget(cfr_path(ns), labelSelector=selector)
+        recorded = recorded_hashes(listing.get("items") or []).get(wkey)
+        wanted = {s: h for s, h in hashes.items() if s[1] == "ConfigMap"}
+        if not recorded or recorded != wanted:
+            return False
+        log.info("auto-refresh: %s %s/%s already has a ConfigRefresh for this content (another "
+                 "replica made it during a takeover); not creating a second one", kind, ns, name)
+        return True
 
     def _hashes(self, namespace: str, workload: Workload) -> dict[SourceKey, str]:
         """The current content hash of each of the workload's watched sources, where known."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from opharness import ORDERS, configmap, deployment, orders_pods, wait_for
-from refreshbus_operator.autorefresh import AutoRefresher
+from refreshbus_operator.autorefresh import AutoRefresher, content_hash, refresh_manifest
 from refreshbus_operator.settings import Config
 from refreshbus_support.operator_kube import kube_client
 
@@ -438,4 +438,45 @@ def test_an_edit_made_while_no_replica_watched_is_refreshed_by_the_next(cluster,
         "ConfigMap/app-config"
     }
     asyncio.run(replica(None, 2))  # replica C: nothing changed since B's refresh
+    assert len(auto_refreshes(cluster, namespace)) == 2
+
+
+def test_an_edit_another_replica_already_refreshed_gets_no_second_configrefresh(
+    cluster, namespace, caplog
+):
+    """Takeover race (chaos F8): the replica stepping down created the ConfigRefresh for an
+    edit while the one taking over was in its quiet period for the same edit. The second
+    finds the newest auto-created ConfigRefresh made for exactly this content and creates
+    none; the next edit still gets its own."""
+    configmap(cluster, namespace, "app-config", {"k": "v0"})
+    base = configmap_watches(cluster)
+    body = workload_manifest(namespace, "orders", AUTO)
+    body["metadata"]["uid"] = "00000000-0000-0000-0000-000000000003"
+    caplog.set_level("INFO", logger="refreshbus_operator.autorefresh")
+
+    def skipped() -> bool:
+        return any("already has a ConfigRefresh" in r.getMessage() for r in caplog.records)
+
+    async def scenario() -> None:
+        async with kube_client(cluster.kubeconfig) as kube:
+            auto = AutoRefresher(Config(auto_refresh_debounce=2.0, namespaces=(namespace,)), kube)
+            await auto.start()
+            try:
+                auto.workload_event("Deployment", "ADDED", body)
+                await until(lambda: configmap_watches(cluster) - base == 1, 20, "the watch")
+                edit(cluster, namespace, {"data": {"k": "v1"}})
+                current = cluster.get_json("-n", namespace, "configmap", "app-config")
+                source = (namespace, "ConfigMap", "app-config")
+                other = refresh_manifest(namespace, "Deployment", "orders", body["metadata"]["uid"], [source],
+                                         {source: content_hash("ConfigMap", current)})
+                cluster.kubectl("create", "-f", "-", input=json.dumps(other))
+                await until(skipped, 20, "the quiet period to end and the record to be found")
+                assert len(auto_refreshes(cluster, namespace)) == 1
+
+                edit(cluster, namespace, {"data": {"k": "v2"}})
+                await until(lambda: len(auto_refreshes(cluster, namespace)) == 2, 20, "the next edit's")
+            finally:
+                await auto.stop()
+
+    asyncio.run(scenario())
     assert len(auto_refreshes(cluster, namespace)) == 2
