@@ -15,8 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from refreshbus_testenv.broker import Broker
 from refreshbus_testenv.controlplane import ControlPlane, ExistingCluster
+
+# Property tests assert what the code does with each input, never how fast: on a 2-core
+# machine shared with a real API server and broker, hypothesis' timing checks (per-example
+# deadline, too_slow data generation) fail for reasons that say nothing about the code.
+settings.register_profile("refreshbus", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("refreshbus")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from refreshbus_wire import (
     MAX_MESSAGE_BYTES,
@@ -352,7 +352,7 @@ def _leaves(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])  # slow only under load
+@settings(max_examples=500)
 @given(st.one_of(events, acks), st.data(), json_values)
 def test_any_corrupted_nested_field_is_either_accepted_or_a_protocol_error(
     message: RefreshEvent | Ack, data: st.DataObject, value: Any
