@@ -2,7 +2,8 @@
 
 Every knob has an environment variable (``REFRESHBUS_OPERATOR_*``; the Helm chart sets
 these) and most have a CLI flag (``refreshbus-operator --help``); a flag wins over the
-environment. :func:`configure_kopf` is the ``@kopf.on.startup`` hook that turns the
+environment. :func:`apply_kopf_settings` (run by ``refreshbus-operator`` and again by the start-up hook
+``handlers.runtime.configure_kopf``) turns the
 config into kopf's own settings: persistence under ``refreshbus.io`` instead of
 ``kopf.zalando.org``, Kubernetes Events posting, peering priority.
 """
@@ -277,9 +278,3 @@ def apply_kopf_settings(settings: kopf.OperatorSettings, config: Config) -> None
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 8
-
-
-@kopf.on.startup()
-def configure_kopf(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Runs first at start-up: kopf's settings from :class:`Config` (in ``memo.config``)."""
-    apply_kopf_settings(settings, memo["config"])

@@ -7,6 +7,16 @@ from typing import Any
 import kopf
 
 from refreshbus_operator import runtime
+from refreshbus_operator import settings as settings_module
+
+
+@kopf.on.startup()
+def configure_kopf(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """kopf's settings from the operator's :class:`~refreshbus_operator.settings.Config`.
+
+    Registered here, not in the settings module: importing the settings (as the Kubernetes
+    client does) must not register a handler in processes that run other handlers alone."""
+    settings_module.apply_kopf_settings(settings, memo["config"])
 
 
 @kopf.on.startup(backoff=5)
