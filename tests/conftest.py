@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from refreshbus_support.faultproxy import FaultProxy
 from refreshbus_testenv.broker import Broker
 from refreshbus_testenv.controlplane import ControlPlane, ExistingCluster
 
@@ -63,6 +64,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         yield plane
     finally:
         plane.destroy()
+
+
+@pytest.fixture
+def api_proxy(cluster: ControlPlane) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's API server (``kubeconfig_via`` points a
+    client at it); the test switches it to slow or unreachable and back."""
+    proxy = FaultProxy(cluster.api_port).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture

@@ -122,10 +122,7 @@ class World:
                 future.result()
         self.cluster.apply_crds()
         self.proxy = FaultProxy(self.cluster.api_port).start()
-        proxied = json.loads(Path(self.cluster.kubeconfig).read_text())
-        proxied["clusters"][0]["cluster"]["server"] = self.proxy.url
-        kubeconfig = self.workdir / "kubeconfig-via-proxy"
-        kubeconfig.write_text(json.dumps(proxied, indent=2))
+        kubeconfig = self.proxy.kubeconfig_via(self.cluster.kubeconfig, self.workdir / "kubeconfig-via-proxy")
         self.kubectl("create", "namespace", NAMESPACE)
         self.kubectl("-n", NAMESPACE, "create", "serviceaccount", "default")
         self.kubectl("apply", "-f", "-", input=json.dumps({

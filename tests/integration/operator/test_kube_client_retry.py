@@ -9,9 +9,7 @@ closes every connection, or swallows every request, while the test says so.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -28,21 +26,8 @@ OUTAGE = 3.0
 
 
 @pytest.fixture
-def api_proxy(cluster: ControlPlane) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(cluster.api_port).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
-@pytest.fixture
 def kubeconfig(cluster: ControlPlane, api_proxy: FaultProxy, tmp_path: Path) -> str:
-    config = json.loads(Path(cluster.kubeconfig).read_text())
-    config["clusters"][0]["cluster"]["server"] = api_proxy.url
-    path = tmp_path / "kubeconfig-proxied"
-    path.write_text(json.dumps(config))
-    return str(path)
+    return str(api_proxy.kubeconfig_via(cluster.kubeconfig, tmp_path / "kubeconfig-proxied"))
 
 
 def retries(reason: str) -> float:

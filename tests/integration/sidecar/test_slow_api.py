@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,22 +35,6 @@ STALL = 70.0
 HEARTBEAT = "5"
 
 
-@pytest.fixture
-def api_proxy(cluster: ControlPlane) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(cluster.api_port).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
-def kubeconfig_through(cluster: ControlPlane, proxy: FaultProxy, path: Path) -> Path:
-    config = json.loads(Path(cluster.kubeconfig).read_text())
-    config["clusters"][0]["cluster"]["server"] = proxy.url
-    path.write_text(json.dumps(config))
-    return path
-
-
 def sidecar_connections(broker: Broker, pod: str) -> list[str]:
     """Names (peer address and port) of the broker connections the pod's sidecar holds."""
     out = broker.ctl("list_connections", "-q", "--no-table-headers", "name", "client_properties")
@@ -64,8 +47,8 @@ def test_a_stalled_api_server_keeps_the_broker_connection_and_liveness_and_the_r
 ) -> None:
     configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
     pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
-    sidecar = sidecars.start(pod, kubeconfig=kubeconfig_through(cluster, api_proxy, tmp_path / "kubeconfig"),
-                             env={podc.ENV_HEARTBEAT: HEARTBEAT})
+    kubeconfig = api_proxy.kubeconfig_via(cluster.kubeconfig, tmp_path / "kubeconfig")
+    sidecar = sidecars.start(pod, kubeconfig=kubeconfig, env={podc.ENV_HEARTBEAT: HEARTBEAT})
     instance = f"{namespace}/api-0"
     connections = sidecar_connections(running_broker, instance)
     assert len(connections) == 1
@@ -98,7 +81,8 @@ def test_sigterm_while_the_worker_waits_for_a_silent_api_server_stops_at_once(
 ) -> None:
     configs.put_configmap(cluster, namespace, "settings", {"a": "1"})
     pod = create_pod(cluster, namespace, "api-0", configmaps=["settings"], action={podc.ENV_ACTION: "none"})
-    sidecar = sidecars.start(pod, kubeconfig=kubeconfig_through(cluster, api_proxy, tmp_path / "kubeconfig"))
+    kubeconfig = api_proxy.kubeconfig_via(cluster.kubeconfig, tmp_path / "kubeconfig")
+    sidecar = sidecars.start(pod, kubeconfig=kubeconfig)
     rv = configs.put_configmap(cluster, namespace, "settings", {"a": "2"})
     api_proxy.set_mode("blackhole")
     event = make_event(namespace, [("ConfigMap", "settings", rv)], deadline_seconds=300)

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, Literal
 
 from refreshbus_testenv.procs import free_port
@@ -49,6 +51,13 @@ class FaultProxy:
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.listen_port}"
+
+    def kubeconfig_via(self, kubeconfig: str | Path, path: Path) -> Path:
+        """Write to ``path`` a copy of ``kubeconfig`` whose server is this proxy."""
+        config = json.loads(Path(kubeconfig).read_text())
+        config["clusters"][0]["cluster"]["server"] = self.url
+        path.write_text(json.dumps(config, indent=2))
+        return path
 
     def start(self) -> FaultProxy:
         self._thread.start()
