@@ -77,19 +77,17 @@ def test_a_read_outlives_a_short_api_outage(
 def test_a_real_answer_is_not_retried(kubeconfig: str, namespace: str) -> None:
     before = sum(retries(r) for r in ("connection", "timeout", "throttled", "server_error"))
 
-    async def scenario() -> tuple[ApiError, float]:
+    async def scenario() -> ApiError:
         kube = Kube(load_configuration(kubeconfig))
         try:
-            started = time.monotonic()
             with pytest.raises(ApiError) as caught:
                 await kube.aget(source_path(namespace, "ConfigMap", "missing"))
-            return caught.value, time.monotonic() - started
+            return caught.value
         finally:
             await kube.aclose()
 
-    error, took = asyncio.run(scenario())
+    error = asyncio.run(scenario())
     assert error.not_found
-    assert took < 2, f"a 404 took {took:.1f}s"
     assert sum(retries(r) for r in ("connection", "timeout", "throttled", "server_error")) == before
 
 
@@ -108,4 +106,6 @@ def test_retrying_is_bounded(kubeconfig: str, api_proxy: FaultProxy, namespace: 
             await kube.aclose()
 
     took = asyncio.run(scenario())
-    assert 2.0 <= took < 5, f"gave up after {took:.1f}s"
+    # It kept asking for its whole budget, and gave up on that budget, not on the default
+    # 30 s (the upper bound leaves room for a loaded machine: this is no benchmark).
+    assert 2.0 <= took < 20, f"gave up after {took:.1f}s"
