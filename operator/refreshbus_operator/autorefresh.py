@@ -48,6 +48,9 @@ SOURCE_ANNOTATION = "refreshbus.io/changed-sources"
 #: On an auto-created ConfigRefresh: {"ConfigMap/<name>": content hash} of the workload's
 #: ConfigMaps when it was created (Secrets never: a hash of a low-entropy value can be guessed).
 HASHES_ANNOTATION = "refreshbus.io/source-hashes"
+#: When the record was made, to the microsecond: two auto-created ConfigRefreshes of one
+#: workload are often created within the same second, creationTimestamp's resolution.
+RECORDED_AT_ANNOTATION = "refreshbus.io/recorded-at"
 
 WorkloadKey = tuple[str, str, str]  # namespace, kind, name
 SourceKey = tuple[str, str, str]  # namespace, ConfigMap|Secret, name
@@ -125,6 +128,7 @@ def refresh_manifest(
     recorded = {f"{k}/{n}": h for (_, k, n), h in sorted((hashes or {}).items()) if k == "ConfigMap"}
     if recorded:
         annotations[HASHES_ANNOTATION] = json.dumps(recorded, sort_keys=True)
+        annotations[RECORDED_AT_ANNOTATION] = f"{time.time():.6f}"
     meta: dict[str, Any] = {
         "generateName": f"{name[:50]}-auto-",
         "namespace": namespace,
@@ -148,7 +152,7 @@ def refresh_manifest(
 
 def recorded_hashes(items: Sequence[Mapping[str, Any]]) -> Records:
     """Per workload, the ConfigMap hashes its newest auto-created ConfigRefresh was made for."""
-    newest: dict[WorkloadKey, tuple[str, dict[SourceKey, str]]] = {}
+    newest: dict[WorkloadKey, tuple[tuple[str, str], dict[SourceKey, str]]] = {}
     for item in items:
         meta = item.get("metadata") or {}
         target = ((item.get("spec") or {}).get("target") or {}).get("workload") or {}
@@ -160,7 +164,8 @@ def recorded_hashes(items: Sequence[Mapping[str, Any]]) -> Records:
             continue  # not a record we can read: no baseline from it
         hashes = {(ns, kind, name): h for (kind, sep, name), h in entries if sep}
         wkey: WorkloadKey = (ns, str(target.get("kind", "")), str(target.get("name", "")))
-        created = str(meta.get("creationTimestamp", ""))
+        annotations = meta.get("annotations") or {}
+        created = (str(meta.get("creationTimestamp", "")), str(annotations.get(RECORDED_AT_ANNOTATION, "")))
         if hashes and (wkey not in newest or created >= newest[wkey][0]):
             newest[wkey] = (created, hashes)
     return {w: h for w, (_, h) in newest.items()}
@@ -586,7 +591,13 @@ class AutoRefresher:
             return False
         ns, kind, name = wkey
         selector = f"{AUTO_REFRESH_LABEL}={label_value(name)},{KIND_LABEL}={kind.lower()}"
-        listing = await self.kube.aget(cfr_path(ns), labelSelector=selector)
+        try:
+            listing = await self.kube.aget(cfr_path(ns), labelSelector=selector)
+        except Exception as exc:
+            # Better a second ConfigRefresh (answered `unchanged`) than a lost edit.
+            log.warning("auto-refresh: could not check %s %s/%s for an existing ConfigRefresh (%s); "
+                        "creating one", kind, ns, name, exc)
+            return False
         recorded = recorded_hashes(listing.get("items") or []).get(wkey)
         wanted = {s: h for s, h in hashes.items() if s[1] == "ConfigMap"}
         if not recorded or recorded != wanted:

@@ -132,3 +132,20 @@ def test_secrets_are_watched_only_when_auto_refresh_secrets_is_on(caplog):
     }
     assert {ar.watch_key(s, "object") for s in on.wanted_sources()} == on.wanted_sources()
     assert not [r for r in caplog.records if "are not watched" in r.getMessage()]
+
+
+def test_the_newest_record_wins_within_one_second_of_creation_time():
+    """Two auto-created ConfigRefreshes of a workload made in the same second (an edit, then
+    an edit no replica watched): the later record is the baseline, whatever the list order."""
+    source = ("ns", "ConfigMap", "app-config")
+
+    def record(digest: str, recorded_at: str) -> dict[str, object]:
+        item = ar.refresh_manifest("ns", "Deployment", "orders", "uid", [source], {source: digest})
+        meta = item["metadata"]
+        meta["creationTimestamp"] = "2026-12-02T03:00:00Z"
+        meta["annotations"][ar.RECORDED_AT_ANNOTATION] = recorded_at
+        return item
+
+    older, newer = record("v1", "1796180400.100000"), record("v2", "1796180400.900000")
+    for items in ([older, newer], [newer, older]):
+        assert ar.recorded_hashes(items) == {("ns", "Deployment", "orders"): {source: "v2"}}
