@@ -30,6 +30,7 @@ from refreshbus_wire import Ack, ProtocolError, decode
 from refreshbus_operator import metrics
 from refreshbus_operator.ackidentity import AckVerifier, Mode, Verdict
 from refreshbus_operator.broker import Heartbeat, Link, backoff, declare_topology, describe
+from refreshbus_operator.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ class AckConsumer:
 
     async def stop(self) -> None:
         """Ack what is settled, then close: every unsettled delivery goes back to the queue."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
         await self._drain()
         await self._link.close()
 

@@ -40,6 +40,7 @@ from refreshbus_operator import status as st
 from refreshbus_operator.broker import backoff
 from refreshbus_operator.kube import ApiError, Kube, cfr_path, q
 from refreshbus_operator.settings import AUTO_REFRESH_LABEL, Config
+from refreshbus_operator.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +277,7 @@ class AutoRefresher:
         tasks = [t for t in (self._supervisor, self._gc) if t is not None] + list(self._owned)
         self._supervisor = self._gc = None
         self.watches.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         self._publish_counts(0)
 
     def alive(self) -> bool:
@@ -360,10 +359,7 @@ class AutoRefresher:
             else:
                 log.info("auto-refresh watches back under auto_refresh_max_watches=%d", limit)
         keep = set(wanted[:limit])
-        stopped = [self.watches.pop(k).task for k in list(self.watches) if k not in keep]
-        for task in stopped:
-            task.cancel()
-        await asyncio.gather(*stopped, return_exceptions=True)
+        await cancel_and_wait([self.watches.pop(k).task for k in list(self.watches) if k not in keep])
         for key in keep - set(self.watches):
             self.watches[key] = self._start_watch(key)
         unwatched = sum(1 for s in sources if watch_key(s, scope) not in keep)

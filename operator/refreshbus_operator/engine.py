@@ -25,6 +25,7 @@ from refreshbus_operator.publishing import Publisher
 from refreshbus_operator.records import ObjectRef, decode_round, encode_round
 from refreshbus_operator.rounds import Round
 from refreshbus_operator.settings import ROUND_ANNOTATION, Config
+from refreshbus_operator.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,12 @@ class Engine:
         """Stop without finishing rounds: their status stays InProgress, the acks they had
         not written yet go back to the queue, and a restarted operator resumes them."""
         await self.stop_rounds()
-        if self._janitor is not None:
-            self._janitor.cancel()
+        await cancel_and_wait([self._janitor])
         await self.consumer.stop()
         await self.publisher.stop()
 
     async def stop_rounds(self) -> None:
-        tasks = [r.task for r in self.rounds.values() if r.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(r.task for r in self.rounds.values())
 
     def dead_workers(self) -> list[str]:
         """The worker tasks (publisher, ack consumer, janitor) that died or are stuck."""

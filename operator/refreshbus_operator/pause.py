@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from refreshbus_operator.kube import ApiError, Kube
+from refreshbus_operator.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,7 @@ class PeeringPause:
         self._task = asyncio.create_task(self._run(), name="refreshbus-peering-pause")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
         while True:

@@ -29,6 +29,7 @@ from refreshbus_operator.broker import (
     declare_topology,
     describe,
 )
+from refreshbus_operator.tasks import cancel_and_wait
 
 __all__ = ["PublishError", "Publisher"]
 
@@ -68,9 +69,7 @@ class Publisher:
             await asyncio.wait_for(self._link.up.wait(), STARTUP_WAIT)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
         await self._link.close()
 
     # -- the connection keeper -------------------------------------------------------------
