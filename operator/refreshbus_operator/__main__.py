@@ -124,6 +124,13 @@ def parser() -> argparse.ArgumentParser:
         "protocol 1.2 remain); both log, count and show it",
     )
     p.add_argument(
+        "--ack-queue-type",
+        choices=["quorum", "classic"],
+        help="the ack queue is a quorum queue (the default: replicated, acks survive a lost "
+        "broker node) or a classic one (brokers without quorum queues); switching moves the "
+        "queued acks over",
+    )
+    p.add_argument(
         "--ttl-seconds-after-finished",
         type=int,
         metavar="SECONDS",
@@ -157,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ttl_seconds_after_finished=args.ttl_seconds_after_finished,
             history_limit=args.history_limit,
             ack_identity=args.ack_identity,
+            ack_queue_type=args.ack_queue_type,
         )
     except (ValueError, OSError) as exc:
         print(f"refreshbus-operator: {exc}", file=sys.stderr)

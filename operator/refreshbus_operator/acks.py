@@ -29,7 +29,15 @@ from refreshbus_wire import Ack, ProtocolError, decode
 
 from refreshbus_operator import metrics
 from refreshbus_operator.ackidentity import AckVerifier, Mode, Verdict
-from refreshbus_operator.broker import Heartbeat, Link, backoff, declare_topology, describe
+from refreshbus_operator.broker import (
+    AckQueueType,
+    Heartbeat,
+    Link,
+    backoff,
+    declare_topology,
+    describe,
+    retire_ack_queue,
+)
 from refreshbus_operator.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -49,8 +57,10 @@ class AckConsumer:
         prefetch: int = 1000,
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
+        queue_type: AckQueueType = AckQueueType.QUORUM,
     ) -> None:
         self.urls = tuple(urls)
+        self.queue_type = queue_type
         self.deliver = deliver
         self.prefetch = prefetch
         self.retry_initial = retry_initial
@@ -136,8 +146,10 @@ class AckConsumer:
 
     async def _prepare(self, channel: AbstractChannel) -> None:
         await channel.set_qos(prefetch_count=self.prefetch)
-        _exchange, queue = await declare_topology(channel)
+        _exchange, queue = await declare_topology(channel, self.queue_type)
         await queue.consume(self._on_message, no_ack=False)
+        assert self._link.conn is not None  # open() connected before preparing the channel
+        await retire_ack_queue(self._link.conn, self.queue_type, self._on_message, self.prefetch)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self.deliver(message.body, message)

@@ -5,7 +5,8 @@ a random order on every (re)connect (failover as ActiveMQ's), with a capped expo
 backoff between rounds of attempts. :class:`Link` is one connection + channel for one role
 (``publisher`` / ``consumer``), with its ``broker_connected{role}`` gauge and the
 connected/disconnected log lines; :func:`declare_topology` is what both declare (the
-exchange and the operators' shared ack queue).
+exchange and the operators' shared ack queue); :func:`retire_ack_queue` moves acks off
+the ack queue of the other type (docs/broker.md, "Migrating the ack queue").
 """
 
 from __future__ import annotations
@@ -15,10 +16,17 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from enum import StrEnum
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
-from refreshbus_wire.routing import ACK_BINDING, EXCHANGE, OPERATOR_ACK_QUEUE
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from refreshbus_wire.routing import ACK_BINDING, EXCHANGE, OPERATOR_ACK_QUEUE, OPERATOR_ACK_QUORUM_QUEUE
 
 from refreshbus_operator import metrics
 
@@ -64,12 +72,78 @@ async def connect(urls: Sequence[str], name: str = "refreshbus-operator") -> Abs
     raise error
 
 
-async def declare_topology(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractQueue]:
+class AckQueueType(StrEnum):
+    """What kind of queue holds the acks. ``quorum`` (default) is replicated over the broker
+    cluster's nodes (Raft), so queued acks survive the loss of a node; a single node holds
+    one just as well. ``classic`` is for brokers without quorum queues (RabbitMQ < 3.8)."""
+
+    QUORUM = "quorum"
+    CLASSIC = "classic"
+
+    @property
+    def queue(self) -> str:
+        return OPERATOR_ACK_QUORUM_QUEUE if self is AckQueueType.QUORUM else OPERATOR_ACK_QUEUE
+
+    @property
+    def other(self) -> AckQueueType:
+        return AckQueueType.CLASSIC if self is AckQueueType.QUORUM else AckQueueType.QUORUM
+
+
+async def declare_topology(
+    channel: AbstractChannel, queue_type: AckQueueType = AckQueueType.QUORUM
+) -> tuple[AbstractExchange, AbstractQueue]:
     """The exchange and the operators' shared, durable ack queue (idempotent)."""
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-    queue = await channel.declare_queue(OPERATOR_ACK_QUEUE, durable=True)
+    # A classic queue is declared without x-queue-type, exactly as before quorum queues
+    # existed here, so the declare stays equivalent to the queue older versions made.
+    queue = await channel.declare_queue(
+        queue_type.queue,
+        durable=True,
+        arguments={"x-queue-type": "quorum"} if queue_type is AckQueueType.QUORUM else None,
+    )
     await queue.bind(exchange, routing_key=ACK_BINDING)
     return exchange, queue
+
+
+async def retire_ack_queue(
+    conn: AbstractConnection,
+    queue_type: AckQueueType,
+    consume: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    prefetch: int,
+) -> str:
+    """Move the acks off the ack queue of the *other* type, if there is one (an upgrade
+    from a classic ack queue, or a switch back): unbind it, so no new ack lands there, then
+    delete it if it is empty and unconsumed, else consume what it still holds (this
+    connection's next open deletes it). Returns ``absent``, ``deleted`` or ``draining``.
+
+    Runs on a channel of its own: a passive declare of a missing queue, or a delete that
+    another replica's consumer refuses, closes the channel it was sent on.
+    """
+    retired = queue_type.other
+    channel = await conn.channel()
+    try:
+        old = await channel.declare_queue(retired.queue, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:  # nothing to migrate (the usual case)
+        return "absent"
+    await old.unbind(EXCHANGE, routing_key=ACK_BINDING)
+    found = old.declaration_result
+    if found.message_count == 0 and found.consumer_count == 0:
+        try:
+            # A classic queue re-checks both at the broker; a quorum queue refuses those
+            # flags (a connection error), so for it the counts just read are the check.
+            guarded = retired is AckQueueType.CLASSIC
+            await old.delete(if_unused=guarded, if_empty=guarded)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:  # an ack or a consumer came
+            log.info("retired ack queue %s not empty yet: %s", retired.queue, describe(exc))
+            return "draining"
+        log.info("deleted the retired, empty %s ack queue %s", retired.value, retired.queue)
+        await channel.close()
+        return "deleted"
+    log.info("draining the retired %s ack queue %s (%d acks, %d consumers)",
+             retired.value, retired.queue, found.message_count, found.consumer_count)
+    await channel.set_qos(prefetch_count=prefetch)
+    await old.consume(consume, no_ack=False)
+    return "draining"
 
 
 class Link:

@@ -19,6 +19,7 @@ from refreshbus_operator import metrics
 from refreshbus_operator import status as st
 from refreshbus_operator.ackidentity import AckVerifier, Mode
 from refreshbus_operator.acks import AckConsumer, AckRouter
+from refreshbus_operator.broker import AckQueueType
 from refreshbus_operator.events import Recorder
 from refreshbus_operator.kube import Kube, cfr_path
 from refreshbus_operator.publishing import Publisher
@@ -37,7 +38,8 @@ class Engine:
         self.config = config
         self.kube = kube
         self.publisher = publisher or Publisher(
-            config.broker_urls, config.publish_retry_initial, config.publish_retry_max
+            config.broker_urls, config.publish_retry_initial, config.publish_retry_max,
+            AckQueueType(config.ack_queue_type),
         )
         self.recorder = Recorder(kube, config.instance)
         self.rounds: dict[tuple[str, str], Round] = {}
@@ -55,6 +57,7 @@ class Engine:
             prefetch=config.ack_prefetch,
             retry_initial=config.publish_retry_initial,
             retry_max=config.publish_retry_max,
+            queue_type=AckQueueType(config.ack_queue_type),
         )
         self.router.on_change = lambda: self.consumer.set_active(bool(self.router.rounds))
         self.consumer.on_reconnect = self._reconnected

@@ -22,6 +22,7 @@ from refreshbus_wire import CONTENT_TYPE
 
 from refreshbus_operator import metrics
 from refreshbus_operator.broker import (
+    AckQueueType,
     Heartbeat,
     Link,
     PublishError,
@@ -44,8 +45,10 @@ CONNECT_WAIT = 2.0
 
 
 class Publisher:
-    def __init__(self, urls: Sequence[str], retry_initial: float = 0.2, retry_max: float = 5.0) -> None:
+    def __init__(self, urls: Sequence[str], retry_initial: float = 0.2, retry_max: float = 5.0,
+                 ack_queue_type: AckQueueType = AckQueueType.QUORUM) -> None:
         self.urls = tuple(urls)
+        self.ack_queue_type = ack_queue_type
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._link = Link(self.urls, "publisher", "publisher", log, publisher_confirms=True)
@@ -75,7 +78,7 @@ class Publisher:
     # -- the connection keeper -------------------------------------------------------------
 
     async def _prepare(self, channel: AbstractChannel) -> None:
-        self._exchange, _queue = await declare_topology(channel)
+        self._exchange, _queue = await declare_topology(channel, self.ack_queue_type)
 
     async def _keep(self) -> None:
         attempt = 0

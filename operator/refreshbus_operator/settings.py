@@ -66,6 +66,10 @@ class Config:
     publish_retry_initial: float = 0.2
     publish_retry_max: float = 5.0
     ack_prefetch: int = 1000
+    #: ``quorum``: the ack queue is replicated over the broker cluster's nodes, so acks
+    #: survive a lost node (a single node holds one as well); ``classic`` for brokers without
+    #: quorum queues. Switching moves the acks over by itself (docs/broker.md).
+    ack_queue_type: str = "quorum"
     #: Seconds a Kubernetes read (GET, list) that failed on the way -- connection reset or
     #: refused, timeout, 429, 5xx -- keeps being retried with backoff before it fails.
     api_retry_timeout: float = 30.0
@@ -186,6 +190,7 @@ _FIELDS: dict[str, type] = {
     "publish_retry_initial": float,
     "publish_retry_max": float,
     "ack_prefetch": int,
+    "ack_queue_type": str,
     "api_retry_timeout": float,
     "ack_identity": str,
     "renudge_initial": float,
@@ -239,6 +244,10 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         raise ValueError(f"log format must be json or plain, got {config.log_format!r}")
     if config.ack_identity not in {"require", "warn"}:
         raise ValueError(f"ack identity mode must be require or warn, got {config.ack_identity!r}")
+    if config.ack_queue_type not in {"quorum", "classic"}:
+        raise ValueError(
+            f"{ENV_PREFIX}ACK_QUEUE_TYPE must be quorum or classic, got {config.ack_queue_type!r}"
+        )
     if config.status_flush_interval < 0:
         raise ValueError("status flush interval must be >= 0")
     if config.auto_refresh_watch_scope not in {"namespace", "object"}:

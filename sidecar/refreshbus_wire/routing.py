@@ -19,8 +19,12 @@ from dataclasses import dataclass
 EXCHANGE = "refreshbus"
 EXCHANGE_TYPE = "topic"
 
-#: Durable queue shared by all operator replicas; receives every ack.
+#: Durable queue shared by all operator replicas; receives every ack. This is the classic
+#: queue (``ackQueueType: classic``, and every version before quorum queues).
 OPERATOR_ACK_QUEUE = "refreshbus.operator.acks"
+#: The same as a quorum queue (the default): replicated, so acks survive a broker node.
+#: Its own name because RabbitMQ cannot turn an existing classic queue into a quorum one.
+OPERATOR_ACK_QUORUM_QUEUE = "refreshbus.operator.acks.quorum"
 #: Binding key of the operator's ack queue.
 ACK_BINDING = "ack.#"
 

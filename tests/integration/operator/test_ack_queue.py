@@ -1,0 +1,111 @@
+"""The operator's ack queue on the real RabbitMQ: a quorum queue by default, and the move
+of queued acks from the classic ack queue of earlier versions (and back), which RabbitMQ
+cannot do in place: a queue's type is fixed when it is declared."""
+
+from __future__ import annotations
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel
+from refreshbus_operator.acks import AckConsumer, Tag
+from refreshbus_operator.broker import AckQueueType, declare_topology
+from refreshbus_wire import routing
+from test_broker_io import run, until
+
+pytestmark = pytest.mark.integration
+
+
+async def queue_exists(conn: aio_pika.abc.AbstractConnection, name: str) -> int | None:
+    """Ready messages in the queue, or None if it does not exist."""
+    channel = await conn.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return None
+    count = queue.declaration_result.message_count
+    await channel.close()
+    return count
+
+
+async def fresh(channel: AbstractChannel) -> None:
+    """Neither ack queue exists (the session broker is shared by every test)."""
+    for name in (routing.OPERATOR_ACK_QUEUE, routing.OPERATOR_ACK_QUORUM_QUEUE):
+        await channel.queue_delete(name)
+
+
+def test_a_classic_ack_queue_cannot_become_a_quorum_queue_in_place(running_broker):
+    """Why the quorum ack queue has a name of its own."""
+
+    async def main() -> None:
+        conn = await aio_pika.connect(running_broker.url("refreshbus-operator"))
+        await fresh(await conn.channel())
+        await declare_topology(await conn.channel(), AckQueueType.CLASSIC)
+        channel = await conn.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed, match="x-queue-type"):
+            await channel.declare_queue(routing.OPERATOR_ACK_QUEUE, durable=True,
+                                        arguments={"x-queue-type": "quorum"})
+        await fresh(await conn.channel())
+        await conn.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("old", [AckQueueType.CLASSIC, AckQueueType.QUORUM])
+def test_acks_queued_in_the_other_types_queue_are_delivered_then_that_queue_is_deleted(
+    running_broker, old
+):
+    """An upgrade from a version with the classic ack queue (or a switch back to it): the
+    acks waiting there reach the new consumer, the old queue gets no new ones, and it is
+    deleted once empty."""
+    url = running_broker.url("refreshbus-operator")
+    new = old.other
+
+    async def main() -> None:
+        conn = await aio_pika.connect(url)
+        await fresh(await conn.channel())
+        # What the previous version left: its queue, bound, with acks nobody consumed yet.
+        exchange, _ = await declare_topology(await conn.channel(), old)
+        for i in range(3):
+            await exchange.publish(aio_pika.Message(f"queued-{i}".encode()),
+                                   routing_key=routing.ack_key("ns", f"p{i}"))
+        received: list[tuple[bytes, Tag]] = []
+        consumer = AckConsumer([url], deliver=lambda body, tag: received.append((body, tag)),
+                               queue_type=new)
+        await consumer.start()
+        try:
+            consumer.set_active(True)
+            await until(lambda: len(received) == 3, 20, "the acks queued in the old queue")
+            # New acks reach the new queue only: the old one is unbound.
+            await exchange.publish(aio_pika.Message(b"after"), routing_key=routing.ack_key("ns", "p9"))
+            await until(lambda: len(received) == 4, 20, "an ack sent after the upgrade")
+            assert sorted(body for body, _ in received) == [b"after", b"queued-0", b"queued-1", b"queued-2"]
+            consumer.settle(tag for _, tag in received)
+            # Rounds finished: the consumer closes; the next round's open deletes the old queue.
+            consumer.set_active(False)
+            await until(lambda: not consumer.connected, 20, "the idle consumer to close")
+            assert await queue_exists(conn, old.queue) == 0
+            consumer.set_active(True)
+            await until(lambda: consumer.connected, 20, "the consumer to reopen")
+            assert await queue_exists(conn, old.queue) is None
+            assert await queue_exists(conn, new.queue) == 0
+        finally:
+            await consumer.stop()
+            await fresh(await conn.channel())
+            await conn.close()
+
+    run(main())
+
+
+def test_the_default_ack_queue_is_a_quorum_queue_even_on_a_single_node(running_broker):
+    async def main() -> None:
+        conn = await aio_pika.connect(running_broker.url("refreshbus-operator"))
+        await fresh(await conn.channel())
+        await declare_topology(await conn.channel())
+        await conn.close()
+        listed = running_broker.ctl("list_queues", "-q", "--no-table-headers", "name", "type")
+        assert f"{routing.OPERATOR_ACK_QUORUM_QUEUE}\tquorum" in listed
+        conn = await aio_pika.connect(running_broker.url("refreshbus-operator"))
+        await fresh(await conn.channel())
+        await conn.close()
+
+    run(main())
