@@ -1,18 +1,26 @@
-"""A real RabbitMQ node (Debian's rabbitmq-server) on loopback, owned by the caller.
+"""A real RabbitMQ node (Debian's rabbitmq-server) on loopback, owned by the caller, and a
+cluster of such nodes on this one host (:class:`BrokerCluster`).
 
 Each node gets its own node name, ports, data directory and Erlang cookie, so it never
 collides with a system-wide RabbitMQ or with another test run. ``stop()``/``start()``
 keep the data directory: durable queues and persistent messages survive, exactly as in
-a real broker restart, which fault tests rely on.
+a real broker restart, which fault tests rely on. The nodes of a cluster share one
+cookie and join the first node (``rabbitmqctl join_cluster``), as the nodes of a real
+multi-machine cluster do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +47,10 @@ class Broker:
     pid: int | None = None
     #: Listening address: loopback by default; a real node's pods need the node address.
     host: str = "127.0.0.1"
+    #: Erlang cookie (None: the node makes its own). Nodes of one cluster share it.
+    cookie: str | None = field(default=None, repr=False)
+    #: Node to join on first start (peer discovery), for a node of a :class:`BrokerCluster`.
+    join: str | None = None
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -47,15 +59,24 @@ class Broker:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self, timeout: float = 90.0) -> None:
-        """Start the node (first start also creates the users) and wait until AMQP answers."""
+        """Start the node (with its users, or joining ``join``) and wait until AMQP answers."""
         if not (RABBITMQ_BIN / "rabbitmq-server").exists():
             raise InfraError(
                 "RabbitMQ is not installed: run `make deps` (installs Debian's rabbitmq-server)"
             )
         if self.pid is not None:
             return
-        first_start = not (self.workdir / "mnesia").exists()
         (self.workdir / "mnesia").mkdir(parents=True, exist_ok=True)
+        # Users come from a definitions file loaded at boot: a rabbitmqctl call costs seconds
+        # on a loaded machine, four of them more than the boot itself.
+        (self.workdir / "definitions.json").write_text(json.dumps(_definitions()))
+        joining = (
+            # A fresh node joins this one while it boots (peer discovery from a fixed list,
+            # RabbitMQ's classic config); once clustered it rejoins its cluster by itself.
+            "cluster_formation.peer_discovery_backend = classic_config\n"
+            f"cluster_formation.classic_config.nodes.1 = {self.join}\n"
+            if self.join else ""
+        )
         (self.workdir / "rabbitmq.conf").write_text(
             "loopback_users = none\n"
             f"listeners.tcp.1 = {self.host}:{self.port}\n"
@@ -63,18 +84,20 @@ class Broker:
             "log.console = false\n"
             "log.file.level = info\n"
             "disk_free_limit.absolute = 50MB\n"
+            f"load_definitions = {self.workdir / 'definitions.json'}\n"
+            + joining
         )
         (self.workdir / "enabled_plugins").write_text("[].\n")
+        cookie_file = self.workdir / ".erlang.cookie"
+        if self.cookie is not None and not cookie_file.exists():
+            cookie_file.write_text(self.cookie)
+            cookie_file.chmod(0o400)  # Erlang refuses a cookie others can read
         proc = spawn([str(RABBITMQ_BIN / "rabbitmq-server")], self.log, env=self._env())
         self.pid = proc.pid
         wait_until(lambda: port_open(self.port, self.host), timeout, f"RabbitMQ {self.node}", proc,
                    self._server_log)
         # The port opens slightly before the node accepts logins; await the boot.
         self.ctl("await_startup", timeout=timeout)
-        if first_start:
-            for user, password in USERS.items():
-                self.ctl("add_user", user, password)
-                self.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
 
     def stop(self) -> None:
         """Stop the node (keeps its data: durable queues survive a restart)."""
@@ -116,6 +139,10 @@ class Broker:
     def urls(self) -> list[str]:
         """URLs for the admin user (``guest``), as a list: clients take a failover list."""
         return [self.url()]
+
+    def urls_for(self, user: str) -> list[str]:
+        """The failover list a client of ``user`` is given (one URL: one node)."""
+        return [self.url(user)]
 
     @property
     def log(self) -> Path:
@@ -171,3 +198,109 @@ class Broker:
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.workdir / "advanced.config"),
             "RABBITMQ_CONF_ENV_FILE": str(self.workdir / "rabbitmq-env.conf"),
         }
+
+
+def _definitions() -> dict[str, object]:
+    """Broker definitions (RabbitMQ's import format) with the vhost and every user. Imported
+    at boot, they replace the default guest user and vhost, so both are listed too."""
+    users = {"guest": "guest", **USERS}
+    return {
+        "vhosts": [{"name": "/"}],
+        "users": [
+            {"name": name, "password": password, "tags": "administrator" if name == "guest" else ""}
+            for name, password in users.items()
+        ],
+        "permissions": [
+            {"user": name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"} for name in users
+        ],
+    }
+
+
+#: A classic queue's or connection's Erlang pid names its node: ``<refreshbus-1234@localhost.1.2.3>``.
+_PID_NODE = re.compile(r"<([^.>]+@[^.>]+)\.")
+
+
+@dataclass
+class BrokerCluster:
+    """``size`` RabbitMQ nodes on this host joined into one cluster. Clients get every
+    node's URL (``urls_for``), so they fail over as they would between machines. Nodes can
+    be killed (:meth:`Broker.kill`) and started again one by one; :meth:`destroy` stops
+    every node and deletes their data, whatever state they are in."""
+
+    workdir: Path
+    size: int = 3
+    nodes: list[Broker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        if not self.nodes:
+            cookie = secrets.token_hex(20)
+            first = Broker(self.workdir / "node-0", cookie=cookie)
+            self.nodes = [first] + [
+                Broker(self.workdir / f"node-{i}", cookie=cookie, join=first.node)
+                for i in range(1, self.size)
+            ]
+
+    def start(self) -> None:
+        """Start every node that is not running: the first one, then the others together
+        (each joins the first one while it boots)."""
+        pending = [n for n in self.nodes if not n.running]
+        if not pending:
+            return
+        first, *others = pending
+        first.pid = None
+        first.start()
+        with ThreadPoolExecutor(len(others) or 1) as pool:
+            for node in others:
+                node.pid = None
+            list(pool.map(Broker.start, others))
+
+    def destroy(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(InfraError):
+                node.destroy()
+
+    def __iter__(self) -> Iterator[Broker]:
+        return iter(self.nodes)
+
+    def urls_for(self, user: str) -> list[str]:
+        return [node.url(user) for node in self.nodes]
+
+    def url(self, user: str = "guest", password: str | None = None) -> str:
+        """One node's URL (the first running one), for clients that take a single URL."""
+        return self.live().url(user, password)
+
+    def live(self) -> Broker:
+        """A running node, to ask about the cluster."""
+        for node in self.nodes:
+            if node.running:
+                return node
+        raise InfraError("no node of the RabbitMQ cluster is running")
+
+    def node(self, name: str) -> Broker:
+        return next(n for n in self.nodes if n.node == name)
+
+    def running_nodes(self) -> set[str]:
+        """Node names the cluster itself counts as running."""
+        out = self.live().ctl("eval", "io:format(\"~p\", [rabbit_nodes:all_running()]).")
+        return set(re.findall(r"'([^']+)'", out))
+
+    def queue_nodes(self, prefix: str) -> dict[str, str]:
+        """Queue name -> the node its process lives on, for the classic queues whose name
+        starts with ``prefix`` (a sidecar's exclusive queue lives on the node it connected to)."""
+        out = self.live().ctl("list_queues", "-q", "--no-table-headers", "name", "pid")
+        result: dict[str, str] = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].startswith(prefix) and (m := _PID_NODE.match(parts[1])):
+                result[parts[0]] = m.group(1)
+        return result
+
+    def quorum_members(self, queue: str) -> tuple[str, list[str]]:
+        """A quorum queue's leader node and its member nodes."""
+        out = self.live().ctl("list_queues", "-q", "--no-table-headers", "name", "leader", "members")
+        for line in out.splitlines():
+            if line.split("\t", 1)[0] == queue:
+                _name, leader, members = line.split("\t")
+                return leader, re.findall(r"[\w.-]+@[\w.-]+", members)
+        raise InfraError(f"no quorum queue {queue}: {out}")
