@@ -188,12 +188,47 @@ sees the same generated values. Returns a dict as YAML: operator, sidecar.
 {{- toYaml (get .Release "refreshbusRabbitmqPasswords") }}
 {{- end }}
 
-{{/* AMQP URL of the embedded broker for one user: (dict "ctx" $ "user" "sidecar"). Fully qualified: sidecars run in other namespaces. */}}
+{{/* AMQP URL of the embedded broker for one user: (dict "ctx" $ "user" "sidecar"). Fully qualified: sidecars run in other namespaces.
+A cluster gives one URL per node (through the headless Service), comma-separated: clients
+try them in a random order and fail over at once, without waiting for the Service to drop a
+lost node's endpoint. */}}
 {{- define "refreshbus.rabbitmq.url" -}}
 {{- $ctx := .ctx }}
 {{- $passwords := include "refreshbus.rabbitmq.passwords" $ctx | fromYaml }}
 {{- $username := index $ctx.Values.rabbitmq.users .user "username" }}
-{{- printf "amqp://%s:%s@%s.%s.svc:%d/%s" $username (index $passwords .user) (include "refreshbus.rabbitmq.fullname" $ctx) $ctx.Release.Namespace (int $ctx.Values.rabbitmq.service.port) (urlquery $ctx.Values.rabbitmq.vhost) }}
+{{- $rabbit := include "refreshbus.rabbitmq.fullname" $ctx }}
+{{- $hosts := list (printf "%s.%s.svc:%d" $rabbit $ctx.Release.Namespace (int $ctx.Values.rabbitmq.service.port)) }}
+{{- if gt (int $ctx.Values.rabbitmq.replicas) 1 }}
+{{- $hosts = list }}
+{{- range $i := until (int $ctx.Values.rabbitmq.replicas) }}
+{{- $hosts = append $hosts (printf "%s-%d.%s-headless.%s.svc:5672" $rabbit $i $rabbit $ctx.Release.Namespace) }}
+{{- end }}
+{{- end }}
+{{- $urls := list }}
+{{- range $host := $hosts }}
+{{- $urls = append $urls (printf "amqp://%s:%s@%s/%s" $username (index $passwords $.user) $host (urlquery $ctx.Values.rabbitmq.vhost)) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+
+{{/* RabbitMQ node name of the embedded broker's pod number .i: (dict "ctx" $ "i" 0). */}}
+{{- define "refreshbus.rabbitmq.nodeName" -}}
+{{- $rabbit := include "refreshbus.rabbitmq.fullname" .ctx }}
+{{- printf "rabbit@%s-%d.%s-headless.%s.svc.cluster.local" $rabbit (int .i) $rabbit .ctx.Release.Namespace }}
+{{- end }}
+
+{{/*
+Erlang cookie of the embedded cluster's nodes (they only cluster with nodes that know it):
+reused from the existing Secret on upgrade, generated on first install.
+*/}}
+{{- define "refreshbus.rabbitmq.cookie" -}}
+{{- if not (hasKey .Release "refreshbusRabbitmqCookie") }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (printf "%s-erlang-cookie" (include "refreshbus.rabbitmq.fullname" .)) }}
+{{- $cookie := randAlphaNum 48 }}
+{{- if and $secret $secret.data (hasKey $secret.data "cookie") }}{{ $cookie = index $secret.data "cookie" | b64dec }}{{ end }}
+{{- $_ := set .Release "refreshbusRabbitmqCookie" $cookie }}
+{{- end }}
+{{- get .Release "refreshbusRabbitmqCookie" }}
 {{- end }}
 
 {{/* Namespaces the webhook never sends to the injector: the configured ones plus the release's. */}}

@@ -78,7 +78,7 @@ def test_definitions_load_with_the_users_and_topology(node: Broker) -> None:
     users = node.ctl("list_users", "-q", "--no-table-headers")
     assert "refreshbus-operator" in users
     assert "refreshbus-sidecar" in users
-    assert "refreshbus.operator.acks" in node.list_queues()
+    assert "refreshbus.operator.acks.quorum" in node.list_queues()
     topic = node.ctl("list_topic_permissions", "-q", "--no-table-headers")
     assert "refreshbus-sidecar\trefreshbus\t^ack\\.\t^refresh\\." in topic
 
@@ -159,7 +159,8 @@ def test_a_sidecar_cannot_listen_to_acks(node: Broker) -> None:
         ch.queue_bind(queue, "refreshbus", routing_key="ack.#")
 
     assert "ack.#" in refused(bind_acks, node, "sidecar")
-    refused(lambda ch: ch.basic_consume("refreshbus.operator.acks", lambda *a: None), node, "sidecar")
+    for acks in ("refreshbus.operator.acks.quorum", "refreshbus.operator.acks"):
+        refused(lambda ch, acks=acks: ch.basic_consume(acks, lambda *a: None), node, "sidecar")
 
 
 def test_a_sidecar_cannot_read_bind_or_delete_another_pods_queue(node: Broker) -> None:

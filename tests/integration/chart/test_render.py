@@ -114,6 +114,8 @@ def test_helm_lint_strict(helm: Path, value_set: str) -> None:
         ("operator.replicaz=2", "additional properties 'replicaz' not allowed"),
         ("webhook.timeoutSeconds=31", "at '/webhook/timeoutSeconds'"),
         ("sidecar.image.pullPolicy=Sometimes", "at '/sidecar/image/pullPolicy'"),
+        ("operator.ackQueueType=mirrored", "at '/operator/ackQueueType'"),
+        ("rabbitmq.replicas=0", "at '/rabbitmq/replicas'"),
     ],
 )
 def test_schema_rejects_bad_values_with_helms_error(helm: Path, flag: str, message: str) -> None:
@@ -547,6 +549,56 @@ def test_embedded_broker_statefulset(render: Any) -> None:
     assert "volumeClaimTemplates" not in ephemeral["spec"]
     volumes = ephemeral["spec"]["template"]["spec"]["volumes"]
     assert any(v["name"] == "data" and "emptyDir" in v for v in volumes)
+
+
+def test_embedded_broker_cluster(render: Any) -> None:
+    """replicas: 3 -- peer discovery lists every pod's DNS name under the node names the pods
+    take, nodes share a cookie, clients get every node's URL, the ack queue is quorum and every
+    node adds itself to it."""
+    manifests = render("rabbitmq-cluster")
+    sts = one(manifests, "StatefulSet", "-rabbitmq")
+    assert sts["spec"]["replicas"] == 3
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    rabbit, headless = sts["metadata"]["name"], sts["spec"]["serviceName"]
+    node_name = env_of(container)["RABBITMQ_NODENAME"]
+    conf = one(manifests, "ConfigMap", "-rabbitmq-config")["data"]["rabbitmq.conf"]
+    listed = re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+ = (\S+)$", conf, re.M)
+    assert listed == [node_name.replace("$(POD_NAME)", f"{rabbit}-{i}") for i in range(3)]
+    assert f".{headless}.{NAMESPACE}.svc." in listed[0]
+    assert one(manifests, "Service", "-headless")["spec"]["publishNotReadyAddresses"] is True
+    (init,) = pod["initContainers"]
+    cookie = one(manifests, "Secret", "-erlang-cookie")
+    assert len(decode(cookie, "cookie")) == 48
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["erlang-cookie"]["secret"]["secretName"] == cookie["metadata"]["name"]
+    assert "/var/lib/rabbitmq/.erlang.cookie" in " ".join(init["command"])
+    assert "rabbitmq-queues grow" in " ".join(container["lifecycle"]["postStart"]["exec"]["command"])
+    for secret in ("-broker-operator", "-broker-sidecar"):
+        urls = decode(one(manifests, "Secret", secret), "urls").split(",")
+        assert [u.split("@")[1] for u in urls] == [
+            f"{rabbit}-{i}.{headless}.{NAMESPACE}.svc:5672/%2F" for i in range(3)
+        ]
+    definitions = json.loads(decode(one(manifests, "Secret", "-rabbitmq-definitions"), "definitions.json"))
+    (queue,) = definitions["queues"]
+    assert queue["name"] == "refreshbus.operator.acks.quorum"
+    assert queue["arguments"] == {"x-queue-type": "quorum"}
+    assert definitions["bindings"][0]["destination"] == queue["name"]
+    assert one(manifests, "PodDisruptionBudget", "-rabbitmq")["spec"]["maxUnavailable"] == 1
+    assert env_of(operator_container(manifests))["REFRESHBUS_OPERATOR_ACK_QUEUE_TYPE"] == "quorum"
+    # A single node (the default) has none of it.
+    single = render("default")
+    assert "cluster_formation" not in one(single, "ConfigMap", "-rabbitmq-config")["data"]["rabbitmq.conf"]
+    assert "initContainers" not in one(single, "StatefulSet")["spec"]["template"]["spec"]
+    assert not [m for m in single if m["metadata"]["name"].endswith("-erlang-cookie")]
+
+
+def test_classic_ack_queue_type_reaches_the_definitions_and_the_operator(render: Any) -> None:
+    manifests = render("default", "--set", "operator.ackQueueType=classic")
+    definitions = json.loads(decode(one(manifests, "Secret", "-rabbitmq-definitions"), "definitions.json"))
+    (queue,) = definitions["queues"]
+    assert (queue["name"], queue["arguments"]) == ("refreshbus.operator.acks", {})
+    assert env_of(operator_container(manifests))["REFRESHBUS_OPERATOR_ACK_QUEUE_TYPE"] == "classic"
 
 
 def test_existing_secret_means_no_embedded_broker(render: Any) -> None:
