@@ -34,7 +34,7 @@ def test_a_flood_of_acks_for_unknown_events_does_not_hold_up_a_real_refresh(
         conn.close()
     # The flood is ahead of the real ack in the queue (publishes without confirms may still
     # be on their way into it when the connection has closed).
-    wait_for(lambda: running_broker.list_queues().get("refreshbus.operator.acks", 0) >= 3000, 30,
+    wait_for(lambda: running_broker.list_queues().get(routing.OPERATOR_ACK_QUORUM_QUEUE, 0) >= 3000, 30,
              "the flood to be queued")
 
     refresh(cluster, namespace, "r", {"sources": [{"configMap": {"name": "app-config"}}],
@@ -49,4 +49,4 @@ def test_a_flood_of_acks_for_unknown_events_does_not_hold_up_a_real_refresh(
     # (never acked: they may be a resumed round's): leave the queue clean for later tests.
     wait_for(lambda: op.metrics().get('refreshbus_operator_broker_connected{role="consumer"}') == 0, 30,
              "the consumer to go idle")
-    running_broker.ctl("purge_queue", "refreshbus.operator.acks")
+    running_broker.ctl("purge_queue", routing.OPERATOR_ACK_QUORUM_QUEUE)

@@ -19,7 +19,7 @@ from opharness import (
     wait_phase,
 )
 from refreshbus_wire import Ack, AckResult, RefreshEvent, encode, new_id, now
-from refreshbus_wire.routing import ack_key
+from refreshbus_wire.routing import OPERATOR_ACK_QUORUM_QUEUE, ack_key
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_acks_sent_while_the_operator_is_down_are_not_lost(
     op.kill()
     gate.set()  # the ack lands in the durable queue while no operator runs
     wait_for(
-        lambda: running_broker.list_queues().get("refreshbus.operator.acks", 0) >= 1,
+        lambda: running_broker.list_queues().get(OPERATOR_ACK_QUORUM_QUEUE, 0) >= 1,
         10,
         "the ack to wait in the queue",
     )
@@ -192,7 +192,7 @@ def ok_then_unchanged(event: RefreshEvent, nth: int) -> tuple[str, None]:
 def unacked_acks(broker: Any) -> int:
     out = broker.ctl("list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged")
     counts = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
-    return int(counts.get("refreshbus.operator.acks", 0))
+    return int(counts.get(OPERATOR_ACK_QUORUM_QUEUE, 0))
 
 
 def results(obj: dict[str, Any]) -> dict[str, str]:
