@@ -12,9 +12,10 @@ kept (data + binaryData; a Secret's values are hashed and dropped at once), so a
 metadata-only update (labels, annotations) never triggers a
 refresh. Secrets are watched only with ``auto_refresh_secrets`` (off by default: the
 operator then never lists or watches a Secret, and says so once per workload that names
-some). A real change starts a quiet period (``auto_refresh_debounce``); when it ends
-without further edits, one ConfigRefresh is created for the workload (``generateName``,
-an owner reference to the workload, labels linking them).
+some). The first real change after a quiet period is refreshed at once: one ConfigRefresh
+for the workload (``generateName``, an owner reference to the workload, labels linking
+them); changes within ``auto_refresh_debounce`` of it are gathered into one more at the
+end of that window (a throttle, not a delay: an edit waits for no quiet period).
 
 Finished auto-created ConfigRefreshes are garbage-collected: deleted
 ``ttl_seconds_after_finished`` after completion, and beyond ``history_limit`` per
@@ -224,11 +225,12 @@ class AutoRefresher:
         self.kube = kube
         self.workloads: dict[WorkloadKey, Workload] = {}
         self.watches: dict[WatchKey, SourceWatch] = {}
-        #: Changed sources per workload: in their quiet period (changed), then waiting for
-        #: their ConfigRefresh to be created (due).
+        #: Changed sources per workload: gathered until the workload's window ends (changed),
+        #: then waiting for their ConfigRefresh to be created (due).
         self.changed: dict[WorkloadKey, set[SourceKey]] = {}
         self.due: dict[WorkloadKey, set[SourceKey]] = {}
         self._creating: set[WorkloadKey] = set()
+        #: Per workload, the end of the window opened by its last refresh.
         self.timers: dict[WorkloadKey, asyncio.TimerHandle] = {}
         #: Every watch and ConfigRefresh-creating task, until it ends (stop awaits them all,
         #: including watches the supervisor is still cancelling).
@@ -453,7 +455,7 @@ class AutoRefresher:
         for source, digest in self._hashes(wkey[0], workload).items():
             if recorded.get(source, digest) != digest:
                 log.info("%s %s/%s changed while it was not watched", source[1], source[0], source[2])
-                self._schedule(wkey, source)
+                self._schedule(wkey, source, at_once=False)
 
     async def _list_records(self, namespace: str) -> Records:
         listing = await self.kube.aget(cfr_path(namespace), labelSelector=AUTO_REFRESH_LABEL)
@@ -476,24 +478,33 @@ class AutoRefresher:
                 before = records.get(wkey, {}).get(source)
                 if before is not None and before != digests[name]:
                     log.info("%s %s/%s changed while it was not watched", key[1], key[0], name)
-                    self._schedule(wkey, source)
+                    # Maybe the edit the replica stepping down is still creating the
+                    # ConfigRefresh of: after a window, that create has landed and is found.
+                    self._schedule(wkey, source, at_once=False)
 
     def _users(self, source: SourceKey) -> list[WorkloadKey]:
         ns = source[0]
         return [k for k, w in self.workloads.items() if k[0] == ns and source in self.watched_sources(ns, w)]
 
-    def _schedule(self, wkey: WorkloadKey, source: SourceKey) -> None:
+    def _schedule(self, wkey: WorkloadKey, source: SourceKey, *, at_once: bool = True) -> None:
+        """Refresh ``wkey`` for ``source``: at once, unless its window is open (gathered until
+        it ends) or not ``at_once`` (a window opens first)."""
+        now_ = at_once and wkey not in self.timers
         log.info(
-            "%s %s/%s changed: refresh of %s %s due in %.1fs",
+            "%s %s/%s changed: refresh of %s %s %s",
             source[1],
             source[0],
             source[2],
             wkey[1],
             wkey[2],
-            self.config.auto_refresh_debounce,
+            "now" if now_ else "at the end of its window",
         )
         self.changed.setdefault(wkey, set()).add(source)
-        self._debounce(wkey)
+        if now_:
+            self._fire(wkey)
+        elif wkey not in self.timers:
+            loop = asyncio.get_running_loop()
+            self.timers[wkey] = loop.call_later(self.config.auto_refresh_debounce, self._fire, wkey)
 
     def _observed(self, key: WatchKey, name: str, digest: str | None, initial: bool) -> None:
         watch = self.watches.get(key)
@@ -518,18 +529,15 @@ class AutoRefresher:
         for wkey in users:
             self._schedule(wkey, source)
 
-    def _debounce(self, wkey: WorkloadKey) -> None:
-        timer = self.timers.pop(wkey, None)
-        if timer is not None:
-            timer.cancel()
-        loop = asyncio.get_running_loop()
-        self.timers[wkey] = loop.call_later(self.config.auto_refresh_debounce, self._fire, wkey)
-
     def _fire(self, wkey: WorkloadKey) -> None:
+        """Refresh what changed and open a window: changes within it wait for its end (one
+        ConfigRefresh for a burst of edits); a window that ends with none closes."""
         self.timers.pop(wkey, None)
         sources = self.changed.pop(wkey, set())
         if not sources or wkey not in self.workloads or not self.running:
             return
+        loop = asyncio.get_running_loop()
+        self.timers[wkey] = loop.call_later(self.config.auto_refresh_debounce, self._fire, wkey)
         self.due.setdefault(wkey, set()).update(sources)
         if wkey not in self._creating:
             self._creating.add(wkey)

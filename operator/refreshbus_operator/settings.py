@@ -86,7 +86,8 @@ class Config:
     #: ConfigMaps only and the operator never lists/watches a Secret (the Helm chart grants
     #: Secret list/watch only when this is on; RBAC cannot scope list/watch to names).
     auto_refresh_secrets: bool = False
-    #: Quiet time after the last change of a watched ConfigMap/Secret before refreshing.
+    #: A change of a watched ConfigMap/Secret is refreshed at once; further changes within
+    #: this many seconds of that refresh are gathered into one refresh at the window's end.
     auto_refresh_debounce: float = 1.0
     #: What one auto-refresh watch covers: ``namespace`` (one watch on the ConfigMaps of each
     #: namespace with an opted-in workload) or ``object`` (one per ConfigMap, by name).
