@@ -178,7 +178,10 @@ class Refresher:
         log.log(level, "refresh %s%s", outcome.result.value,
                 f": {outcome.error}" if outcome.error else "",
                 extra={**extra, "config_hash": outcome.config_hash, "fetch_ms": _ms(outcome.fetch_ms),
-                       "written_ms": _ms(outcome.written_ms), "reloaded_ms": _ms(outcome.reloaded_ms)})
+                       "written_ms": _ms(outcome.written_ms), "reloaded_ms": _ms(outcome.reloaded_ms),
+                       "received_at": received_at.isoformat(),
+                       # Publish -> received, by the operator's and this node's wall clocks.
+                       "delivered_ms": _ms((received_at - event.issued_at).total_seconds() * 1000)})
         return self.ack(event.id, received_at, outcome)
 
     def ack(self, event_id: str, received_at: datetime, outcome: Outcome) -> Ack:

@@ -446,3 +446,23 @@ def test_without_a_loaded_marker_a_restart_over_current_content_does_not_reload(
 
     assert make(settings, api, tmp_path).sync("start-up").result is AckResult.UNCHANGED
     assert reloads.calls == 0
+
+
+def test_the_refresh_log_line_says_when_the_event_was_received_and_how_long_it_travelled(
+    settings: Settings, reloads: Reloads, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``make bench-e2e`` places each sidecar's steps on the edit's time line from this line."""
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+    ev = event("11")
+    received = ev.issued_at + timedelta(milliseconds=25)
+
+    with caplog.at_level("INFO", logger="refreshbus.sidecar"):
+        refresher.handle(ev, received, 0.0)
+
+    (line,) = [r for r in caplog.records if r.getMessage() == "refresh ok"]
+    assert line.__dict__["delivered_ms"] == 25.0
+    assert line.__dict__["received_at"] == received.isoformat()
