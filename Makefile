@@ -100,7 +100,7 @@ demo-down: ## Stop what `make demo` left running (on the real node: helm uninsta
 ##@ Benchmarks (figures go to docs/; never timed assertions in tests)
 
 .PHONY: bench
-bench: bench-sidecar bench-operator bench-autorefresh ## Run every benchmark
+bench: bench-sidecar bench-operator bench-autorefresh bench-e2e ## Run every benchmark
 
 .PHONY: bench-sidecar
 bench-sidecar: deps ## Sidecar RSS, idle CPU, start-to-ready, event-to-signal latency (docs/sidecar.md)
@@ -113,6 +113,10 @@ bench-operator: deps ## Operator: apply -> all acks in status p50/p99 for 1/10/1
 .PHONY: bench-autorefresh
 bench-autorefresh: deps ## Auto-refresh watch scopes (namespace vs object), 200 ConfigMaps: connections, RSS, edit->refresh (docs/operator.md)
 	$(BIN)/python bench/autorefresh_bench.py $(BENCH_ARGS)
+
+.PHONY: bench-e2e
+bench-e2e: deps ## 100 real sidecars + 100 real apps, auto-refresh: ConfigMap edit -> every app reloaded p50/p99, where the time goes, sidecar RSS (docs/sidecar.md)
+	$(BIN)/python bench/e2e_bench.py $(BENCH_ARGS)
 
 .PHONY: fuzz
 fuzz: deps ## A million bad messages to a real sidecar and operator, real refreshes going on (docs/reliability.md)

@@ -15,10 +15,14 @@ import os
 import re
 import signal
 import subprocess
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import watchfiles
 from refreshbus_testenv.procs import free_port
 from refreshbus_wire import pods as podc
 
@@ -107,9 +111,9 @@ class Fleet:
             self.start(member)
         return member
 
-    def start(self, member: Member) -> None:
+    def start(self, member: Member, *, timeout: float = 15.0) -> None:
         """Start the sidecar (it writes the current config), then the app that reads it."""
-        self.start_sidecar(member)
+        self.start_sidecar(member, timeout=timeout)
         assert member.config_file is not None
         member.app = apps_mod.start_node_app(self.tmp_path / f"app-{member.name}", member.config_file,
                                              port=member.app_port, journal=member.journal)
@@ -121,6 +125,20 @@ class Fleet:
                                        workdir=self.tmp_path / f"sidecar-{member.name}",
                                        env={**self.sidecar_env, **member.sidecar_env},
                                        wait_ready=wait_ready, timeout=timeout, ack_token=member.ack_token)
+
+    def node_pods(self, names: Sequence[str], *, labels: dict[str, str], owner: Owner | None = None,
+                  configmap: str = "app-config", journal: bool = False, parallel: int = 8,
+                  timeout: float = 120.0) -> list[Member]:
+        """Many :meth:`node_pod` at once (``parallel`` at a time: the API objects, tokens,
+        sidecar and app start-ups overlap), in the order of ``names``."""
+        def one(name: str) -> Member:
+            member = self.node_pod(name, labels=labels, owner=owner, configmap=configmap, start=False,
+                                   journal=journal)
+            self.start(member, timeout=timeout)
+            return member
+
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(one, names))
 
     def nginx_pod(self, name: str, *, labels: dict[str, str], owner: Owner | None = None,
                   configmap: str = "app-config") -> Member:
@@ -145,3 +163,53 @@ class Fleet:
                 member.sidecar.stop()
             if member.app is not None:
                 member.app.stop()
+
+
+def apply_deployment(cluster: Any, namespace: str, name: str, *, replicas: int, configmap: str = "app-config",
+                     auto_refresh: bool = True) -> dict[str, str]:
+    """``kubectl apply`` an opted-in Deployment (its pods are then made with
+    ``labels=<returned>, owner=Owner.replicaset_of(name)``); returns its pod labels."""
+    labels = {"app": name}
+    annotations = {"refreshbus.io/inject": "true", "refreshbus.io/configmaps": configmap}
+    if auto_refresh:
+        annotations["refreshbus.io/auto-refresh"] = "true"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels, "annotations": annotations},
+                              "spec": {"containers": [{"name": "app", "image": "registry.invalid/app"}]}}}}))
+    return labels
+
+
+def wait_loaded(members: Sequence[Member], loaded: Callable[[dict[str, Any]], bool],
+                timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+    """Wait until every member's journaling app has recorded a load for which ``loaded(entry)``
+    is true; returns the first such journal entry per member name.
+
+    Woken by inotify on the journals (no polling interval in the measured path: the entries
+    carry the app's own timestamp, ``at``); the timeout of each wait only re-checks."""
+    journals = {m.name: m.journal for m in members}
+    assert all(j is not None for j in journals.values()), "every member needs a journaling app"
+    dirs = sorted({str(j.parent) for j in journals.values() if j is not None})
+    for d in dirs:
+        Path(d).mkdir(parents=True, exist_ok=True)
+    found: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    changes = watchfiles.watch(*dirs, watch_filter=None, debounce=20, step=5, rust_timeout=500,
+                               yield_on_timeout=True, raise_interrupt=False, recursive=False)
+    try:
+        while True:
+            for m in members:
+                if m.name not in found:
+                    entry = next((e for e in m.loads() if loaded(e)), None)
+                    if entry is not None:
+                        found[m.name] = entry
+            if len(found) == len(members):
+                return found
+            if time.monotonic() > deadline:
+                missing = sorted(set(journals) - set(found))
+                raise AssertionError(f"{len(missing)} app(s) never loaded it within {timeout}s: "
+                                     f"{', '.join(missing[:10])}")
+            next(changes)
+    finally:
+        changes.close()
