@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,38 +34,16 @@ sys.path[:0] = [
     str(ROOT / "tests" / "support"),
     str(ROOT / "sidecar"),
     str(ROOT / "tests" / "integration" / "operator"),
+    str(ROOT / "bench" / "sim"),
 ]
 
 import kubernetes  # noqa: E402
 from opharness import FakeSidecar, OperatorProc, configmap  # noqa: E402
+from refreshbus_sim.measure import api_requests, pct  # noqa: E402
+from refreshbus_sim.measure import rss_mib as rss  # noqa: E402
 from refreshbus_support.pods import Owner, ack_token, create_pod  # noqa: E402
 from refreshbus_testenv.broker import Broker  # noqa: E402
 from refreshbus_testenv.controlplane import ControlPlane  # noqa: E402
-
-METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
-
-
-def api_requests(plane: ControlPlane) -> Counter[str]:
-    text = plane.kubectl("get", "--raw", "/metrics").stdout
-    out: Counter[str] = Counter()
-    for line in text.splitlines():
-        m = METRIC.match(line)
-        if not m:
-            continue
-        labels = dict(kv.split("=", 1) for kv in m["labels"].split(","))
-        labels = {k: v.strip('"') for k, v in labels.items()}
-        if labels.get("resource") in ("", None):
-            continue
-        key = f"{labels['verb']} {labels['resource']}" + (
-            f"/{labels['subresource']}" if labels.get("subresource") else ""
-        )
-        out[key] += int(float(m["value"]))
-    return out
-
-
-def rss(pid: int) -> dict[str, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return {k: int(re.search(rf"{k}:\s+(\d+)", status).group(1)) // 1024 for k in ("VmRSS", "VmHWM")}  # type: ignore[union-attr]
 
 
 class Watcher:
@@ -108,11 +84,6 @@ class Watcher:
             if not self.cond.wait_for(lambda: name in self.done, timeout):
                 raise TimeoutError(f"{name} never had every ack in its status")
             return self.done[name]
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 def main() -> int:

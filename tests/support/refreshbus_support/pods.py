@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from refreshbus_wire import pods as podc
@@ -93,8 +93,7 @@ def sidecar_env_for(
     return {k: v for k, v in env.items() if v}
 
 
-def create_pod(
-    cluster: Kubectl,
+def pod_manifest(
     namespace: str,
     name: str,
     *,
@@ -106,23 +105,10 @@ def create_pod(
     secrets: Sequence[str] = (),
     action: Mapping[str, str] | None = None,
     with_sidecar: bool = True,
-    running: bool = True,
     service_account: str | None = None,
-) -> TestPod:
-    """Create a Pod object (and, if ``running``, mark it Running + Ready as a kubelet would).
-
-    Args:
-        labels, annotations: the pod's metadata; ``refreshbus.io/inject: "true"`` and the
-            configmaps/secrets annotations are added when ``with_sidecar``.
-        owner: the direct ownerReference (e.g. ``Owner.replicaset_of("orders")``).
-        workload: (kind, name) the sidecar reports; default derived from ``owner``
-            (a ReplicaSet from ``replicaset_of`` maps to its Deployment), else ("Pod", name).
-        configmaps, secrets: sources the sidecar manages.
-        action: extra sidecar env for the reload action, e.g.
-            ``{podc.ENV_ACTION: "signal", podc.ENV_SIGNAL: "SIGHUP", podc.ENV_PROCESS: "nginx: master"}``.
-        with_sidecar: False creates a pod that is not opted in.
-        service_account: ``spec.serviceAccountName`` (it must exist; see :func:`ack_token`).
-    """
+) -> tuple[dict[str, Any], TestPod]:
+    """The Pod manifest :func:`create_pod` creates (arguments as there), and the
+    :class:`TestPod` it describes once the API server gave it a uid (``uid`` empty here)."""
     labels = dict(labels or {})
     annotations = dict(annotations or {})
     if workload is None:
@@ -164,25 +150,64 @@ def create_pod(
             "controller": True, "blockOwnerDeletion": False,
         }]
     manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+    pod = TestPod(namespace=namespace, name=name, uid="", labels=labels, annotations=annotations,
+                  workload_kind=workload[0], workload_name=workload[1], sidecar_env=env)
+    return manifest, pod
+
+
+def create_pod(
+    cluster: Kubectl,
+    namespace: str,
+    name: str,
+    *,
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    owner: Owner | None = None,
+    workload: tuple[str, str] | None = None,
+    configmaps: Sequence[str] = (),
+    secrets: Sequence[str] = (),
+    action: Mapping[str, str] | None = None,
+    with_sidecar: bool = True,
+    running: bool = True,
+    service_account: str | None = None,
+) -> TestPod:
+    """Create a Pod object (and, if ``running``, mark it Running + Ready as a kubelet would).
+
+    Args:
+        labels, annotations: the pod's metadata; ``refreshbus.io/inject: "true"`` and the
+            configmaps/secrets annotations are added when ``with_sidecar``.
+        owner: the direct ownerReference (e.g. ``Owner.replicaset_of("orders")``).
+        workload: (kind, name) the sidecar reports; default derived from ``owner``
+            (a ReplicaSet from ``replicaset_of`` maps to its Deployment), else ("Pod", name).
+        configmaps, secrets: sources the sidecar manages.
+        action: extra sidecar env for the reload action, e.g.
+            ``{podc.ENV_ACTION: "signal", podc.ENV_SIGNAL: "SIGHUP", podc.ENV_PROCESS: "nginx: master"}``.
+        with_sidecar: False creates a pod that is not opted in.
+        service_account: ``spec.serviceAccountName`` (it must exist; see :func:`ack_token`).
+    """
+    manifest, pod = pod_manifest(namespace, name, labels=labels, annotations=annotations, owner=owner,
+                                 workload=workload, configmaps=configmaps, secrets=secrets, action=action,
+                                 with_sidecar=with_sidecar, service_account=service_account)
     out = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(manifest))
-    created = json.loads(out.stdout)
-    pod = TestPod(namespace=namespace, name=name, uid=created["metadata"]["uid"], labels=labels,
-                  annotations=annotations, workload_kind=workload[0], workload_name=workload[1],
-                  sidecar_env=env)
+    pod = replace(pod, uid=json.loads(out.stdout)["metadata"]["uid"])
     if running:
         set_phase(cluster, pod, "Running", ready=True)
     return pod
 
 
-def set_phase(cluster: Kubectl, pod: TestPod, phase: str, *, ready: bool) -> None:
-    """Write ``status.phase`` and the Ready condition through the status subresource."""
+def phase_patch(phase: str, *, ready: bool) -> dict[str, Any]:
+    """The status-subresource merge patch a kubelet's report of ``phase`` amounts to."""
     status = "True" if ready else "False"
     conditions = [{"type": t, "status": status if t in ("Ready", "ContainersReady") else "True"}
                   for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]
-    patch = {"status": {"phase": phase, "conditions": conditions, "podIP": "127.0.0.1",
-                        "startTime": "2026-01-01T00:00:00Z"}}
+    return {"status": {"phase": phase, "conditions": conditions, "podIP": "127.0.0.1",
+                       "startTime": "2026-01-01T00:00:00Z"}}
+
+
+def set_phase(cluster: Kubectl, pod: TestPod, phase: str, *, ready: bool) -> None:
+    """Write ``status.phase`` and the Ready condition through the status subresource."""
     cluster.kubectl("-n", pod.namespace, "patch", "pod", pod.name, "--subresource=status",
-                    "--type=merge", "-p", json.dumps(patch))
+                    "--type=merge", "-p", json.dumps(phase_patch(phase, ready=ready)))
 
 
 def delete_pod(cluster: Kubectl, pod: TestPod) -> None:
