@@ -118,6 +118,10 @@ bench-autorefresh: deps ## Auto-refresh watch scopes (namespace vs object), 200 
 bench-e2e: deps ## 100 real sidecars + 100 real apps, auto-refresh: ConfigMap edit -> every app reloaded p50/p99, where the time goes, sidecar RSS (docs/sidecar.md)
 	$(BIN)/python bench/e2e_bench.py $(BENCH_ARGS)
 
+.PHONY: bench-scale
+bench-scale: deps ## Operator at 100/1,000/5,000 targets with simulated sidecars: apply/edit -> all acks p50/p99, RSS, API requests, broker memory (docs/scale.md)
+	$(BIN)/python bench/scale_bench.py $(BENCH_ARGS)
+
 .PHONY: fuzz
 fuzz: deps ## A million bad messages to a real sidecar and operator, real refreshes going on (docs/reliability.md)
 	$(BIN)/python bench/fuzz_bench.py $(FUZZ_ARGS)
