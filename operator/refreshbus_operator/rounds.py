@@ -128,7 +128,9 @@ class Round:
         metrics.POD_RESULTS.labels(result=outcome.value).inc()
         metrics.ACK_LATENCY.observe(max(0.0, (at - self.published_at).total_seconds()))
         self.unsettled.append(tag)
-        if not st.pending_pods(self.snapshot):
+        # Only a result for every target can end the round: the full check (linear) runs
+        # then, not once per ack (quadratic at thousands of targets).
+        if len(self.snapshot.results) >= len(self.snapshot.targets) and not st.pending_pods(self.snapshot):
             self.answered.set()
         self.dirty.set()
         return "folded"

@@ -8,6 +8,7 @@ Invariants the rendered status keeps: ``targets = succeeded + failed + pending``
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -192,8 +193,10 @@ def time_out(snapshot: Snapshot, at: datetime, deadline_seconds: int) -> list[st
 def bounded_results(results: Iterable[PodResult], limit: int = MAX_RESULTS) -> tuple[list[PodResult], int]:
     """Failures first (failed, timeout, then ok, unchanged), by pod name within a group;
     at most ``limit`` entries. Returns the entries and how many were left out."""
-    ordered = sorted(results, key=lambda r: (_ORDER[r.outcome], r.pod))
-    return ordered[:limit], max(0, len(ordered) - limit)
+    results = list(results)
+    # The first ``limit`` only: status is rendered at every flush of a round of thousands.
+    ordered = heapq.nsmallest(limit, results, key=lambda r: (_ORDER[r.outcome], r.pod))
+    return ordered, max(0, len(results) - limit)
 
 
 def summary(snapshot: Snapshot, ph: Phase | None = None) -> str:
