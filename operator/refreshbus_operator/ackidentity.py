@@ -15,8 +15,21 @@ One review per token, not per ack: the answer is cached until the token expires 
 1,000 reviews and the next rounds none until the kubelet rotates the tokens. Reviews of
 the same token already under way are shared; a refused token is remembered for
 :data:`REFUSED_CACHE_SECONDS` so a flood of copies costs one review. Claims are read
-(unverified) only to reject early what cannot match and to know how long to cache; only
-the TokenReview's answer ever makes an ack count.
+(unverified) only to reject early what cannot match and to know how long to cache.
+
+A TokenReview per pod is still one API request per target whenever the tokens are new,
+and the kubelet rotates them every few minutes (they live
+:data:`~refreshbus_wire.pods.ACK_TOKEN_EXPIRATION_SECONDS`): a refresh of 1,000 pods
+was 1,000 reviews, about 12 s on a 2-core machine. So when the round knows the uid of the
+pod an ack speaks for (it resolved it), the token is first verified here, as the API
+server itself would: its signature against the API server's published keys (the
+service-account issuer's JWKS, ``/openid/v1/jwks``, fetched once and again only for an
+unknown key id), issuer, audience, expiry, and the pod name and uid it is bound to
+against the resolved pod. Only that can make an ack count without a review; anything the
+local check does not accept (no keys, unknown key, bad signature, another uid) goes to
+the TokenReview, whose answer decides. The one difference: a review also refuses the
+token of a pod deleted since the round resolved it; locally such an ack (signed for that
+very pod, during the round) is accepted.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+import jwt
 from refreshbus_wire import Ack
 from refreshbus_wire.events import ACK_TOKEN_AUDIENCE
 
@@ -57,6 +71,15 @@ MAX_CACHED: Final = 50_000
 MAX_CONCURRENT_REVIEWS: Final = 16
 #: Attempts of one review when the API server fails (not when it answers "no").
 REVIEW_ATTEMPTS: Final = 3
+#: The service-account issuer's discovery document and keys (served by the API server).
+ISSUER_DISCOVERY_PATH: Final = "/.well-known/openid-configuration"
+JWKS_PATH: Final = "/openid/v1/jwks"
+#: What to accept from them (the API server answers the keys only as a JWK set).
+ISSUER_MEDIA_TYPES: Final = "application/jwk-set+json, application/json"
+#: Least time between two fetches of the keys (an unknown key id, or keys unavailable).
+KEYS_REFETCH_SECONDS: Final = 30.0
+#: Signature algorithms the API server signs service-account tokens with.
+TOKEN_ALGORITHMS: Final = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 
 class Mode(StrEnum):
@@ -111,6 +134,64 @@ class _Refused:
 
 _Cached = tuple[PodToken | _Refused, float]  # (answer, monotonic expiry)
 Review = Callable[[str, Mapping[str, Any]], Awaitable[Any]]
+Get = Callable[[str], Awaitable[Any]]
+
+
+class IssuerKeys:
+    """The service-account issuer and its public keys, as the API server publishes them
+    (use on the event loop only). ``get`` reads a path of the API server (the operator
+    passes ``Kube.aget``)."""
+
+    def __init__(self, get: Get, clock: Callable[[], float] = time.monotonic) -> None:
+        self.get = get
+        self._clock = clock
+        self.issuer: str | None = None
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -KEYS_REFETCH_SECONDS
+        self._fetching: asyncio.Future[None] | None = None
+        self.fetches = 0
+
+    async def key(self, kid: str) -> jwt.PyJWK | None:
+        """The key with id ``kid``; the keys are fetched again (at most every
+        :data:`KEYS_REFETCH_SECONDS`) when it is unknown: the issuer may have rotated."""
+        if kid in self._keys:
+            return self._keys[kid]
+        if self._fetching is None and self._clock() - self._fetched_at >= KEYS_REFETCH_SECONDS:
+            self._fetching = asyncio.ensure_future(self._fetch())
+        # A fetch under way is awaited by every ack that arrives meanwhile (a round's first
+        # acks come together), not only by the one that started it.
+        fetching = self._fetching
+        if fetching is not None:
+            try:
+                await asyncio.shield(fetching)
+            finally:
+                if self._fetching is fetching and fetching.done():
+                    self._fetching = None
+        return self._keys.get(kid)
+
+    async def _fetch(self) -> None:
+        self._fetched_at = self._clock()
+        self.fetches += 1
+        try:
+            discovery = await self.get(ISSUER_DISCOVERY_PATH)
+            keys = await self.get(JWKS_PATH)
+            issuer = discovery.get("issuer") if isinstance(discovery, dict) else None
+            if not isinstance(issuer, str) or not issuer:
+                raise ValueError("the issuer discovery document names no issuer")
+            fetched = {}
+            for entry in (keys.get("keys") if isinstance(keys, dict) else None) or ():
+                try:
+                    key = jwt.PyJWK(entry)
+                except jwt.PyJWTError:
+                    continue  # a key type or algorithm we do not use: its tokens go to TokenReview
+                if key.key_id:
+                    fetched[key.key_id] = key
+        except Exception as exc:  # keys unavailable (RBAC, issuer discovery off): reviews only
+            log.warning("service-account issuer keys unavailable (%s: %s); ack tokens are checked with "
+                        "TokenReviews", type(exc).__name__, exc)
+            return
+        self.issuer, self._keys = issuer, fetched
+        log.info("service-account issuer %s: %d signing key(s)", issuer, len(fetched))
 
 
 class AckVerifier:
@@ -126,8 +207,12 @@ class AckVerifier:
         audience: str = ACK_TOKEN_AUDIENCE,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        keys: IssuerKeys | None = None,
     ) -> None:
         self.review = review
+        #: The issuer's keys, for tokens whose pod uid the round knows (None: reviews only).
+        self.keys = keys
+        self.local_verifications = 0
         self.mode = mode
         self.audience = audience
         self._clock = clock
@@ -142,12 +227,14 @@ class AckVerifier:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REVIEWS)
         self.reviews = 0
 
-    async def verify(self, ack: Ack) -> Verdict:
-        verdict = await self._verify(ack)
+    async def verify(self, ack: Ack, pod_uid: str | None = None) -> Verdict:
+        """Check ``ack`` against its sender's token; ``pod_uid``: the uid of the pod it
+        speaks for, as the round resolved it (lets the token be verified locally)."""
+        verdict = await self._verify(ack, pod_uid)
         metrics.ACK_IDENTITY.labels(result=verdict.check.value).inc()
         return verdict
 
-    async def _verify(self, ack: Ack) -> Verdict:
+    async def _verify(self, ack: Ack, pod_uid: str | None) -> Verdict:
         token = ack.identity_token
         if token is None:
             return Verdict(Check.MISSING, "the ack carries no identity token (a sidecar older than protocol "
@@ -158,6 +245,9 @@ class AckVerifier:
         early = self._precheck(ack, claims)
         if early is not None:
             return early
+        if pod_uid and await self._verified_locally(token, ack, pod_uid):
+            self.local_verifications += 1
+            return Verdict(Check.VERIFIED)
         answer = await self._lookup(token, claims)
         if isinstance(answer, _Refused):
             return Verdict(answer.check, answer.detail)
@@ -168,6 +258,38 @@ class AckVerifier:
                 f"{answer.namespace}/{answer.pod}",
             )
         return Verdict(Check.VERIFIED)
+
+    async def _verified_locally(self, token: str, ack: Ack, pod_uid: str) -> bool:
+        """True when the token is the issuer's, for our audience, unexpired, and bound to
+        exactly the pod ``ack`` speaks for (name and uid). False means "ask the API server"."""
+        if self.keys is None:
+            return False
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return False
+        kid, alg = header.get("kid"), header.get("alg")
+        if not isinstance(kid, str) or alg not in TOKEN_ALGORITHMS:
+            return False
+        key = await self.keys.key(kid)
+        if key is None or self.keys.issuer is None:
+            return False
+        try:
+            claims = jwt.decode(token, key, algorithms=[alg], audience=self.audience, issuer=self.keys.issuer,
+                                options={"require": ["exp", "iss", "aud"]}, leeway=0)
+        except jwt.PyJWTError:
+            return False
+        k8s = claims.get("kubernetes.io")
+        pod = k8s.get("pod") if isinstance(k8s, dict) else None
+        return (
+            isinstance(k8s, dict)
+            and isinstance(pod, dict)
+            and k8s.get("namespace") == ack.namespace
+            and pod.get("name") == ack.pod
+            and pod.get("uid") == pod_uid
+            and isinstance(claims.get("sub"), str)
+            and str(claims["sub"]).startswith(f"{SA_PREFIX}{ack.namespace}:")
+        )
 
     def _precheck(self, ack: Ack, claims: Mapping[str, Any]) -> Verdict | None:
         """Refuse without a review what cannot pass one: a token for another audience,

@@ -181,6 +181,10 @@ class AckSink(Protocol):
         was refused; else accepted in ``warn`` mode)."""
         ...
 
+    def pod_uid(self, pod: str) -> str | None:
+        """The uid of target ``pod`` as resolved (None when unknown, e.g. after a resume)."""
+        ...
+
 
 class AckRouter:
     """Event-loop side of ack handling (not thread-safe: call on the loop only)."""
@@ -226,7 +230,8 @@ class AckRouter:
         """Route the ack only if it comes from the pod it speaks for (or, in ``warn`` mode,
         route it anyway, saying so)."""
         assert self.verifier is not None
-        verdict = await self.verifier.verify(ack)
+        sink = self.rounds.get(ack.event_id)
+        verdict = await self.verifier.verify(ack, sink.pod_uid(ack.pod) if sink is not None else None)
         if not verdict.ok:
             enforced = self.verifier.mode is Mode.REQUIRE
             log.warning(

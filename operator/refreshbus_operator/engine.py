@@ -17,7 +17,7 @@ from refreshbus_wire import new_id, now
 
 from refreshbus_operator import metrics
 from refreshbus_operator import status as st
-from refreshbus_operator.ackidentity import AckVerifier, Mode
+from refreshbus_operator.ackidentity import ISSUER_MEDIA_TYPES, AckVerifier, IssuerKeys, Mode
 from refreshbus_operator.acks import AckConsumer, AckRouter
 from refreshbus_operator.broker import AckQueueType
 from refreshbus_operator.events import Recorder
@@ -44,7 +44,8 @@ class Engine:
         self.recorder = Recorder(kube, config.instance)
         self.rounds: dict[tuple[str, str], Round] = {}
         self._writes: dict[tuple[str, str], asyncio.Future[Any]] = {}
-        self.verifier = AckVerifier(kube.apost, Mode(config.ack_identity))
+        self.verifier = AckVerifier(kube.apost, Mode(config.ack_identity), keys=IssuerKeys(
+            lambda path: kube.arequest("GET", path, accept=ISSUER_MEDIA_TYPES)))
         self.router = AckRouter(
             settle=lambda tags: self.consumer.settle(tags),
             grace=config.unknown_ack_grace,

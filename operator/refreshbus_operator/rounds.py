@@ -92,6 +92,8 @@ class Round:
         self._background: set[asyncio.Task[None]] = set()
         self._identity_failures = 0
         self._identity_events: set[tuple[str, Check]] = set()
+        #: Target pod -> uid, as resolved (empty when resumed: acks then get TokenReviews).
+        self.pod_uids: dict[str, str] = {}
 
     @property
     def event_id(self) -> str:
@@ -134,6 +136,9 @@ class Round:
             self.answered.set()
         self.dirty.set()
         return "folded"
+
+    def pod_uid(self, pod: str) -> str | None:
+        return self.pod_uids.get(pod)
 
     def refused(self, ack: Ack, verdict: Verdict, enforced: bool) -> None:
         """Shown in status (condition ``AckIdentity``) and, once per pod and kind of failure,
@@ -251,6 +256,7 @@ class Round:
             return await self._abort(exc.message, "TargetsNotResolved")
         snap.targets = resolution.names
         snap.skipped = resolution.skipped
+        self.pod_uids = {p.name: p.uid for p in resolution.targets if p.uid}
         if not resolution.targets:
             text = "no running, opted-in pod matched the target"
             if resolution.skipped:

@@ -58,6 +58,8 @@ class Pod:
     configmaps: frozenset[str]
     secrets: frozenset[str]
     app: str
+    #: metadata.uid: what the pod's identity token is bound to.
+    uid: str = ""
 
     @property
     def instance(self) -> str:
@@ -147,6 +149,7 @@ def pod_from_json(obj: Mapping[str, Any]) -> Pod:
         configmaps=frozenset(configmaps),
         secrets=frozenset(secrets),
         app=app,
+        uid=str(meta.get("uid") or ""),
     )
 
 

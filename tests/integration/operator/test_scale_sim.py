@@ -72,9 +72,15 @@ def test_every_ack_lands_and_api_requests_per_refresh_do_not_grow_with_targets(
         spent = api_requests(cluster) - before
         return Counter({k: v for k, v in spent.items() if k.split()[1].split("/")[0] in OPERATOR_RESOURCES})
 
-    # The first round verifies every pod's token once (TokenReview, then cached): not measured.
     warm = refresh("warm", names)
     assert warm["status"]["counts"]["acked"] == N
+    # Every pod's token was verified against the API server's published issuer keys: not one
+    # TokenReview, even for tokens never seen before.
+    metrics = op.metrics()
+    assert metrics['refreshbus_operator_ack_identity_checks_total{result="verified"}'] == N
+    reviews = {k: v for k, v in metrics.items()
+               if k.startswith("refreshbus_operator_token_reviews_total{") and v}
+    assert reviews == {}, op.logs_tail()
     few, all_ = cost("few", names[:10]), cost("all", names)
     assert len(sim.deliveries) == N + 2 * 10 + 2 * N  # one delivery per target per refresh
     # Status PATCHes are coalesced by time (status_flush_interval), not per ack: the number a

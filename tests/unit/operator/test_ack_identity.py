@@ -187,6 +187,9 @@ class Sink:
     def refused(self, ack: Ack, verdict: Verdict, enforced: bool) -> None:
         self.refusals.append((ack.pod, verdict.check, enforced))
 
+    def pod_uid(self, pod: str) -> str | None:
+        return None
+
 
 @pytest.mark.parametrize("mode", [Mode.REQUIRE, Mode.WARN])
 def test_the_router_routes_only_what_checks_out_unless_warned(mode: Mode) -> None:
