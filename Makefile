@@ -100,7 +100,7 @@ demo-down: ## Stop what `make demo` left running (on the real node: helm uninsta
 ##@ Benchmarks (figures go to docs/; never timed assertions in tests)
 
 .PHONY: bench
-bench: bench-sidecar bench-operator bench-autorefresh bench-e2e ## Run every benchmark
+bench: bench-sidecar bench-operator bench-autorefresh bench-e2e bench-scale ## Run every benchmark
 
 .PHONY: bench-sidecar
 bench-sidecar: deps ## Sidecar RSS, idle CPU, start-to-ready, event-to-signal latency (docs/sidecar.md)
