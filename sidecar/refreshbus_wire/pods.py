@@ -33,6 +33,9 @@ ANN_HEALTH_URL: Final = PREFIX + "health-url"
 ANN_AUTO_REFRESH: Final = PREFIX + "auto-refresh"
 #: Overrides <app> in the Spring-style instance id "<app>:<pod>".
 ANN_APP: Final = PREFIX + "app"
+#: "true": the workload may be refreshed from the Spring Cloud Bus (the operator's bridge;
+#: bus events carry no authentication, so this is a deliberate opt-in per workload).
+ANN_SPRING_BUS: Final = PREFIX + "spring-bus"
 #: Set by the injector on pods it mutated (idempotency marker).
 ANN_INJECTED: Final = PREFIX + "injected"
 
