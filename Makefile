@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 K8S_VERSION ?= v1.34.4
 export K8S_VERSION
 # Debian packages the tests and the demo run for real.
-APT_PACKAGES := rabbitmq-server nginx openssl procps
+APT_PACKAGES := rabbitmq-server nginx openssl procps openjdk-17-jdk-headless maven git
 PYTEST_ARGS ?=
 
 ##@ General
@@ -21,7 +21,7 @@ help: ## Show this help
 ##@ Setup
 
 .PHONY: deps
-deps: system-deps $(BIN)/.installed k8s-bins helm ## Install everything the tests need (idempotent)
+deps: system-deps $(BIN)/.installed k8s-bins helm spring-app ## Install everything the tests need (idempotent)
 
 .PHONY: system-deps
 system-deps: ## Install Debian packages (RabbitMQ, nginx, openssl) if missing
@@ -46,6 +46,10 @@ $(BIN)/.installed: pyproject.toml
 .PHONY: k8s-bins
 k8s-bins: ## Build kube-apiserver, etcd, kubectl $(K8S_VERSION) from the Go module proxy (cached)
 	bash hack/build-k8s-binaries.sh kube-apiserver etcd kubectl
+
+.PHONY: spring-app
+spring-app: system-deps ## Build the Spring Boot bus member of the Spring tests with Maven (pinned, cached)
+	bash hack/build-spring-app.sh
 
 .PHONY: helm
 helm: ## Build helm from the Go module proxy (pinned, cached)

@@ -26,6 +26,7 @@ from refreshbus_operator.publishing import Publisher
 from refreshbus_operator.records import ObjectRef, decode_round, encode_round
 from refreshbus_operator.rounds import Round
 from refreshbus_operator.settings import ROUND_ANNOTATION, Config
+from refreshbus_operator.springbus.bridge import SpringBusBridge
 from refreshbus_operator.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class Engine:
         self._janitor: asyncio.Task[None] | None = None
         #: Set while kopf peering has paused this replica: no round starts or resumes.
         self.paused = False
+        #: The Spring Cloud Bus bridge, when configured (rounds publish to and ack through it).
+        self.springbus: SpringBusBridge | None = SpringBusBridge(config, kube) if config.spring_bus else None
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from refreshbus_wire import (
     encode,
     now,
 )
+from refreshbus_wire.destination import expand
 from refreshbus_wire.routing import pod_key
 
 from refreshbus_operator import metrics
@@ -43,6 +44,7 @@ from refreshbus_operator.broker import backoff
 from refreshbus_operator.kube import ApiError, source_path, transient_reason
 from refreshbus_operator.publishing import PublishError
 from refreshbus_operator.records import ObjectRef, spec_action, spec_source_entries
+from refreshbus_operator.springbus.answers import SpringAnswers
 
 if TYPE_CHECKING:
     from refreshbus_operator.engine import Engine
@@ -54,6 +56,17 @@ DEFAULT_DEADLINE = 60
 #: pod and kind of failure): a flood of forged acks must not become a flood of Events.
 MAX_IDENTITY_EVENTS = 10
 FINAL_WRITE_RETRY_MAX = 10.0
+
+
+def spring_answers(spec: Mapping[str, Any]) -> SpringAnswers | None:
+    """``spec.springBus``: also publish the refresh on the Spring Cloud Bus. Its destination
+    defaults to the target's ``destination``, else ``**``; expanded as Spring's sender does."""
+    wanted = spec.get("springBus")
+    if not isinstance(wanted, Mapping):
+        return None
+    destination = wanted.get("destination") or (spec.get("target") or {}).get("destination") or "**"
+    expected = wanted.get("expectedInstances")
+    return SpringAnswers(destination=expand(destination), expected=int(expected) if expected else None)
 
 
 class Round:
@@ -94,6 +107,8 @@ class Round:
         self._identity_events: set[tuple[str, Check]] = set()
         #: Target pod -> uid, as resolved (empty when resumed: acks then get TokenReviews).
         self.pod_uids: dict[str, str] = {}
+        #: Spring instances' answers when the spec asks for the Spring bus too.
+        self.spring = spring_answers(spec)
 
     @property
     def event_id(self) -> str:
@@ -130,6 +145,8 @@ class Round:
         metrics.POD_RESULTS.labels(result=outcome.value).inc()
         metrics.ACK_LATENCY.observe(max(0.0, (at - self.published_at).total_seconds()))
         self.unsettled.append(tag)
+        if self.engine.springbus is not None:
+            self.engine.springbus.pod_answered(self.ref, ack.pod, outcome.success)
         # Only a result for every target can end the round: the full check (linear) runs
         # then, not once per ack (quadratic at thousands of targets).
         if len(self.snapshot.results) >= len(self.snapshot.targets) and not st.pending_pods(self.snapshot):
@@ -210,6 +227,9 @@ class Round:
             for task in list(self._background):
                 task.cancel()
             engine.router.unregister(self.snapshot.event_id or "")
+            if engine.springbus is not None:
+                engine.springbus.round_ended(self.ref)
+                engine.springbus.forget(self.snapshot.event_id or "")
             # Deliveries folded but never written to status (cancelled, stopping) are not
             # acked: the broker redelivers them (to a restarted or the next active replica).
             self.unsettled = []
@@ -257,19 +277,25 @@ class Round:
         snap.targets = resolution.names
         snap.skipped = resolution.skipped
         self.pod_uids = {p.name: p.uid for p in resolution.targets if p.uid}
-        if not resolution.targets:
+        if not resolution.targets and self.spring is not None:
+            snap.conditions["TargetsResolved"] = st.Condition(
+                "TargetsResolved", "True", "SpringBusOnly",
+                f"no refreshbus pod matched ({len(resolution.skipped)} skipped); the Spring bus only",
+            )
+        elif not resolution.targets:
             text = "no running, opted-in pod matched the target"
             if resolution.skipped:
                 text += f" ({len(resolution.skipped)} matching pod(s) skipped, e.g. "
                 text += f"{resolution.skipped[0][0]}: {resolution.skipped[0][1]})"
             snap.conditions["TargetsResolved"] = st.Condition("TargetsResolved", "False", "NoTargets", text)
             return await self._abort(text, "NoTargets")
-        snap.conditions["TargetsResolved"] = st.Condition(
-            "TargetsResolved",
-            "True",
-            "Resolved",
-            f"{len(resolution.targets)} target pod(s), {len(resolution.skipped)} skipped",
-        )
+        else:
+            snap.conditions["TargetsResolved"] = st.Condition(
+                "TargetsResolved",
+                "True",
+                "Resolved",
+                f"{len(resolution.targets)} target pod(s), {len(resolution.skipped)} skipped",
+            )
         # Sources: they must exist (metadata only: Secret data is never read) and be managed.
         entries = spec_source_entries(self.spec)
         wanted = [(kind, name) for kind, name, _keys in entries]
@@ -425,8 +451,41 @@ class Round:
             f"event {self.event_id} confirmed by the broker ({len(messages)} message(s))",
         )
         self.dirty.set()
+        if self.spring is not None and self.resumed is None:
+            await self._publish_spring(self.spring)
+
+    async def _publish_spring(self, spring: SpringAnswers) -> None:
+        bridge = self.engine.springbus
+        if bridge is None:
+            spring.problem = "the Spring bus bridge is off (chart value springBus.enabled)"
+        else:
+            await bridge.publish_refresh(self.event_id, spring)
+        self.dirty.set()
 
     async def _await_answers(self) -> None:
+        await self._await_pods()
+        if self.spring is not None:
+            await self._await_spring(self.spring)
+
+    async def _await_spring(self, spring: SpringAnswers) -> None:
+        """Collect Spring acks: until ``expectedInstances`` answered, else for the answer
+        window after publishing; never past the deadline."""
+        if spring.published_at is None:
+            return
+        until = self.deadline
+        if spring.expected is None:
+            window = spring.published_at + timedelta(seconds=self.engine.config.spring_bus_answer_window)
+            until = min(until, window)
+        while not spring.complete:
+            remaining = (until - now()).total_seconds()
+            if remaining <= 0:
+                return
+            spring.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spring.changed.wait(), timeout=remaining)
+            self.dirty.set()
+
+    async def _await_pods(self) -> None:
         """Until every target answered or the deadline, re-publishing (same event id) to the
         silent ones at a backing-off interval: an event can be lost on the sidecar's side (its
         exclusive queue goes with its connection). No API request: nothing is written."""
@@ -492,9 +551,15 @@ class Round:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closed.wait(), timeout=interval)
 
+    def _render(self, at: datetime) -> dict[str, Any]:
+        body = st.render(self.snapshot, at, self.previous_conditions)
+        if self.spring is not None:
+            body["springBus"] = self.spring.render()
+        return body
+
     async def _write_status(self) -> None:
         tags, self.unsettled = self.unsettled, []
-        body = st.render(self.snapshot, now(), self.previous_conditions)
+        body = self._render(now())
         try:
             await self.engine.write_status(self, body)
         except BaseException:
@@ -516,7 +581,7 @@ class Round:
     async def _finish(self, post_event: bool = True) -> None:
         self.final = True
         self.snapshot.completion_time = now()
-        body = st.render(self.snapshot, self.snapshot.completion_time, self.previous_conditions)
+        body = self._render(self.snapshot.completion_time)
         # Until the final status is written the round is not over: its acks stay unsettled
         # (and in flight here) however long the API refuses; a new generation, a delete or
         # the operator stopping cancels this, and the broker then redelivers them.

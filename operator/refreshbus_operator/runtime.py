@@ -46,8 +46,11 @@ async def start(memo: Any) -> None:
         )
         memo["pause"] = pause
         await pause.start()
-    elif auto is not None:
-        await auto.start()
+    else:
+        if auto is not None:
+            await auto.start()
+        if engine.springbus is not None:
+            await engine.springbus.start()
     log.info(
         "refreshbus operator started (namespaces: %s, brokers: %d)",
         ", ".join(config.namespaces) or "all",
@@ -64,6 +67,8 @@ async def stop(memo: Any) -> None:
         await auto.stop()
     engine: Engine | None = memo.get("engine")
     if engine is not None:
+        if engine.springbus is not None:
+            await engine.springbus.stop()
         await engine.stop()
     shared: Kube | None = memo.get("kube")
     if shared is not None:
@@ -76,6 +81,8 @@ async def paused(memo: Any) -> None:
     auto-refresh (the active replica's creates the ConfigRefreshes)."""
     engine: Engine = memo["engine"]
     engine.paused = True
+    if engine.springbus is not None:  # the active replica is the bus member
+        await engine.springbus.stop()
     await engine.stop_rounds()
     auto = memo.get("auto")
     if auto is not None:
@@ -90,6 +97,8 @@ async def resumed(memo: Any) -> None:
     auto = memo.get("auto")
     if auto is not None:
         await auto.start()
+    if engine.springbus is not None:
+        await engine.springbus.start()
     # kopf does not run its handlers again for objects it saw before the pause, and those it
     # ran while our view still said "paused" (start-up, unpause) were refused: list them all.
     for namespace in config.namespaces or (None,):
@@ -109,6 +118,8 @@ def probe(memo: Any) -> dict[str, bool]:
     report = {"publisher": engine.publisher.connected, "consumer": engine.consumer.connected}
     if pause is not None:
         report["paused"] = pause.paused
+    if engine.springbus is not None and engine.springbus.running:
+        report["springBus"] = engine.springbus.connected
     return report
 
 
@@ -118,6 +129,8 @@ def dead_workers(memo: Any) -> list[str]:
     engine: Engine | None = memo.get("engine")
     if engine is not None:
         dead += engine.dead_workers()
+        if engine.springbus is not None and not engine.springbus.alive():
+            dead.append("Spring bus bridge")
     pause: PeeringPause | None = memo.get("pause")
     if pause is not None and not pause.alive():
         dead.append("peering watch")

@@ -101,6 +101,15 @@ class Config:
     #: ... and at most this many finished ones are kept per workload.
     history_limit: int = 5
     gc_interval: float = 60.0
+    #: The Spring Cloud Bus bridge (docs/spring-bus.md): off by default. When on, it joins
+    #: ``springCloudBus`` on the same brokers and serves ``spring_bus_namespaces`` only.
+    spring_bus: bool = False
+    #: Namespaces whose opted-in (``refreshbus.io/spring-bus: "true"``) workloads a bus refresh
+    #: may refresh. Required with ``spring_bus``: bus events carry no authentication.
+    spring_bus_namespaces: tuple[str, ...] = ()
+    #: Without ``spec.springBus.expectedInstances``, a round collects Spring acks this long
+    #: after publishing (and at least until its pods answered).
+    spring_bus_answer_window: float = 5.0
     #: Set on Kubernetes Events as reportingInstance (pod name in-cluster).
     instance: str = field(default_factory=lambda: os.environ.get("HOSTNAME", "refreshbus-operator"))
 
@@ -205,6 +214,9 @@ _FIELDS: dict[str, type] = {
     "history_limit": int,
     "gc_interval": float,
     "instance": str,
+    "spring_bus": bool,
+    "spring_bus_namespaces": tuple,
+    "spring_bus_answer_window": float,
 }
 
 
@@ -262,6 +274,13 @@ def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         raise ValueError(f"{ENV_PREFIX}API_RETRY_TIMEOUT must be >= 0 (0: never retry a read)")
     if not 0 < config.renudge_initial <= config.renudge_max:
         raise ValueError("re-nudge intervals must satisfy 0 < renudge_initial <= renudge_max")
+    if config.spring_bus and not config.spring_bus_namespaces:
+        raise ValueError(
+            f"{ENV_PREFIX}SPRING_BUS is on but {ENV_PREFIX}SPRING_BUS_NAMESPACES is empty: name the "
+            "namespaces a Spring bus refresh may reach (bus events carry no authentication)"
+        )
+    if config.spring_bus_answer_window < 0:
+        raise ValueError(f"{ENV_PREFIX}SPRING_BUS_ANSWER_WINDOW must be >= 0")
     for number, url in enumerate(config.broker_urls, 1):
         contract.check_broker_url(number, url)
     return config

@@ -77,7 +77,7 @@ def decode(body: bytes) -> BusEvent:
         raise SpringBusError("malformed", "not a JSON object")
     kind = raw.get("type")
     try:
-        event_type = BusEventType(kind)
+        event_type = BusEventType(str(kind))
     except ValueError:
         raise SpringBusError("unknown_type", f"unknown event type {kind!r}") from None
     origin = raw.get("originService")

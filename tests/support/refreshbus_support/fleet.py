@@ -88,7 +88,8 @@ class Fleet:
 
     def node_pod(self, name: str, *, labels: dict[str, str], owner: Owner | None = None,
                  configmap: str = "app-config", process_pattern: str | None = None,
-                 start: bool = True, journal: bool = False, http_reload: bool = False) -> Member:
+                 start: bool = True, journal: bool = False, http_reload: bool = False,
+                 annotations: dict[str, str] | None = None) -> Member:
         """A pod whose sidecar writes ``configmap`` and SIGHUPs a Node.js app (or, with
         ``http_reload``, calls its ``POST /-/reload`` and waits for the answer). With
         ``journal`` the app records and checks every load."""
@@ -101,8 +102,8 @@ class Fleet:
              podc.ENV_RELOAD_METHOD: "POST"} if http_reload else
             {podc.ENV_ACTION: "signal", podc.ENV_SIGNAL: "SIGHUP", podc.ENV_PROCESS: pattern}
         )
-        pod = create_pod(self.cluster, self.namespace, name, labels=labels, owner=owner,
-                         configmaps=[configmap], action=action)
+        pod = create_pod(self.cluster, self.namespace, name, labels=labels, annotations=annotations,
+                         owner=owner, configmaps=[configmap], action=action)
         member = Member(pod=pod, shared=shared, app_port=port, config_file=config_file,
                         journal=self.tmp_path / f"app-{name}" / "loads.jsonl" if journal else None,
                         ack_token=self.ack_token(pod))
