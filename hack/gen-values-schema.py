@@ -106,6 +106,7 @@ SECTIONS = {
     "operator.image": "Operator image.",
     "operator.peering": "kopf peering (HA: one active replica, the others on standby).",
     "operator.autoRefresh": "Auto-refresh of workloads annotated refreshbus.io/auto-refresh.",
+    "operator.springBus": "The Spring Cloud Bus bridge (docs/spring-bus.md).",
     "operator.livenessProbe": "Liveness probe on kopf's /healthz endpoint.",
     "operator.podDisruptionBudget": "PodDisruptionBudget of the operator.",
     "operator.serviceAccount": "ServiceAccount of the operator.",

@@ -107,8 +107,11 @@ class Round:
         self._identity_events: set[tuple[str, Check]] = set()
         #: Target pod -> uid, as resolved (empty when resumed: acks then get TokenReviews).
         self.pod_uids: dict[str, str] = {}
-        #: Spring instances' answers when the spec asks for the Spring bus too.
+        #: Spring instances' answers when the spec asks for the Spring bus too: until they are
+        #: collected the round is not final, whatever its pods answered.
         self.spring = spring_answers(spec)
+        if self.spring is not None:
+            snapshot.awaiting = "Spring bus answers"
 
     @property
     def event_id(self) -> str:
@@ -470,11 +473,16 @@ class Round:
     async def _await_spring(self, spring: SpringAnswers) -> None:
         """Collect Spring acks: until ``expectedInstances`` answered, else for the answer
         window after publishing; never past the deadline."""
-        if spring.published_at is None:
-            return
+        try:
+            if spring.published_at is not None:
+                await self._collect_spring(spring, spring.published_at)
+        finally:
+            self.snapshot.awaiting = None
+
+    async def _collect_spring(self, spring: SpringAnswers, published_at: datetime) -> None:
         until = self.deadline
         if spring.expected is None:
-            window = spring.published_at + timedelta(seconds=self.engine.config.spring_bus_answer_window)
+            window = published_at + timedelta(seconds=self.engine.config.spring_bus_answer_window)
             until = min(until, window)
         while not spring.complete:
             remaining = (until - now()).total_seconds()

@@ -136,6 +136,9 @@ class Snapshot:
     aborted: str | None = None
     completion_time: datetime | None = None
     timed_out: bool = False
+    #: Answers still awaited from outside the pods (the Spring bus, docs/spring-bus.md): the
+    #: round is not final while this is set, even when every pod answered.
+    awaiting: str | None = None
 
 
 def count(snapshot: Snapshot) -> Counts:
@@ -167,7 +170,7 @@ def phase(snapshot: Snapshot) -> Phase:
     if snapshot.aborted is not None:
         return Phase.FAILED
     c = count(snapshot)
-    if c.pending > 0:
+    if c.pending > 0 or snapshot.awaiting is not None:
         published = snapshot.conditions.get("Published")
         return Phase.IN_PROGRESS if published is not None and published.status == "True" else Phase.PENDING
     if c.timeouts > 0:
@@ -212,7 +215,10 @@ def summary(snapshot: Snapshot, ph: Phase | None = None) -> str:
             text += f": {publish.message}"
         return text[:MAX_MESSAGE]
     if ph is Phase.IN_PROGRESS:
-        return f"{c.acked} of {c.targets} pod(s) answered, {c.succeeded} reloaded"[:MAX_MESSAGE]
+        text = f"{c.acked} of {c.targets} pod(s) answered, {c.succeeded} reloaded"
+        if snapshot.awaiting is not None and c.pending == 0:
+            text += f"; waiting for {snapshot.awaiting}"
+        return text[:MAX_MESSAGE]
     text = f"{c.succeeded} of {c.targets} pod(s) run the new config"
     if c.unchanged:
         text += f" ({c.unchanged} already had it)"

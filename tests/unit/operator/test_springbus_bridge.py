@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from refreshbus_operator import settings
+from refreshbus_operator import status as st
 from refreshbus_operator.springbus import bridge as br
 from refreshbus_operator.springbus.answers import SpringAnswers
 from refreshbus_wire import now
@@ -125,3 +126,14 @@ def test_the_bridge_needs_its_namespaces():
                                 "REFRESHBUS_OPERATOR_SPRING_BUS_NAMESPACES": "shop, web"})
     assert config.spring_bus_namespaces == ("shop", "web")
     assert not settings.from_env({}).spring_bus
+
+
+def test_a_round_still_waiting_for_spring_answers_is_not_final():
+    snap = st.Snapshot(generation=1, event_id="e", start_time=now(), targets=frozenset({"p"}))
+    snap.results["p"] = st.PodResult(pod="p", outcome=st.Outcome.OK, at=now())
+    snap.conditions["Published"] = st.Condition("Published", "True", "Published", "")
+    assert st.phase(snap) is st.Phase.SUCCEEDED
+    snap.awaiting = "Spring bus answers"
+    assert st.phase(snap) is st.Phase.IN_PROGRESS
+    assert st.render(snap, now())["completionTime"] is None
+    assert st.summary(snap).endswith("waiting for Spring bus answers")
