@@ -137,3 +137,30 @@ def test_a_round_still_waiting_for_spring_answers_is_not_final():
     assert st.phase(snap) is st.Phase.IN_PROGRESS
     assert st.render(snap, now())["completionTime"] is None
     assert st.summary(snap).endswith("waiting for Spring bus answers")
+
+
+def test_liveness_fails_when_the_bridge_worker_dies_or_is_stuck():
+    from types import SimpleNamespace
+
+    from refreshbus_operator import runtime
+
+    async def main() -> None:
+        config = settings.Config(broker_urls=("amqp://u:p@127.0.0.1:1/",), spring_bus=True,
+                                 spring_bus_namespaces=("shop",), publish_retry_initial=0.01,
+                                 publish_retry_max=0.01)
+        bridge = br.SpringBusBridge(config, kube=None)  # type: ignore[arg-type]
+        memo = {"engine": SimpleNamespace(dead_workers=list, springbus=bridge)}
+        await bridge.start()
+        await asyncio.sleep(0.05)  # reconnecting to a closed port: alive, making progress
+        assert runtime.dead_workers(memo) == []
+        bridge.heartbeat.at -= bridge.heartbeat.limit + 1  # as if stuck that long
+        assert runtime.dead_workers(memo) == ["Spring bus bridge"]
+        bridge.heartbeat.beat()
+        assert bridge._task is not None
+        bridge._task.cancel()  # the worker task ended (as if it had died)
+        await asyncio.sleep(0.05)
+        assert runtime.dead_workers(memo) == ["Spring bus bridge"]
+        await bridge.stop()
+        assert runtime.dead_workers(memo) == []  # stopped on purpose (paused): not dead
+
+    asyncio.run(main())
