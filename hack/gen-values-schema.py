@@ -49,6 +49,7 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "operator.terminationGracePeriodSeconds": {"minimum": 0},
     "operator.podDisruptionBudget.minAvailable": {"type": ["integer", "string"]},
     "operator.watchNamespaces": DNS_LABELS,
+    "operator.springBus.namespaces": DNS_LABELS,
     "operator.extraArgs": {"items": {"type": "string"}},
     "rabbitmq.command": {"items": {"type": "string"}},
     "rabbitmq.replicas": {"minimum": 1},

@@ -601,6 +601,36 @@ def test_classic_ack_queue_type_reaches_the_definitions_and_the_operator(render:
     assert env_of(operator_container(manifests))["REFRESHBUS_OPERATOR_ACK_QUEUE_TYPE"] == "classic"
 
 
+def test_spring_bus_value_turns_the_bridge_on_with_its_broker_permissions(render: Any, helm: Path) -> None:
+    from refreshbus_operator import settings
+
+    def operator_permissions(manifests: list[Manifest]) -> re.Pattern[str]:
+        secret = one(manifests, "Secret", "-rabbitmq-definitions")
+        definitions = json.loads(decode(secret, "definitions.json"))
+        (mine,) = [p for p in definitions["permissions"] if p["user"] == "refreshbus-operator"]
+        assert mine["configure"] == mine["write"] == mine["read"]
+        return re.compile(mine["configure"])
+
+    off = render("default")
+    assert "REFRESHBUS_OPERATOR_SPRING_BUS" not in env_of(operator_container(off))
+    assert not operator_permissions(off).match("springCloudBus")
+    on = render("default", "--set", "operator.springBus.enabled=true",
+                "--set", "operator.springBus.namespaces={shop,web}")
+    env = {k: v for k, v in env_of(operator_container(on)).items() if k.startswith(settings.ENV_PREFIX)}
+    config = settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert (config.spring_bus, config.spring_bus_namespaces) == (True, ("shop", "web"))
+    allowed = operator_permissions(on)
+    for name in ("springCloudBus", "springCloudBus.refreshbus.4fe0c4ac", "refreshbus"):
+        assert allowed.match(name), name
+    assert not allowed.match("springCloudBus.anonymous.zBkOjgl_S4Kt9I7UyZDuhg")  # Spring's own queues
+    out = subprocess.run(
+        [str(helm), "template", "rb", str(CHART), "--set", "operator.springBus.enabled=true"],
+        capture_output=True, text=True, check=False,
+    )
+    assert out.returncode != 0
+    assert "operator.springBus.namespaces must name at least one namespace" in out.stderr
+
+
 def test_existing_secret_means_no_embedded_broker(render: Any) -> None:
     manifests = render("existing-broker-secret")
     assert not kinds(manifests, "StatefulSet")
