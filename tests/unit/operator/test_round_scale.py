@@ -15,7 +15,7 @@ N = 2000
 
 
 def test_folding_acks_scans_the_targets_once_not_once_per_ack(monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = SimpleNamespace(config=SimpleNamespace(instance="op-0"))
+    engine = SimpleNamespace(config=SimpleNamespace(instance="op-0"), springbus=None)
     pods = [f"p{i:05d}" for i in range(N)]
     snap = st.Snapshot(generation=1, event_id=new_id(), start_time=now(), targets=frozenset(pods))
     round_ = rounds.Round(engine, records.ObjectRef("ns", "r", "uid"), 1, {}, snap)  # type: ignore[arg-type]
