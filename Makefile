@@ -126,6 +126,11 @@ bench-e2e: deps ## 100 real sidecars + 100 real apps, auto-refresh: ConfigMap ed
 bench-scale: deps ## Operator at 100/1,000/5,000 targets with simulated sidecars: apply/edit -> all acks p50/p99, RSS, API requests, broker memory (docs/scale.md)
 	$(BIN)/python bench/scale_bench.py $(BENCH_ARGS)
 
+FAILOVER_PODS ?= 20
+.PHONY: bench-broker-failover
+bench-broker-failover: deps ## A node of a 3-node RabbitMQ cluster lost mid-refresh: failover and convergence times (docs/broker.md); FAILOVER_PODS=20
+	REFRESHBUS_FAILOVER_PODS=$(FAILOVER_PODS) $(BIN)/pytest -q -s tests/e2e/test_broker_cluster.py
+
 .PHONY: fuzz
 fuzz: deps ## A million bad messages to a real sidecar and operator, real refreshes going on (docs/reliability.md)
 	$(BIN)/python bench/fuzz_bench.py $(FUZZ_ARGS)

@@ -1,6 +1,7 @@
 """Session-wide real infrastructure for every test that needs it.
 
-``broker`` is a real RabbitMQ node and ``cluster`` a real etcd + kube-apiserver, both
+``broker`` is a real RabbitMQ node (``broker_cluster`` three of them, clustered) and
+``cluster`` a real etcd + kube-apiserver, all
 started by the project itself (tests/testenv) on free loopback ports and stopped at the
 end. They are started lazily: unit tests pay nothing. There is no skip path: if the
 infrastructure cannot start, every test that needs it errors with the reason, under
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from refreshbus_support.faultproxy import FaultProxy
-from refreshbus_testenv.broker import Broker
+from refreshbus_testenv.broker import Broker, BrokerCluster
 from refreshbus_testenv.controlplane import ControlPlane, ExistingCluster
 
 # Property tests assert what the code does with each input, never how fast: on a 2-core
@@ -45,6 +46,18 @@ def running_broker(broker: Broker) -> Broker:
         broker.pid = None
         broker.start()
     return broker
+
+
+@pytest.fixture(scope="module")
+def broker_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerCluster]:
+    """Three real RabbitMQ nodes on this host, clustered; tests may kill and restart nodes.
+    Every node is stopped and its data deleted afterwards, whatever the test did."""
+    nodes = BrokerCluster(tmp_path_factory.mktemp("rabbitmq-cluster"))
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.destroy()
 
 
 @pytest.fixture(scope="session")

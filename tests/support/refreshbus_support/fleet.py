@@ -89,16 +89,17 @@ class Fleet:
     def node_pod(self, name: str, *, labels: dict[str, str], owner: Owner | None = None,
                  configmap: str = "app-config", process_pattern: str | None = None,
                  start: bool = True, journal: bool = False, http_reload: bool = False,
-                 annotations: dict[str, str] | None = None) -> Member:
+                 annotations: dict[str, str] | None = None, reload_path: str = "/-/reload") -> Member:
         """A pod whose sidecar writes ``configmap`` and SIGHUPs a Node.js app (or, with
-        ``http_reload``, calls its ``POST /-/reload`` and waits for the answer). With
-        ``journal`` the app records and checks every load."""
+        ``http_reload``, calls its ``POST <reload_path>`` and waits for the answer;
+        ``/-/reload-slow`` answers after 5 s). With ``journal`` the app records and checks
+        every load."""
         shared = self.tmp_path / f"shared-{name}"
         port = free_port()
         config_file = shared / f"configmap-{configmap}" / "config.json"
         pattern = process_pattern or rf"config-server\.js {port} {re.escape(str(config_file))}$"
         action = (
-            {podc.ENV_ACTION: "http", podc.ENV_RELOAD_URL: f"http://127.0.0.1:{port}/-/reload",
+            {podc.ENV_ACTION: "http", podc.ENV_RELOAD_URL: f"http://127.0.0.1:{port}{reload_path}",
              podc.ENV_RELOAD_METHOD: "POST"} if http_reload else
             {podc.ENV_ACTION: "signal", podc.ENV_SIGNAL: "SIGHUP", podc.ENV_PROCESS: pattern}
         )
@@ -121,7 +122,7 @@ class Fleet:
 
     def start_sidecar(self, member: Member, *, wait_ready: bool = True, timeout: float = 15.0) -> None:
         """(Re)start the member's sidecar process (same pod, same shared directory, log appended)."""
-        member.sidecar = start_sidecar(member.pod, broker_urls=[self.broker.url("refreshbus-sidecar")],
+        member.sidecar = start_sidecar(member.pod, broker_urls=self.broker.urls_for("refreshbus-sidecar"),
                                        kubeconfig=self.kubeconfig, target_dir=member.shared,
                                        workdir=self.tmp_path / f"sidecar-{member.name}",
                                        env={**self.sidecar_env, **member.sidecar_env},
