@@ -131,6 +131,10 @@ FAILOVER_PODS ?= 20
 bench-broker-failover: deps ## A node of a 3-node RabbitMQ cluster lost mid-refresh: failover and convergence times (docs/broker.md); FAILOVER_PODS=20
 	REFRESHBUS_FAILOVER_PODS=$(FAILOVER_PODS) $(BIN)/pytest -q -s tests/e2e/test_broker_cluster.py
 
+.PHONY: bench-sidecar-queues
+bench-sidecar-queues: deps ## 1,000 sidecar queues on a 3-node RabbitMQ cluster: exclusive classic vs quorum (declare time, memory, idle CPU; docs/broker.md)
+	$(BIN)/python bench/sidecar_queue_bench.py $(BENCH_ARGS)
+
 .PHONY: fuzz
 fuzz: deps ## A million bad messages to a real sidecar and operator, real refreshes going on (docs/reliability.md)
 	$(BIN)/python bench/fuzz_bench.py $(FUZZ_ARGS)
