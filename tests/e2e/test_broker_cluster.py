@@ -1,5 +1,6 @@
 """A RabbitMQ cluster loses a node while a refresh is in flight: three real nodes on this
-host, the real operator, real sidecar processes and the real apps they reload.
+host, the real operator, real sidecar processes and the real apps they reload. First, on
+the same cluster: the chart's hook that makes each node a member of the ack queue.
 
 The node killed (SIGKILL, as a crashed machine) is the one most sidecars are connected to
 (their exclusive queues live there) and the leader of the operator's quorum ack queue; the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,14 +27,17 @@ from typing import Any
 
 import aio_pika
 import pytest
+import yaml
 from opharness import OperatorProc, cfr, condition, refresh, wait_for, wait_phase
 from refreshbus_support import configs
 from refreshbus_support.fleet import Fleet
-from refreshbus_testenv.broker import BrokerCluster
+from refreshbus_testenv.broker import RABBITMQ_BIN, BrokerCluster
 from refreshbus_wire import pods as podc
 from refreshbus_wire import routing
 
 pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PODS = int(os.environ.get("REFRESHBUS_FAILOVER_PODS", "3"))
 LABELS = {"app": "api"}
@@ -73,18 +78,48 @@ def start_operator(procs: list[OperatorProc], cluster: Any, nodes: BrokerCluster
     return proc.start()
 
 
-def lead_ack_queue_from(node_url: str) -> None:
+def lead_ack_queue_from(node_url: str, members: int | None = None) -> None:
     """(Re)declare the quorum ack queue through ``node_url``: RabbitMQ makes the declaring
-    node its first leader."""
+    node its first leader. ``members``: on that many nodes only (default: every node)."""
+    arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+    if members is not None:
+        arguments["x-quorum-initial-group-size"] = members
+
     async def declare() -> None:
         conn = await aio_pika.connect(node_url)
         channel = await conn.channel()
         await channel.queue_delete(routing.OPERATOR_ACK_QUORUM_QUEUE)
-        await channel.declare_queue(routing.OPERATOR_ACK_QUORUM_QUEUE, durable=True,
-                                    arguments={"x-queue-type": "quorum"})
+        await channel.declare_queue(routing.OPERATOR_ACK_QUORUM_QUEUE, durable=True, arguments=arguments)
         await conn.close()
 
     asyncio.run(declare())
+
+
+def chart_post_start_command() -> list[str]:
+    """The postStart command of the chart's RabbitMQ container with ``rabbitmq.replicas=3``."""
+    build = subprocess.run(["bash", str(ROOT / "hack" / "build-helm.sh")], capture_output=True, text=True,
+                           check=True)
+    helm = build.stdout.strip().splitlines()[-1]
+    out = subprocess.run([helm, "template", "rb", str(ROOT / "charts" / "refreshbus"),
+                          "--set", "rabbitmq.replicas=3"], capture_output=True, text=True, check=True).stdout
+    (sts,) = [m for m in yaml.safe_load_all(out) if m and m["kind"] == "StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    return list(container["lifecycle"]["postStart"]["exec"]["command"])
+
+
+def test_the_charts_post_start_hook_makes_each_node_a_member_of_the_ack_queue(broker_cluster):
+    """In the chart, pod 0 declares the ack queue (definitions) before the others joined:
+    each node runs the hook once booted. Here: the ack queue on one node, then the hook as
+    the other two nodes run it (their node name and cookie in its environment)."""
+    nodes = broker_cluster
+    first, *others = nodes.nodes
+    lead_ack_queue_from(first.url(), members=1)
+    assert nodes.quorum_members(routing.OPERATOR_ACK_QUORUM_QUEUE)[1] == [first.node]
+    command = chart_post_start_command()
+    for node in others:
+        env = {**os.environ, **node._env(), "PATH": f"{RABBITMQ_BIN}:{os.environ['PATH']}"}
+        subprocess.run(command, env=env, check=True, timeout=180)
+    assert sorted(nodes.quorum_members(routing.OPERATOR_ACK_QUORUM_QUEUE)[1]) == sorted(n.node for n in nodes)
 
 
 def sidecar_nodes(nodes: BrokerCluster) -> dict[str, str]:
