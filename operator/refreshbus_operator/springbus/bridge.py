@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from refreshbus_wire import springbus as wire
 from refreshbus_wire.pods import ANN_SPRING_BUS
 
 from refreshbus_operator import API_VERSION, GROUP, KIND
+from refreshbus_operator.autorefresh import gc_victims
 from refreshbus_operator.broker import Heartbeat, Link, backoff, describe
 from refreshbus_operator.kube import ApiError, Kube, cfr_path, pods_path
 from refreshbus_operator.records import ObjectRef
@@ -154,6 +156,7 @@ class SpringBusBridge:
         self.heartbeat = Heartbeat(4 * TICK + 2 * config.api_retry_timeout + 15)
         self.inbound: dict[tuple[str, str], Inbound] = {}
         self.outbound: dict[str, SpringAnswers] = {}
+        self._collected_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -202,6 +205,14 @@ class SpringBusBridge:
                                 describe(exc), delay)
                     await asyncio.sleep(delay)
                     continue
+            if time.monotonic() - self._collected_at >= self.config.gc_interval:
+                self._collected_at = time.monotonic()
+                try:
+                    await self.collect()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("Spring bus bridge GC failed: %s", exc)
             try:
                 event = await asyncio.wait_for(self._backlog.get(), timeout=TICK)
             except TimeoutError:
@@ -279,6 +290,25 @@ class SpringBusBridge:
             log.info("Spring bus refresh %s from %s (destination %r): no opted-in pod matches",
                      event.id, event.origin, event.destination)
         MESSAGES.labels(outcome="refresh" if made else "no_target").inc()
+
+    async def collect(self) -> int:
+        """Delete the finished ConfigRefreshes the bridge made, as auto-refresh deletes its own:
+        ``ttl_seconds_after_finished`` after completion, beyond ``history_limit`` per namespace."""
+        items: list[dict[str, Any]] = []
+        for namespace in self.namespaces:
+            items += (await self.kube.aget(cfr_path(namespace), labelSelector=LABEL_EVENT)).get("items") or []
+        victims = gc_victims(
+            items, time.time(), self.config.ttl_seconds_after_finished, self.config.history_limit
+        )
+        for namespace, name in victims:
+            try:
+                await self.kube.adelete(cfr_path(namespace, name))
+            except ApiError as exc:
+                if not exc.not_found:
+                    raise
+        if victims:
+            log.info("Spring bus bridge GC: deleted %d finished ConfigRefresh(es)", len(victims))
+        return len(victims)
 
     # -- called by the engine's rounds -----------------------------------------------------
 

@@ -237,6 +237,10 @@ def test_rbac_follows_features(render: Any) -> None:
     assert verbs(default, "configmaps") == {"get", "list", "watch"}
     assert verbs(no_crds, "configmaps") == {"get"}  # auto-refresh off: no ConfigMap watch
     assert "create" not in verbs(no_crds, "configrefreshes")
+    # The Spring bus bridge creates (and garbage-collects) ConfigRefreshes too.
+    bridge_only = render("no-crds", "--set", "operator.springBus.enabled=true",
+                         "--set", "operator.springBus.namespaces={shop}")
+    assert {"create", "delete"} <= verbs(bridge_only, "configrefreshes")
     assert verbs(default, "clusterkopfpeerings") == {"get", "list", "watch", "patch"}
     assert not verbs(no_crds, "clusterkopfpeerings")
     assert not verbs(no_crds, "kopfpeerings")

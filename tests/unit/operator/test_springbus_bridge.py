@@ -164,3 +164,37 @@ def test_liveness_fails_when_the_bridge_worker_dies_or_is_stuck():
         assert runtime.dead_workers(memo) == []  # stopped on purpose (paused): not dead
 
     asyncio.run(main())
+
+
+def test_finished_bus_refreshes_are_garbage_collected_like_auto_refreshes():
+    """TTL after completion and a history limit per namespace; running ones are kept."""
+    from datetime import timedelta
+
+    def made(name: str, finished_ago: float | None) -> dict[str, Any]:
+        status: dict[str, Any] = {"phase": "InProgress"}
+        if finished_ago is not None:
+            done = now() - timedelta(seconds=finished_ago)
+            status = {"phase": "Succeeded", "completionTime": st.fmt_time(done)}
+        return {"metadata": {"namespace": "shop", "name": name, "labels": {br.LABEL_EVENT: name}},
+                "status": status}
+
+    class Kube:
+        def __init__(self) -> None:
+            self.deleted: list[str] = []
+            self.selectors: list[str] = []
+
+        async def aget(self, path: str, **query: Any) -> dict[str, Any]:
+            self.selectors.append(query["labelSelector"])
+            return {"items": [made("old", 7200), made("recent", 10), made("running", None),
+                              *(made(f"r{i}", 20 + i) for i in range(5))]}
+
+        async def adelete(self, path: str) -> None:
+            self.deleted.append(path.rsplit("/", 1)[1])
+
+    kube = Kube()
+    config = settings.Config(spring_bus=True, spring_bus_namespaces=("shop",),
+                             ttl_seconds_after_finished=3600, history_limit=5)
+    bridge = br.SpringBusBridge(config, kube=kube)  # type: ignore[arg-type]
+    assert asyncio.run(bridge.collect()) == 2
+    assert sorted(kube.deleted) == ["old", "r4"]  # past its TTL; the sixth newest finished one
+    assert kube.selectors == [br.LABEL_EVENT]
