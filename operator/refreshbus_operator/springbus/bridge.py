@@ -75,6 +75,8 @@ TICK = 5.0
 #: Bus events waiting for the task; beyond this a burst is dropped (and counted).
 BACKLOG = 1000
 PUBLISH_TIMEOUT = 10.0
+#: ``spec.target.pods`` holds at most this many names (CRD): larger groups take several objects.
+MAX_PODS = 100
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -98,7 +100,8 @@ class Inbound:
 
 def refresh_groups(event: wire.BusEvent, items: list[Mapping[str, Any]]) -> list[list[Pod]]:
     """The pods a bus refresh reaches in one namespace, grouped by the sources they manage
-    (one ConfigRefresh per group: its sources must be managed by every target)."""
+    (one ConfigRefresh per group: its sources must be managed by every target), at most
+    :data:`MAX_PODS` to a group."""
     groups: dict[tuple[frozenset[str], frozenset[str]], list[Pod]] = {}
     for item in items:
         annotations = (item.get("metadata") or {}).get("annotations") or {}
@@ -113,7 +116,11 @@ def refresh_groups(event: wire.BusEvent, items: list[Mapping[str, Any]]) -> list
             continue
         groups.setdefault((pod.configmaps, pod.secrets), []).append(pod)
     ordered = sorted(groups.items(), key=lambda group: (sorted(group[0][0]), sorted(group[0][1])))
-    return [sorted(pods, key=lambda p: p.name) for _sources, pods in ordered]
+    chunks = []
+    for _sources, pods in ordered:
+        pods.sort(key=lambda p: p.name)
+        chunks += [pods[i : i + MAX_PODS] for i in range(0, len(pods), MAX_PODS)]
+    return chunks
 
 
 def configrefresh_for(event: wire.BusEvent, name: str, pods: list[Pod]) -> dict[str, Any]:

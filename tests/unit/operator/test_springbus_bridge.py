@@ -86,6 +86,11 @@ def test_a_refresh_reaches_opted_in_running_matching_pods_grouped_by_sources():
     assert sorted(p.name for g in everyone for p in g) == ["orders-0", "orders-1", "payments-0"]
 
 
+def test_a_large_group_takes_several_configrefreshes():
+    items = [pod(f"web-{i:03d}", {"app": "web"}, annotations=SPRING) for i in range(br.MAX_PODS + 1)]
+    assert [len(g) for g in br.refresh_groups(wire.decode(event("web:**")), items)] == [br.MAX_PODS, 1]
+
+
 def test_the_configrefresh_names_the_event_and_the_pods_sources():
     item = pod("orders-0", {"app": "orders"}, annotations={**SPRING, "refreshbus.io/secrets": "creds"})
     groups = br.refresh_groups(wire.decode(event("orders:**")), [item])
