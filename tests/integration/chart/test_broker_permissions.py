@@ -238,6 +238,52 @@ def test_the_operator_cannot_forge_acks_or_touch_sidecar_queues(node: Broker) ->
     refused(lambda ch: ch.queue_declare("refreshbus.sidecar.shop.web-1"), node, "operator")
 
 
+def test_the_operator_moves_acks_off_a_classic_ack_queue_with_the_chart_credentials(node: Broker) -> None:
+    """An upgrade on the embedded broker: the classic ack queue an earlier version declared
+    holds an ack; the operator's user may unbind, drain and delete it."""
+    from refreshbus_operator.acks import AckConsumer, Tag
+    from refreshbus_wire import routing
+
+    old = pika.BlockingConnection(pika.URLParameters(url(node, "operator")))
+    channel = old.channel()
+    channel.queue_purge(routing.OPERATOR_ACK_QUORUM_QUEUE)  # left by the tests before
+    channel.queue_declare(routing.OPERATOR_ACK_QUEUE, durable=True)
+    channel.queue_bind(routing.OPERATOR_ACK_QUEUE, routing.EXCHANGE, routing_key=routing.ACK_BINDING)
+    old.close()
+    pod = pika.BlockingConnection(pika.URLParameters(url(node, "sidecar")))
+    key = routing.ack_key("shop", "web-1")
+    pod.channel().basic_publish(routing.EXCHANGE, key, b"queued before the upgrade")
+    pod.close()
+    assert node.list_queues()[routing.OPERATOR_ACK_QUEUE] == 1
+
+    async def upgraded_operator() -> list[bytes]:
+        received: list[tuple[bytes, Tag]] = []
+        consumer = AckConsumer([url(node, "operator")],
+                               deliver=lambda body, tag: received.append((body, tag)))
+        await consumer.start()
+        try:
+            consumer.set_active(True)
+            for _ in range(200):
+                if len(received) == 2:  # the ack was routed to both queues: both deliver it
+                    break
+                await asyncio.sleep(0.1)
+            consumer.settle(tag for _, tag in received)
+            consumer.set_active(False)
+            while consumer.connected:
+                await asyncio.sleep(0.1)
+            consumer.set_active(True)  # the next round: the emptied old queue is deleted
+            while not consumer.connected:
+                await asyncio.sleep(0.1)
+        finally:
+            await consumer.stop()
+        return [body for body, _ in received]
+
+    assert asyncio.run(asyncio.wait_for(upgraded_operator(), 60)) == [b"queued before the upgrade"] * 2
+    queues = node.list_queues()
+    assert routing.OPERATOR_ACK_QUEUE not in queues
+    assert queues[routing.OPERATOR_ACK_QUORUM_QUEUE] == 0
+
+
 class ChartConfiguredBroker(Broker):
     """A node booted from the chart's own rabbitmq.conf, enabled_plugins and definitions file
     (loaded at boot, as in the StatefulSet); only the listener and file paths are local."""
