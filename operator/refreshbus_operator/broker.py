@@ -114,7 +114,8 @@ async def retire_ack_queue(
     """Move the acks off the ack queue of the *other* type, if there is one (an upgrade
     from a classic ack queue, or a switch back): unbind it, so no new ack lands there, then
     delete it if it is empty and unconsumed, else consume what it still holds (this
-    connection's next open deletes it). Returns ``absent``, ``deleted`` or ``draining``.
+    connection's next open deletes it). Returns ``absent``, ``deleted``, ``draining``, or
+    ``kept`` when the broker refused (logged; it never stops the operator's own queue).
 
     Runs on a channel of its own: a passive declare of a missing queue, or a delete that
     another replica's consumer refuses, closes the channel it was sent on.
@@ -122,20 +123,32 @@ async def retire_ack_queue(
     retired = queue_type.other
     channel = await conn.channel()
     try:
-        old = await channel.declare_queue(retired.queue, passive=True)
-    except aio_pika.exceptions.ChannelNotFoundEntity:  # nothing to migrate (the usual case)
-        return "absent"
-    await old.unbind(EXCHANGE, routing_key=ACK_BINDING)
-    found = old.declaration_result
-    if found.message_count == 0 and found.consumer_count == 0:
         try:
+            old = await channel.declare_queue(retired.queue, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:  # nothing to migrate (the usual case)
+            return "absent"
+        await old.unbind(EXCHANGE, routing_key=ACK_BINDING)
+        found = old.declaration_result
+        if found.message_count == 0 and found.consumer_count == 0:
             # A classic queue re-checks both at the broker; a quorum queue refuses those
             # flags (a connection error), so for it the counts just read are the check.
             guarded = retired is AckQueueType.CLASSIC
             await old.delete(if_unused=guarded, if_empty=guarded)
-        except aio_pika.exceptions.ChannelPreconditionFailed as exc:  # an ack or a consumer came
-            log.info("retired ack queue %s not empty yet: %s", retired.queue, describe(exc))
-            return "draining"
+            log.info("deleted the retired, empty %s ack queue %s", retired.value, retired.queue)
+            await channel.close()
+            return "deleted"
+        log.info("draining the retired %s ack queue %s (%d acks, %d consumers)",
+                 retired.value, retired.queue, found.message_count, found.consumer_count)
+        await channel.set_qos(prefetch_count=prefetch)
+        await old.consume(consume, no_ack=False)
+        return "draining"
+    except aio_pika.exceptions.ChannelClosed as exc:
+        # Refused (the operator's user may not touch the old name) or overtaken (an ack or a
+        # consumer came before the delete): the old queue stays, the operator's own queue
+        # works all the same, and the next connect tries again.
+        log.warning("could not retire the %s ack queue %s: %s (docs/broker.md, \"Migrating the ack queue\")",
+                    retired.value, retired.queue, describe(exc))
+        return "kept"
         log.info("deleted the retired, empty %s ack queue %s", retired.value, retired.queue)
         await channel.close()
         return "deleted"

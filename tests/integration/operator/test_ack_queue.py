@@ -109,3 +109,36 @@ def test_the_default_ack_queue_is_a_quorum_queue_even_on_a_single_node(running_b
         await conn.close()
 
     run(main())
+
+
+def test_an_old_ack_queue_the_operator_may_not_touch_never_stops_its_own(running_broker):
+    """A broker of one's own whose operator user was given the new queue's name only: the
+    old queue cannot be retired (refused, logged), and acks flow through the new one."""
+    user, password = "refreshbus-operator-narrow", "narrow-secret"
+    running_broker.ctl("add_user", user, password)
+    allowed = r"^(refreshbus|refreshbus\.operator\.acks\.quorum)$"
+    running_broker.ctl("set_permissions", "-p", "/", user, allowed, allowed, allowed)
+    url = running_broker.url(user, password)
+
+    async def main() -> None:
+        admin = await aio_pika.connect(running_broker.url())
+        await fresh(await admin.channel())
+        exchange, _ = await declare_topology(await admin.channel(), AckQueueType.CLASSIC)
+        received: list[tuple[bytes, Tag]] = []
+        consumer = AckConsumer([url], deliver=lambda body, tag: received.append((body, tag)))
+        await consumer.start()
+        try:
+            consumer.set_active(True)
+            await until(lambda: consumer.connected, 20, "the consumer to connect")
+            await exchange.publish(aio_pika.Message(b"new"), routing_key=routing.ack_key("ns", "p"))
+            await until(lambda: received, 20, "an ack through the operator's own queue")
+            consumer.settle(tag for _, tag in received)
+        finally:
+            await consumer.stop()
+            await fresh(await admin.channel())
+            await admin.close()
+
+    try:
+        run(main())
+    finally:
+        running_broker.ctl("delete_user", user)
