@@ -57,7 +57,8 @@ class Fetcher(Protocol):
     #: Seconds one request may block (each is tried twice on a broken kept-alive connection).
     timeout: float
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]: ...
+    def get(self, kind: str, namespace: str, name: str, *, not_older_than: str | None = None
+            ) -> dict[str, Any]: ...
 
 
 class SyncError(RuntimeError):
@@ -288,6 +289,9 @@ class Refresher:
         every :data:`RETRY_EVERY` seconds until ``until``."""
         mode = self.settings.secret_mode if kind == "Secret" else self.settings.configmap_mode
         delays = iter(() if until is None else self.retry_delays)
+        # An event's version (an etcd revision) lets the API server answer from its cache;
+        # a level-triggered sync (no version) reads the truth.
+        at_least = want_rv if want_rv is not None and want_rv.isdigit() else None
         last = ""
         unanswered = False
         for attempt in itertools.count():
@@ -299,7 +303,7 @@ class Refresher:
                     delay = RETRY_EVERY
                 self.sleep(delay)
             try:
-                obj = self.api.get(kind, self.identity.namespace, name)
+                obj = self.api.get(kind, self.identity.namespace, name, not_older_than=at_least)
             except ApiError as exc:
                 last = str(exc)
                 unanswered = isinstance(exc, ServerError)

@@ -37,7 +37,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         Handler.seen.append((self.path, self.headers.get("Authorization")))
-        name = self.path.rsplit("/", 1)[-1]
+        name = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
         status, body = ANSWERS.get(name, (404, {}))
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -75,6 +75,14 @@ def test_a_configmap_is_fetched_with_the_current_token(client: KubeClient, tmp_p
     assert obj["data"] == {"a": "1"}
     assert Handler.seen == [("/api/v1/namespaces/shop/configmaps/ok", "Bearer tok-1"),
                             ("/api/v1/namespaces/shop/configmaps/ok", "Bearer tok-2")]
+
+
+def test_a_get_not_older_than_a_version_asks_for_it(client: KubeClient) -> None:
+    """The API server answers such a GET from its watch cache, not from etcd."""
+    Handler.seen.clear()
+    client.get("ConfigMap", "shop", "ok", not_older_than="42")
+
+    assert Handler.seen[0][0] == "/api/v1/namespaces/shop/configmaps/ok?resourceVersion=42"
 
 
 @pytest.mark.parametrize(

@@ -24,12 +24,16 @@ class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls = 0
+        #: ``not_older_than`` of every GET
+        self.asked: list[str | None] = []
 
     def put(self, name: str, rv: str, **data: str) -> None:
         self.objects[("ConfigMap", name)] = {"metadata": {"name": name, "resourceVersion": rv}, "data": data}
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    def get(self, kind: str, namespace: str, name: str, *, not_older_than: str | None = None
+            ) -> dict[str, Any]:
         self.calls += 1
+        self.asked.append(not_older_than)
         try:
             return self.objects[(kind, name)]
         except KeyError:
@@ -176,12 +180,13 @@ class Unreachable(FakeApi):
         super().__init__()
         self.misses = misses
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    def get(self, kind: str, namespace: str, name: str, *, not_older_than: str | None = None
+            ) -> dict[str, Any]:
         if self.misses > 0:
             self.misses -= 1
             self.calls += 1
             raise ServerError(f"GET {kind} {namespace}/{name}: timed out")
-        return super().get(kind, namespace, name)
+        return super().get(kind, namespace, name, not_older_than=not_older_than)
 
 
 def test_an_event_keeps_retrying_an_unanswering_api_server_until_its_deadline(
@@ -466,3 +471,21 @@ def test_the_refresh_log_line_says_when_the_event_was_received_and_how_long_it_t
     (line,) = [r for r in caplog.records if r.getMessage() == "refresh ok"]
     assert line.__dict__["delivered_ms"] == 25.0
     assert line.__dict__["received_at"] == received.isoformat()
+
+
+def test_an_event_fetch_asks_for_at_least_its_version_and_a_sync_for_the_latest(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    """With the event's version the API server answers from its watch cache (no etcd read per
+    pod when a whole fleet fetches at once); a sync, or a version that is no etcd revision,
+    asks for the latest."""
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+    refresher.handle(event("11"), now(), 0.0)
+    api.put("cfg", "12", a="3")
+    refresher.handle(event("not-a-revision", event_id="e-2"), now(), 0.0)
+
+    assert api.asked == [None, "11", None]
