@@ -213,6 +213,10 @@ class AckVerifier:
         #: The issuer's keys, for tokens whose pod uid the round knows (None: reviews only).
         self.keys = keys
         self.local_verifications = 0
+        #: Tokens verified locally: sha256 -> (pod uid, monotonic expiry). The signature
+        #: check is the costly part of an ack at thousands per round; a token is reused
+        #: for every ack until the kubelet rotates it.
+        self._local: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self.mode = mode
         self.audience = audience
         self._clock = clock
@@ -264,6 +268,10 @@ class AckVerifier:
         exactly the pod ``ack`` speaks for (name and uid). False means "ask the API server"."""
         if self.keys is None:
             return False
+        key_id = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._local.get(key_id)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0] == pod_uid
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -281,7 +289,7 @@ class AckVerifier:
             return False
         k8s = claims.get("kubernetes.io")
         pod = k8s.get("pod") if isinstance(k8s, dict) else None
-        return (
+        if not (
             isinstance(k8s, dict)
             and isinstance(pod, dict)
             and k8s.get("namespace") == ack.namespace
@@ -289,7 +297,14 @@ class AckVerifier:
             and pod.get("uid") == pod_uid
             and isinstance(claims.get("sub"), str)
             and str(claims["sub"]).startswith(f"{SA_PREFIX}{ack.namespace}:")
-        )
+        ):
+            return False
+        lifetime = min(MAX_CACHE_SECONDS, float(claims["exp"]) - self._wall_clock())
+        if lifetime > 0:
+            self._local[key_id] = (pod_uid, self._clock() + lifetime)
+            while len(self._local) > MAX_CACHED:
+                self._local.popitem(last=False)
+        return True
 
     def _precheck(self, ack: Ack, claims: Mapping[str, Any]) -> Verdict | None:
         """Refuse without a review what cannot pass one: a token for another audience,

@@ -89,5 +89,6 @@ def test_every_ack_lands_and_api_requests_per_refresh_do_not_grow_with_targets(
     assert all_[patches] <= few[patches] + 2, (few, all_)
     del few[patches], all_[patches]
     assert all_ == few
+    assert "POST tokenreviews" not in all_
     loop.run(sim.close())
     loop.run(kube.aclose())

@@ -15,7 +15,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from refreshbus_operator.ackidentity import AckVerifier, Check, IssuerKeys, Mode
-from refreshbus_wire import Ack, AckResult, new_id, now
+from refreshbus_operator.acks import AckRouter
+from refreshbus_wire import Ack, AckResult, encode, new_id, now
 from refreshbus_wire.events import ACK_TOKEN_AUDIENCE
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -152,3 +153,48 @@ def test_without_the_issuer_keys_every_token_gets_a_review() -> None:
     asyncio.run(main())
     assert len(api.reviews) == 3
     assert api.gets.count("/.well-known/openid-configuration") == 1  # not asked again at once
+
+
+def test_a_token_is_verified_once_then_remembered_for_its_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = Api([jwk(KEY, "k1")])
+    decoded = []
+    real = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+    tok = token("web", "u1")
+
+    async def main() -> None:
+        v = verifier(api, Clock())
+        for _ in range(5):
+            assert (await v.verify(ack("web", tok), "u1")).ok
+        assert not (await v.verify(ack("web", tok), "u2")).ok  # remembered for uid u1 only
+
+    asyncio.run(main())
+    assert len(decoded) == 1
+    assert len(api.reviews) == 1  # the u2 one, asked of the API server
+
+
+def test_an_ack_for_a_finished_round_is_dropped_without_an_identity_check() -> None:
+    api = Api([jwk(KEY, "k1")])
+    settled: list[object] = []
+
+    async def main() -> None:
+        router = AckRouter(settle=settled.extend, verifier=verifier(api, Clock()))
+        router.register("e1", Sink())
+        router.unregister("e1")
+        assert router.handle(encode(ack("web", token("web", "u1"))), "tag") == "late"
+
+    asyncio.run(main())
+    assert settled == ["tag"]
+    assert api.reviews == []
+    assert api.gets == []
+
+
+class Sink:
+    def fold(self, ack: Ack, tag: object) -> str:
+        return "folded"
+
+    def refused(self, ack: Ack, verdict: object, enforced: bool) -> None:
+        raise AssertionError("not checked at all")
+
+    def pod_uid(self, pod: str) -> str | None:
+        return None
