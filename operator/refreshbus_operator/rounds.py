@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,8 @@ DEFAULT_DEADLINE = 60
 #: pod and kind of failure): a flood of forged acks must not become a flood of Events.
 MAX_IDENTITY_EVENTS = 10
 FINAL_WRITE_RETRY_MAX = 10.0
+#: Least time between two writes of the acked pods into the round annotation.
+ANNOTATE_INTERVAL = 2.0
 
 
 def spring_answers(spec: Mapping[str, Any]) -> SpringAnswers | None:
@@ -99,6 +102,8 @@ class Round:
         self.task: asyncio.Task[None] | None = None
         self._closing = False
         self._annotated_acks = 0
+        self._annotated_at = -ANNOTATE_INTERVAL
+        self._annotation_due = False
         self.routing_keys: tuple[str, ...] = ()
         self._nudging = False
         self._closed = asyncio.Event()
@@ -579,10 +584,21 @@ class Round:
         await self._maybe_annotate_acks()
 
     async def _maybe_annotate_acks(self) -> None:
-        """Results truncated out of status are kept in the round annotation (for resume)."""
+        """Results truncated out of status are kept in the round annotation (for resume),
+        at most every :data:`ANNOTATE_INTERVAL`: the record holds every acked pod, and
+        writing it at each status flush was a PATCH of the whole list every 0.2 s. What a
+        restart finds missing from it is only re-published (sidecars dedupe by event id)."""
         if len(self.snapshot.results) <= st.MAX_RESULTS or len(self.snapshot.results) == self._annotated_acks:
             return
+        wait = self._annotated_at + ANNOTATE_INTERVAL - time.monotonic()
+        if wait > 0:
+            if not self._annotation_due:
+                self._annotation_due = True
+                asyncio.get_running_loop().call_later(wait, self.dirty.set)
+            return
+        self._annotation_due = False
         acked = {p: r.outcome.value[0] for p, r in self.snapshot.results.items() if r.outcome.success}
+        self._annotated_at = time.monotonic()
         await self.engine.write_annotation(self, self._round_record(acked))
         self._annotated_acks = len(self.snapshot.results)
 
