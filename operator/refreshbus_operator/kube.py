@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import kubernetes
+import orjson
 from yarl import URL
 
 from refreshbus_operator import metrics
@@ -143,9 +144,10 @@ def transient_reason(exc: BaseException) -> str | None:
 
 
 def _decode(raw: bytes) -> Any:
+    # orjson: a round's LIST of thousands of pods was a fifth of the operator's CPU in json.
     try:
-        return json.loads(raw) if raw else None
-    except ValueError:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
         return raw.decode(errors="replace")
 
 
