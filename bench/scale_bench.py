@@ -125,11 +125,18 @@ def broker_memory_mib(broker: Broker) -> float | None:
         return None
 
 
+#: What the API server does for itself meanwhile (its identity lease, the ``kubernetes``
+#: Service's endpoints): nobody's refresh.
+HOUSEKEEPING = ("leases", "endpoints", "endpointslices", "services")
+
+
 def per_refresh(delta: Counter[str], rounds: int, own: Counter[str]) -> dict[str, float]:
-    """Requests by kind per refresh, without the benchmark's own and without watches."""
+    """Requests by kind per refresh, without the benchmark's own, the API server's own and
+    watches (long-running: counted when they end, not per refresh)."""
     out = {}
     for key, value in sorted((delta - own).items()):
-        if value > 0 and not key.startswith("WATCH "):
+        verb, resource = key.split(" ", 1)
+        if value > 0 and verb != "WATCH" and resource.split("/")[0] not in HOUSEKEEPING:
             out[key] = round(value / rounds, 2)
     return out
 
