@@ -29,14 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from refreshbus_testenv.binaries import ROOT
 from refreshbus_testenv.broker import Broker
 from refreshbus_testenv.controlplane import ControlPlane
+from refreshbus_testenv.release import RELEASE_NS
 
 pytestmark = pytest.mark.e2e
 
-RELEASE = "refreshbus"
-RELEASE_NS = "refreshbus-system"
 MANIFESTS = Path(__file__).parent / "manifests"
 EXISTING = os.environ.get("REFRESHBUS_EXISTING_CLUSTER") == "1"
 #: Step 3's promise: every pod serves the new config this soon after the ConfigMap edit.
@@ -44,13 +42,6 @@ AUTO_REFRESH_DEADLINE = 2.0
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def helm_binary() -> str:
-    out = subprocess.run(
-        ["bash", str(ROOT / "hack" / "build-helm.sh")], capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip().splitlines()[-1]
 
 
 def http_get(ip: str, path: str = "/", timeout: float = 2.0) -> str:
@@ -161,60 +152,6 @@ def get_cfr_table(cluster: ControlPlane, ns: str, name: str) -> dict[str, str]:
 
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def release(
-    node_cluster: Any, node_broker: Broker | None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """Step 1: the chart, installed with the local images and the host broker."""
-    cluster = node_cluster.plane
-    cluster.kubectl("create", "namespace", RELEASE_NS, check=False)
-    values: dict[str, Any] = {
-        "operator": {
-            "image": {"repository": "refreshbus/operator", "tag": "dev", "pullPolicy": "Never"},
-            # Shorter auto-refresh quiet period than the default 1 s, for step 3's 2 s promise
-            # on a shared 2-core machine (a documented operator knob).
-            "extraEnv": [{"name": "REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE", "value": "0.5"}],
-        },
-        "sidecar": {"image": {"repository": "refreshbus/sidecar", "tag": "dev", "pullPolicy": "Never"}},
-    }
-    if node_broker is not None:
-        cluster.kubectl(
-            "-n",
-            RELEASE_NS,
-            "create",
-            "secret",
-            "generic",
-            "rb-broker",
-            f"--from-literal=operator-urls={node_broker.url('refreshbus-operator')}",
-        )
-        cluster.kubectl(
-            "-n",
-            RELEASE_NS,
-            "create",
-            "secret",
-            "generic",
-            "rb-broker-sidecar",
-            f"--from-literal=sidecar-urls={node_broker.url('refreshbus-sidecar')}",
-        )
-        values["broker"] = {"existingSecret": "rb-broker", "existingSidecarSecret": "rb-broker-sidecar"}
-    values_file = tmp_path_factory.mktemp("helm") / "values.json"
-    values_file.write_text(json.dumps(values))
-    started = time.monotonic()
-    proc = subprocess.run(
-        [helm_binary(), "upgrade", "--install", RELEASE, str(ROOT / "charts" / "refreshbus"),
-         "-n", RELEASE_NS, "-f", str(values_file), "--wait", "--timeout", "180s",
-         f"--kubeconfig={cluster.kubeconfig}"],
-        capture_output=True, text=True, check=False, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"helm install failed:\n{proc.stdout}\n{proc.stderr}"
-    node_cluster.timings["helm-install"] = time.monotonic() - started
-    yield RELEASE_NS
-    if EXISTING:  # locally the whole cluster goes away; on kind, leave it as we found it
-        uninstall = [helm_binary(), "uninstall", RELEASE, "-n", RELEASE_NS]
-        uninstall.append(f"--kubeconfig={cluster.kubeconfig}")
-        subprocess.run(uninstall, check=False, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,13 @@ DEBIAN_PACKAGES = {
     "conntrack": "/usr/sbin/conntrack",
 }
 NODE_COMPONENTS = ["kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"]
+#: The kubelet timings shortened for tests (defaults: 1m, 20s, 10s). ``syncFrequency`` bounds
+#: how late a ConfigMap volume is updated.
+SHORT_KUBELET_TIMINGS = {
+    "syncFrequency": "10s",
+    "fileCheckFrequency": "10s",
+    "nodeStatusUpdateFrequency": "5s",
+}
 
 
 def _run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -124,6 +131,11 @@ class Node:
     ip: str = NODE_IP
     kubelet_port: int = field(default_factory=free_port)
     pids: dict[str, int] = field(default_factory=dict)
+    #: Leave the kubelet's timings at their defaults (syncFrequency 1m, the ConfigMap
+    #: change detection strategy Watch, ...): what users get, for measuring kubelet
+    #: propagation of ConfigMap volumes (bench/vs_peers_bench.py). Otherwise the pod sync
+    #: period and friends are shortened to 10 s/5 s so that tests need not wait minutes.
+    kubelet_defaults: bool = False
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -543,9 +555,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     "makeIPTablesUtilChains": False,
                     "localStorageCapacityIsolation": True,
                     "shutdownGracePeriod": "0s",
-                    "syncFrequency": "10s",
-                    "fileCheckFrequency": "10s",
-                    "nodeStatusUpdateFrequency": "5s",
+                    **({} if self.kubelet_defaults else SHORT_KUBELET_TIMINGS),
                     "registerNode": True,
                 },
                 indent=2,
@@ -608,13 +618,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 
 def start_cluster(
-    workdir: Path, api_port: int | None = None, crds: bool = False
+    workdir: Path, api_port: int | None = None, crds: bool = False, kubelet_defaults: bool = False
 ) -> tuple[ControlPlane, Node]:
     """Control plane + node, ready for pods. Stops what it started if anything fails.
-    The CRDs are left to ``helm install`` unless ``crds`` (Helm refuses to adopt them)."""
+    The CRDs are left to ``helm install`` unless ``crds`` (Helm refuses to adopt them).
+    ``kubelet_defaults``: see :attr:`Node.kubelet_defaults`."""
     workdir = Path(workdir)
     plane = ControlPlane(workdir / "k8s", **({"api_port": api_port} if api_port else {}))
-    node = Node(workdir / "node", plane)
+    node = Node(workdir / "node", plane, kubelet_defaults=kubelet_defaults)
     try:
         node.configure()
         plane.start()
