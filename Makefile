@@ -79,7 +79,7 @@ chart-check: $(BIN)/.installed ## Fail if the chart's CRDs, schema or README tab
 E2E_NODE ?= $(shell [ "$$(id -u)" = 0 ] || [ "$$CI" = true ] && echo 1 || echo 0)
 
 .PHONY: test
-test: deps lint $(if $(filter 1,$(E2E_NODE)),node-bins) ## THE test command: install what is needed, lint, run every test
+test: deps lint $(if $(filter 1,$(E2E_NODE)),node-bins reloader) ## THE test command: install what is needed, lint, run every test
 	@[ "$(E2E_NODE)" = 1 ] || echo "note: not root, so the real-node suite (tests/e2e/node) is not collected; run 'sudo make e2e'"
 	REFRESHBUS_E2E_NODE=$(E2E_NODE) $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -135,6 +135,11 @@ bench-broker-failover: deps ## A node of a 3-node RabbitMQ cluster lost mid-refr
 bench-sidecar-queues: deps ## 1,000 sidecar queues on a 3-node RabbitMQ cluster: exclusive classic vs quorum (declare time, memory, idle CPU; docs/broker.md)
 	$(BIN)/python bench/sidecar_queue_bench.py $(BENCH_ARGS)
 
+.PHONY: bench-vs-peers
+bench-vs-peers: deps node-bins reloader ## refreshbus vs kubelet (default settings) vs Reloader on the real node, 10 pods: table + docs/vs-peers.png (root; ~20 min)
+	$(BIN)/pip install -q --group bench
+	$(BIN)/python bench/vs_peers_bench.py $(BENCH_ARGS)
+
 .PHONY: fuzz
 fuzz: deps ## A million bad messages to a real sidecar and operator, real refreshes going on (docs/reliability.md)
 	$(BIN)/python bench/fuzz_bench.py $(FUZZ_ARGS)
@@ -181,6 +186,10 @@ NODE_BINS := kube-apiserver etcd kubectl kube-controller-manager kube-scheduler 
 node-bins: ## Build the node's binaries too (controller manager, scheduler, kubelet, kube-proxy; cached)
 	bash hack/build-k8s-binaries.sh $(NODE_BINS)
 
+.PHONY: reloader
+reloader: ## Build stakater/Reloader (the vs-peers comparison's peer) from third_party/reloader (cached)
+	bash hack/build-reloader.sh >/dev/null
+
 .PHONY: images
 images: $(BIN)/.installed ## Build operator, sidecar, demo-app, pause, busybox OCI images without Docker (cached)
 	$(BIN)/python hack/build-images.py
@@ -194,5 +203,5 @@ cluster-down-node: ## Stop cluster-up-node (pods' containers, mounts, bridges, i
 	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv down --dir $(NODE_DIR)
 
 .PHONY: e2e
-e2e: deps node-bins ## End-to-end suite in real pods on this machine (tests/e2e/node; helm install, faults)
+e2e: deps node-bins reloader ## End-to-end suite in real pods on this machine (tests/e2e/node; helm install, faults)
 	REFRESHBUS_E2E_NODE=1 $(BIN)/pytest tests/e2e/node $(PYTEST_ARGS)

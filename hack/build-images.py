@@ -3,7 +3,7 @@
 
     hack/build-images.py [--import SOCKET] [name ...]
 
-Names: pause busybox operator sidecar demo-nginx demo-node demo-go (default: all).
+Names: pause busybox operator sidecar demo-nginx demo-node demo-go reloader (default: all).
 Layers are cached under ~/.cache/refreshbus/images: the first build on a machine runs
 debootstrap (minutes); afterwards a code change only rebuilds the project's wheel layer.
 With --import, each image is imported into containerd's k8s.io namespace at SOCKET

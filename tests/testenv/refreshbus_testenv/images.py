@@ -19,7 +19,8 @@ Layers, from the bottom (each cached under ``~/.cache/refreshbus/images``):
 Images built (see :data:`IMAGES` and hack/build-images.py): ``refreshbus/operator:dev``,
 ``refreshbus/sidecar:dev``, demo apps ``refreshbus/demo-nginx:dev``,
 ``refreshbus/demo-node:dev``, ``refreshbus/demo-go:dev``, plus ``refreshbus/pause:dev``
-(the CRI sandbox image) and ``refreshbus/busybox:dev`` (Debian's busybox-static).
+(the CRI sandbox image), ``refreshbus/busybox:dev`` (Debian's busybox-static) and
+``refreshbus/reloader:dev`` (stakater/Reloader, hack/build-reloader.sh).
 """
 
 from __future__ import annotations
@@ -499,6 +500,21 @@ def build_busybox() -> Path:
     return write_oci_tarball(_ref("busybox"), [layer], {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, _out("busybox"))
 
 
+def build_reloader() -> Path:
+    """stakater/Reloader (hack/build-reloader.sh; the peer of the vs-peers comparison): its
+    static binary alone, as upstream's own image has it."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-reloader.sh")], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise InfraError(f"hack/build-reloader.sh failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    binary = Path(proc.stdout.strip().splitlines()[-1])
+    layer = _dir_layer("reloader", {"reloader": (binary, 0o755)})
+    return write_oci_tarball(
+        _ref("reloader"), [layer], {"Entrypoint": ["/reloader"], "User": "65534:65534"}, _out("reloader")
+    )
+
+
 PY_ENV = [
     "PATH=/usr/local/bin:/usr/bin:/bin",
     "PYTHONPATH=/opt/refreshbus/app:/opt/refreshbus/deps",
@@ -567,6 +583,7 @@ IMAGES = {
     "demo-nginx": lambda: build_demo("nginx"),
     "demo-node": lambda: build_demo("node"),
     "demo-go": lambda: build_demo("go"),
+    "reloader": build_reloader,
 }
 
 
