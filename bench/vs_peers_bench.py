@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -58,6 +59,10 @@ LABELS = {"refreshbus": "refreshbus (in place)", "reloader": "Reloader (rolling 
           "kubelet": "kubelet volume (defaults)"}  # fmt: skip
 #: Per edit: the kubelet's worst case is about syncFrequency + its jitter, doubled for safety.
 TIMEOUT = {"refreshbus": 60.0, "reloader": 300.0, "kubelet": 300.0}
+#: The kubelet updates a pod's volumes when it syncs the pod, every syncFrequency (1m) plus up
+#: to 50 % jitter. An edit made right after the previous one was served lands just after a sync
+#: (the worst case); a user's edit lands anywhere in the period: wait a random part of it first.
+KUBELET_PHASE = 60.0
 
 
 def log(msg: str) -> None:
@@ -71,7 +76,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_mechanism(
-    plane: ControlPlane, api: Cluster, mechanism: str, replicas: int, edits: int
+    plane: ControlPlane, api: Cluster, mechanism: str, replicas: int, edits: int, rng: random.Random
 ) -> list[EditResult]:
     name, configmap = f"app-{mechanism}", f"app-{mechanism}-content"
     objects = [*configmaps(configmap, f"{mechanism} v1"), *workload(name, mechanism, replicas, configmap)]
@@ -82,6 +87,8 @@ def run_mechanism(
     results = []
     with LoadGenerator(api.service_url(NS, name)) as load:
         for i in range(edits):
+            if mechanism == "kubelet":
+                time.sleep(rng.uniform(0, KUBELET_PHASE))
             version = f"{mechanism} v{i + 2}"
             result = measure_edit(
                 api, NS, name, mechanism, configmap, replicas, version, load, TIMEOUT[mechanism]
@@ -138,7 +145,8 @@ def chart(rows: list[dict[str, Any]], replicas: int, path: Path) -> None:
     ax.scatter(p99, names, color="black", marker="|", s=300, zorder=3, label="p99")
     ax.set_xscale("log")
     ax.set_xlabel("ConfigMap edit → every pod serves the new content (seconds, log scale)")
-    ax.set_title(f"One ConfigMap edit, {replicas} pods, real kubelet + containerd (2 shared cores)")
+    cores = os.cpu_count()
+    ax.set_title(f"One ConfigMap edit, {replicas} pods, real kubelet + containerd ({cores} shared cores)")
     for bar, r in zip(bars, rows[::-1], strict=True):
         note = f"  p50 {r['p50']:.1f} s · p99 {r['p99']:.1f} s · {r['restarted_per_edit']:.0f} restarts"
         note += f" · {r['failed']} failed req."
@@ -155,7 +163,8 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=10)
     parser.add_argument("--edits-refreshbus", type=int, default=20)
     parser.add_argument("--edits-reloader", type=int, default=5)
-    parser.add_argument("--edits-kubelet", type=int, default=5, help="each takes 60-120 s with the defaults")
+    parser.add_argument("--edits-kubelet", type=int, default=5, help="1-2.5 min each")
+    parser.add_argument("--seed", type=int, default=10, help="for the pauses before kubelet edits")
     parser.add_argument("--only", choices=MECHANISMS, action="append", help="run only these (repeatable)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "vs-peers.json")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "vs-peers.png")
@@ -168,6 +177,7 @@ def main() -> int:
         "reloader": args.edits_reloader,
         "kubelet": args.edits_kubelet,
     }
+    rng = random.Random(args.seed)
     started = time.monotonic()
     built = images.build(["pause", "operator", "sidecar", "demo-nginx", "reloader"])
     workdir = Path(tempfile.mkdtemp(prefix="refreshbus-vs-peers-"))
@@ -190,7 +200,7 @@ def main() -> int:
         api = Cluster(plane.kubeconfig)
         log(f"cluster ready in {time.monotonic() - started:.0f} s")
         for mechanism in args.only or MECHANISMS:
-            results[mechanism] = run_mechanism(plane, api, mechanism, args.replicas, edits[mechanism])
+            results[mechanism] = run_mechanism(plane, api, mechanism, args.replicas, edits[mechanism], rng)
     finally:
         broker.destroy()
         node.stop()
