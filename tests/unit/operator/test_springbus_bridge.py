@@ -171,6 +171,30 @@ def test_liveness_fails_when_the_bridge_worker_dies_or_is_stuck():
     asyncio.run(main())
 
 
+def test_a_paused_replica_leaves_the_bus():
+    """Only the active replica is a bus member: a standby would make every bus refresh twice."""
+    from types import SimpleNamespace
+
+    from refreshbus_operator import runtime
+
+    async def main() -> None:
+        config = settings.Config(broker_urls=("amqp://u:p@127.0.0.1:1/",), spring_bus=True,
+                                 spring_bus_namespaces=("shop",))
+        bridge = br.SpringBusBridge(config, kube=None)  # type: ignore[arg-type]
+
+        async def no_rounds() -> None:
+            return None
+
+        engine = SimpleNamespace(paused=False, springbus=bridge, stop_rounds=no_rounds)
+        await bridge.start()
+        assert bridge.running
+        await runtime.paused({"engine": engine})
+        assert not bridge.running
+        assert engine.paused
+
+    asyncio.run(main())
+
+
 def test_finished_bus_refreshes_are_garbage_collected_like_auto_refreshes():
     """TTL after completion and a history limit per namespace; running ones are kept."""
     from datetime import timedelta
