@@ -136,7 +136,7 @@ bench-sidecar-queues: deps ## 1,000 sidecar queues on a 3-node RabbitMQ cluster:
 	$(BIN)/python bench/sidecar_queue_bench.py $(BENCH_ARGS)
 
 .PHONY: bench-vs-peers
-bench-vs-peers: deps node-bins reloader ## refreshbus vs kubelet (default settings) vs Reloader on the real node, 10 pods: table + docs/vs-peers.png (root; ~20 min)
+bench-vs-peers: deps node-bins reloader ## refreshbus vs kubelet (default settings) vs Reloader on the real node, 10 pods: table + docs/vs-peers.png (root; ~12 min)
 	$(BIN)/pip install -q --group bench
 	$(BIN)/python bench/vs_peers_bench.py $(BENCH_ARGS)
 

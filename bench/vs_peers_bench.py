@@ -55,8 +55,8 @@ from refreshbus_testenv.node import NODE_IP, start_cluster  # noqa: E402
 
 RELOADER_MANIFEST = ROOT / "tests" / "e2e" / "node" / "manifests" / "reloader.yaml"
 NS = "vs-peers"
-LABELS = {"refreshbus": "refreshbus (in place)", "reloader": "Reloader (rolling restart)",
-          "kubelet": "kubelet volume (defaults)"}  # fmt: skip
+LABELS = {"refreshbus": "refreshbus (in place)", "reloader": "Reloader v1.4.21 (rolling restart)",
+          "kubelet": "kubelet volume (default settings)"}  # fmt: skip
 #: Per edit: the kubelet's worst case is about syncFrequency + its jitter, doubled for safety.
 TIMEOUT = {"refreshbus": 60.0, "reloader": 300.0, "kubelet": 300.0}
 #: The kubelet updates a pod's volumes when it syncs the pod, every syncFrequency (1m) plus up
