@@ -30,6 +30,8 @@ from refreshbus_wire.routing import pod_key, workload_key
 from refreshbus_operator.kube import ApiError, Kube, pods_path, workload_path
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+#: Pods per LIST page when resolving targets.
+LIST_PAGE = 1000
 
 
 class TargetError(Exception):
@@ -282,5 +284,26 @@ async def fetch_and_resolve(kube: Kube, namespace: str, target: Mapping[str, Any
         query["labelSelector"] = selector_query(selector)
     elif "selector" in target:
         query["labelSelector"] = selector_query(target["selector"])
-    items = (await kube.aget(pods_path(namespace), **query)).get("items") or []
-    return resolve(namespace, target, (pod_from_json(i) for i in items), selector)
+    return resolve(namespace, target, await list_pods(kube, namespace, query), selector)
+
+
+async def list_pods(kube: Kube, namespace: str, query: Mapping[str, Any]) -> list[Pod]:
+    """The namespace's pods matching ``query``, in pages of :data:`LIST_PAGE`: each page is
+    reduced to :class:`Pod` before the next is read, so thousands of full pod objects
+    (tens of MB of JSON) are never in memory at once."""
+    pods: list[Pod] = []
+    page_query = {**query, "limit": LIST_PAGE}
+    while True:
+        try:
+            page = await kube.aget(pods_path(namespace), **page_query)
+        except ApiError as exc:
+            if exc.status != 410 or "continue" not in page_query:
+                raise
+            # The continue token expired (pages read too slowly): list again from the start.
+            pods, page_query = [], {**query, "limit": LIST_PAGE}
+            continue
+        pods.extend(pod_from_json(i) for i in page.get("items") or ())
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return pods
+        page_query["continue"] = token

@@ -200,3 +200,40 @@ def test_unmanaged_sources():
         "ConfigMap 'app-config' is not managed by pod(s) b"
     ]
     assert tg.unmanaged_sources([("Secret", "s")], targets) == ["Secret 's' is not managed by pod(s) a, b"]
+
+
+class PagedPods:
+    """The pods LIST of an API server, in pages (``limit``/``continue``); the first
+    ``expire`` continue tokens are answered 410 Gone, as when they expired."""
+
+    def __init__(self, objs: list[dict[str, Any]], expire: int = 0) -> None:
+        self.objs = objs
+        self.expire = expire
+        self.queries: list[dict[str, Any]] = []
+
+    async def aget(self, path: str, **query: Any) -> Any:
+        from refreshbus_operator.kube import ApiError
+
+        self.queries.append(dict(query))
+        start = int(query.get("continue") or 0)
+        if start and self.expire:
+            self.expire -= 1
+            raise ApiError(410, "Gone", {"reason": "Expired"})
+        end = start + int(query["limit"])
+        meta = {"continue": str(end)} if end < len(self.objs) else {}
+        return {"items": self.objs[start:end], "metadata": meta}
+
+
+@pytest.mark.parametrize("expire", [0, 1])
+def test_pods_are_listed_in_pages_and_an_expired_continue_token_lists_again(
+    monkeypatch: pytest.MonkeyPatch, expire: int
+) -> None:
+    import asyncio
+
+    monkeypatch.setattr(tg, "LIST_PAGE", 3)
+    api = PagedPods([pod(f"p{i}", {"app": "orders"}) for i in range(7)], expire=expire)
+    target = {"selector": {"matchLabels": {"app": "orders"}}}
+    resolution = asyncio.run(tg.fetch_and_resolve(api, "ns", target))  # type: ignore[arg-type]
+    assert sorted(resolution.names) == [f"p{i}" for i in range(7)]
+    assert all(q["labelSelector"] == "app=orders" and q["limit"] == 3 for q in api.queries)
+    assert len(api.queries) == 3 + 2 * expire  # 3 pages; an expired token: the list again
