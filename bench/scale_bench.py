@@ -164,6 +164,8 @@ def main() -> int:
     parser.add_argument("--pods-per-connection", type=int, default=1,
                         help="simulated pods sharing one AMQP connection "
                         "(default 1: one each, as real sidecars)")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the operator, e.g. REFRESHBUS_OPERATOR_ACK_PREFETCH=5000")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -196,7 +198,8 @@ def main() -> int:
             broker_urls=[broker.url("refreshbus-operator")],
             namespaces=(NS,),
             workdir=work,
-            env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE": "0"},
+            env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE": "0",
+                 **dict(item.split("=", 1) for item in args.operator_env)},
         )
         operator.start()
         assert operator.proc is not None
