@@ -132,7 +132,7 @@ bench-broker-failover: deps ## A node of a 3-node RabbitMQ cluster lost mid-refr
 	REFRESHBUS_FAILOVER_PODS=$(FAILOVER_PODS) $(BIN)/pytest -q -s tests/e2e/test_broker_cluster.py
 
 .PHONY: bench-sidecar-queues
-bench-sidecar-queues: deps ## 1,000 sidecar queues on a 3-node RabbitMQ cluster: exclusive classic vs quorum (declare time, memory, idle CPU; docs/broker.md)
+bench-sidecar-queues: deps ## 3-node RabbitMQ cluster: 1,000 sidecar queues exclusive classic vs quorum (declare time, memory, idle CPU), ack queue classic vs quorum throughput (docs/broker.md)
 	$(BIN)/python bench/sidecar_queue_bench.py $(BENCH_ARGS)
 
 .PHONY: bench-vs-peers

@@ -1,12 +1,15 @@
 """What a sidecar queue costs on a three-node RabbitMQ cluster: the exclusive classic queue
-refreshbus uses, or a quorum queue (the alternative that would survive a node loss).
+refreshbus uses, or a quorum queue (the alternative that would survive a node loss); and
+what the quorum ack queue costs the operator against the classic one.
 
 Run with ``make bench-sidecar-queues`` (or ``.venv/bin/python bench/sidecar_queue_bench.py
 --queues 1000``). It starts its own three-node cluster on this host (tests/testenv), then for
 each kind declares ``--queues`` queues bound to four refresh keys each, exactly as sidecars
 do, and measures: declare + bind time, the cluster's memory (the nodes' Erlang ``total``)
 and the nodes' CPU while the queues sit idle, then delete time. Connections are left out:
-every sidecar holds one in either design. Nothing is pass/fail: it prints the figures
+every sidecar holds one in either design. Then ``--acks`` persistent ack-sized messages
+are published with confirms through one node into an ack queue of each type and consumed
+with manual acks, as the operator does. Nothing is pass/fail: it prints the figures
 (``--json`` writes them too); docs/broker.md records them.
 """
 
@@ -114,12 +117,47 @@ def measure(nodes: BrokerCluster, kind: str, count: int, idle: float) -> dict[st
             "idle_cpu_cores": cpu, "delete_s": removed}
 
 
+async def ack_queue_rates(node: Broker, kind: str, count: int) -> dict[str, float]:
+    """Acks per second into (publish, confirmed) and out of (consume, acked) an ack queue."""
+    conn = await aio_pika.connect(node.url())
+    channel = await conn.channel(publisher_confirms=True)
+    exchange = await channel.declare_exchange("bench-acks", aio_pika.ExchangeType.TOPIC, durable=True)
+    arguments = {"x-queue-type": "quorum"} if kind == "quorum" else None
+    queue = await channel.declare_queue(f"bench-acks-{kind}", durable=True, arguments=arguments)
+    await queue.bind(exchange, routing.ACK_BINDING)
+    body = b"x" * 700  # about an ack with its identity token
+    start = time.monotonic()
+    await asyncio.gather(*(exchange.publish(aio_pika.Message(body, delivery_mode=2),
+                                            routing_key=routing.ack_key("bench", f"pod-{i}"))
+                           for i in range(count)))
+    published = time.monotonic() - start
+    consumer = await conn.channel()
+    await consumer.set_qos(prefetch_count=1000)  # the operator's default prefetch
+    done, seen = asyncio.Event(), [0]
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await message.ack()
+        seen[0] += 1
+        if seen[0] == count:
+            done.set()
+
+    start = time.monotonic()
+    await (await consumer.get_queue(queue.name)).consume(on_message)
+    await done.wait()
+    consumed = time.monotonic() - start
+    await consumer.close()
+    await queue.delete(if_unused=False, if_empty=False)
+    await conn.close()
+    return {"publish_per_s": count / published, "consume_per_s": count / consumed}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--queues", type=int, default=1000, help="queues of each kind (default 1000)")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--acks", type=int, default=5000, help="acks through each ack queue type")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="refreshbus-queue-bench-") as tmp:
@@ -131,6 +169,8 @@ def main() -> None:
             baseline = (sum(cpu_seconds(n) for n in nodes) - idle_cpu) / args.idle
             results = {kind: measure(nodes, kind, args.queues, args.idle)
                        for kind in ("classic-exclusive", "quorum")}
+            acks = {kind: asyncio.run(ack_queue_rates(nodes.nodes[0], kind, args.acks))
+                    for kind in ("classic", "quorum")}
         finally:
             nodes.destroy()
     print(f"{args.queues} sidecar queues (4 bindings each) on a 3-node RabbitMQ cluster on one host; "
@@ -140,9 +180,14 @@ def main() -> None:
     for kind, r in results.items():
         print(f"{kind:<18} {r['declare_s']:>9.1f} {r['declare_per_queue_ms']:>9.1f} {r['memory_mib']:>10.1f} "
               f"{r['memory_per_queue_kib']:>9.1f} {r['idle_cpu_cores']:>10.2f} {r['delete_s']:>8.1f}")
+    print(f"\n{args.acks} acks through the ack queue (publish with confirms, consume with manual acks, "
+          "one node's connection; the quorum queue replicates to all three)")
+    for kind, r in acks.items():
+        print(f"{kind:<8} publish {r['publish_per_s']:>7.0f}/s   consume {r['consume_per_s']:>7.0f}/s")
     if args.json:
-        args.json.write_text(json.dumps({"queues": args.queues, "idle_baseline_cores": baseline,
-                                         "results": results}, indent=2))
+        figures = {"queues": args.queues, "idle_baseline_cores": baseline, "results": results,
+                   "acks": args.acks, "ack_queues": acks}
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
