@@ -504,6 +504,7 @@ class Round:
         exclusive queue goes with its connection). No API request: nothing is written."""
         config = self.engine.config
         interval = config.renudge_initial
+        answered = len(self.snapshot.results)
         while st.pending_pods(self.snapshot):
             remaining = (self.deadline - now()).total_seconds()
             if remaining <= 0:
@@ -512,7 +513,14 @@ class Round:
                 await asyncio.wait_for(self.answered.wait(), timeout=min(remaining, interval))
                 return
             except TimeoutError:
-                self.nudge("not answered yet")
+                pass
+            if len(self.snapshot.results) > answered:
+                # Acks are still coming in: the silent pods' are most likely queued behind
+                # them, not lost. Re-publishing to thousands then doubled the work of a big
+                # round (and of its sidecars) and made it slower still; wait another interval.
+                answered = len(self.snapshot.results)
+                continue
+            self.nudge("not answered yet")
             interval = min(interval * 2, config.renudge_max)
 
     def nudge(self, why: str = "broker reconnected") -> None:

@@ -5,6 +5,7 @@ CPU at 5,000 targets on the event loop every ack waits on)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -65,3 +66,33 @@ def test_the_acked_pods_go_into_the_round_annotation_at_most_every_interval() ->
         assert written == [150, 1500]
 
     asyncio.run(main())
+
+
+def test_silent_pods_are_not_sent_the_event_again_while_acks_keep_coming() -> None:
+    """A big round's acks arrive over seconds: pods not answered yet are queued behind the
+    others, not lost. Re-publishing to them (thousands at 5,000 targets) doubled the work
+    and made the round slower still. Once acks stop coming, the silent ones get it again."""
+    config = SimpleNamespace(instance="op-0", renudge_initial=0.3, renudge_max=0.3)
+    pods = [f"p{i:02d}" for i in range(50)]
+    snap = st.Snapshot(generation=1, event_id=new_id(), start_time=now(), targets=frozenset(pods))
+    round_ = rounds.Round(SimpleNamespace(config=config), records.ObjectRef("ns", "r", "uid"), 1,  # type: ignore[arg-type]
+                          {"deadlineSeconds": 60}, snap)
+    nudges: list[float] = []
+    round_.nudge = lambda why="": nudges.append(time.monotonic())  # type: ignore[method-assign]
+
+    async def main() -> float:
+        waiting = asyncio.create_task(round_._await_answers())
+        for pod in pods[:-1]:  # 49 acks over about a second, then silence
+            snap.results[pod] = st.PodResult(pod, st.Outcome.OK, now())
+            await asyncio.sleep(0.02)
+        stopped = time.monotonic()
+        while not nudges:
+            await asyncio.sleep(0.01)
+        snap.results[pods[-1]] = st.PodResult(pods[-1], st.Outcome.OK, now())
+        round_.answered.set()
+        await waiting
+        return stopped
+
+    stopped = asyncio.run(asyncio.wait_for(main(), 30))
+    assert nudges
+    assert all(at >= stopped for at in nudges), (nudges, stopped)
