@@ -11,7 +11,7 @@ The same app, the same ConfigMap change, the same number of pods, one mechanism 
 - **Reloader**: stakater/Reloader v1.4.21 (third_party/reloader, hack/build-reloader.sh) in a
   pod, as its upstream manifest deploys it (default flags: all namespaces, env-vars strategy);
   the Deployment rolls with the default strategy (maxSurge 25 %, maxUnavailable 25 %);
-- **refreshbus**: the chart with its default values (auto-refresh quiet period 1 s), apart
+- **refreshbus**: the chart with its default values (auto-refresh window 1 s), apart
   from the locally built images and the host broker.
 
 Each edit is timed from the API's answer to the ConfigMap patch to the moment every pod
@@ -136,7 +136,7 @@ def chart(rows: list[dict[str, Any]], replicas: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 3.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=120)
     names = [LABELS[r["mechanism"]] for r in rows][::-1]
     p50 = [r["p50"] for r in rows][::-1]
     p99 = [r["p99"] for r in rows][::-1]
@@ -151,7 +151,7 @@ def chart(rows: list[dict[str, Any]], replicas: int, path: Path) -> None:
         note = f"  p50 {r['p50']:.1f} s · p99 {r['p99']:.1f} s · {r['restarted_per_edit']:.0f} restarts"
         note += f" · {r['failed']} failed req."
         ax.text(r["p99"], bar.get_y() + bar.get_height() / 2, note, va="center", fontsize=8)
-    ax.set_xlim(min(p50) / 2, max(p99) * 30)
+    ax.set_xlim(min(p50) / 2, max(p99) * 60)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,10 +165,16 @@ def main() -> int:
     parser.add_argument("--edits-reloader", type=int, default=5)
     parser.add_argument("--edits-kubelet", type=int, default=5, help="1-2.5 min each")
     parser.add_argument("--seed", type=int, default=10, help="for the pauses before kubelet edits")
+    parser.add_argument("--replot", action="store_true", help="table + chart from --json, no run")
     parser.add_argument("--only", choices=MECHANISMS, action="append", help="run only these (repeatable)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "vs-peers.json")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "vs-peers.png")
     args = parser.parse_args()
+    if args.replot:
+        figures = json.loads(args.json.read_text())
+        print(table(figures["summary"], figures["replicas"]))
+        chart(figures["summary"], figures["replicas"], args.png)
+        return 0
     if os.geteuid() != 0:
         print("bench-vs-peers runs a real node (kubelet, containerd): run it as root", file=sys.stderr)
         return 2
