@@ -149,14 +149,6 @@ async def retire_ack_queue(
         log.warning("could not retire the %s ack queue %s: %s (docs/broker.md, \"Migrating the ack queue\")",
                     retired.value, retired.queue, describe(exc))
         return "kept"
-        log.info("deleted the retired, empty %s ack queue %s", retired.value, retired.queue)
-        await channel.close()
-        return "deleted"
-    log.info("draining the retired %s ack queue %s (%d acks, %d consumers)",
-             retired.value, retired.queue, found.message_count, found.consumer_count)
-    await channel.set_qos(prefetch_count=prefetch)
-    await old.consume(consume, no_ack=False)
-    return "draining"
 
 
 class Link:
