@@ -191,8 +191,22 @@ reloader: ## Build stakater/Reloader (the vs-peers comparison's peer) from third
 	bash hack/build-reloader.sh >/dev/null
 
 .PHONY: images
-images: $(BIN)/.installed ## Build operator, sidecar, demo-app, pause, busybox OCI images without Docker (cached)
+images: $(BIN)/.installed ## Build the operator + sidecar images from the Dockerfile (buildah) and the test images (cached; root)
 	$(BIN)/python hack/build-images.py
+
+.PHONY: images-pin
+images-pin: $(BIN)/.installed ## Pin the Dockerfile's base to the digest of this machine's Debian bootstrap
+	$(BIN)/python hack/build-images.py --pin
+
+.PHONY: lock
+lock: $(BIN)/.installed ## Regenerate requirements/*.txt (hashed locks of the images' dependencies) from pyproject.toml
+	$(BIN)/pip install -q --group lock
+	for extra in operator sidecar; do \
+	  $(BIN)/pip-compile -q --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	    --extra $$extra -o requirements/$$extra.txt pyproject.toml; \
+	done
+	$(BIN)/pip-compile -q --strip-extras --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --build-deps-for wheel --only-build-deps -o requirements/build.txt pyproject.toml
 
 .PHONY: cluster-up-node
 cluster-up-node: deps node-bins ## Control plane + a real node + broker on the node address; images imported

@@ -1,4 +1,6 @@
-"""Container images without a Docker engine: OCI image layouts written by hand.
+"""Container images without a Docker engine: the operator and the sidecar from the
+repository's Dockerfile (buildah, see refreshbus_testenv.buildah); the test-only images
+(demo apps, pause, busybox) as OCI image layouts written by hand.
 
 An image here is a list of layers (uncompressed tar files, cached by content) plus an
 OCI config and manifest; :func:`write_oci_tarball` packs them as an OCI image-layout tar
@@ -9,12 +11,9 @@ whose index names the image (``io.containerd.image.name``), which is what
 Layers, from the bottom (each cached under ``~/.cache/refreshbus/images``):
 
 1. **base** — a Debian bookworm root filesystem from ``debootstrap --variant=minbase`` with
-   Debian's python3 (3.11), nginx-light and nodejs: one shared layer for every image, so
+   Debian's python3 (3.11), nginx-light and nodejs: one shared layer for the demo apps, so
    containerd stores and unpacks it once (built once per machine, a few minutes);
-2. **deps** — the Python dependencies of a component (``pip install --target``, cp311
-   wheels), keyed by the requirement list: rebuilt only when pyproject's extras change;
-3. **app** — the project's wheel (``pip wheel --no-deps``) plus the console script: the
-   only layer a code change rebuilds (seconds).
+2. the app's own files (a config, a script, a static Go binary).
 
 Images built (see :data:`IMAGES` and hack/build-images.py): ``refreshbus/operator:dev``,
 ``refreshbus/sidecar:dev``, demo apps ``refreshbus/demo-nginx:dev``,
@@ -36,7 +35,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,121 +289,6 @@ def base_layer() -> Layer:
     return Layer.from_dir(rootfs, out, exclude=["./proc/*", "./sys/*", "./run/*", "./tmp/*"])
 
 
-def _extras() -> dict[str, list[str]]:
-    return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-
-
-def deps_layer(component: str) -> Layer:
-    """Python dependencies of ``component`` (an extra of the distribution), cp311 wheels."""
-    requirements = sorted(_extras()[component])
-    key = hashlib.sha256(json.dumps(requirements).encode()).hexdigest()[:12]
-    out = images_cache() / f"deps-{component}-{key}.tar"
-    if out.exists():
-        return Layer.from_tar(out)
-    _log(f"pip install --target ({component}): {', '.join(requirements)}")
-    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
-        target = Path(tmp) / "opt/refreshbus/deps"
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-compile",
-                "--target",
-                str(target),
-                "--only-binary=:all:",
-                "--python-version",
-                "3.11",
-                "--implementation",
-                "cp",
-                "--platform",
-                "manylinux_2_36_x86_64",
-                "--platform",
-                "manylinux2014_x86_64",
-                "--platform",
-                "linux_x86_64",
-                *requirements,
-            ]
-        )
-        shutil.rmtree(target / "bin", ignore_errors=True)
-        _compile(Path(tmp))
-        return Layer.from_dir(Path(tmp), out)
-
-
-def _compile(root: Path) -> None:
-    """Precompile .pyc (the image's root filesystem is read-only at run time)."""
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "compileall",
-            "-q",
-            "-j",
-            "0",
-            "--invalidation-mode",
-            "unchecked-hash",
-            str(root),
-        ]
-    )
-
-
-def project_wheel() -> Path:
-    """The project's wheel (``pip wheel --no-deps``), rebuilt only when its sources change."""
-    digest = hashlib.sha256()
-    for top in ("pyproject.toml", "operator", "sidecar"):
-        for path in sorted([ROOT / top] if (ROOT / top).is_file() else (ROOT / top).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
-    wheels = images_cache() / "wheels" / digest.hexdigest()[:16]
-    found = sorted(wheels.glob("refreshbus-*.whl"))
-    if found:
-        return found[0]
-    shutil.rmtree(images_cache() / "wheels", ignore_errors=True)
-    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
-        _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], cwd=tmp)
-    return next(wheels.glob("refreshbus-*.whl"))
-
-
-def app_layer(component: str, console_script: str, module: str) -> Layer:
-    """The project's wheel, installed (no deps) under /opt/refreshbus/app, + console script."""
-    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
-        tmpdir = Path(tmp)
-        wheel = project_wheel()
-        root = tmpdir / "root"
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-deps",
-                "--no-compile",
-                "--target",
-                str(root / "opt/refreshbus/app"),
-                str(wheel),
-            ]
-        )
-        shutil.rmtree(root / "opt/refreshbus/app/bin", ignore_errors=True)
-        _compile(root)
-        script = root / "usr/local/bin" / console_script
-        script.parent.mkdir(parents=True)
-        script.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\nsys.exit(main())\n")
-        script.chmod(0o755)
-        digest = hashlib.sha256()
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
-        out = images_cache() / f"app-{component}-{digest.hexdigest()[:12]}.tar"
-        if out.exists():
-            return Layer.from_tar(out)
-        for stale in images_cache().glob(f"app-{component}-*.tar*"):
-            stale.unlink()
-        return _tar_layer(root, out)
-
-
 def _tar_layer(root: Path, out: Path) -> Layer:
     """Pack ``root`` into ``out`` reproducibly (sorted, owner 0, mtime 0): the same files
     always give the same digest, which is what makes the layer cache work."""
@@ -515,35 +398,12 @@ def build_reloader() -> Path:
     )
 
 
-PY_ENV = [
-    "PATH=/usr/local/bin:/usr/bin:/bin",
-    "PYTHONPATH=/opt/refreshbus/app:/opt/refreshbus/deps",
-    "PYTHONDONTWRITEBYTECODE=1",
-    "PYTHONUNBUFFERED=1",
-    "HOME=/home/nonroot",
-]
+def build_dockerfile_component(component: str) -> Path:
+    """refreshbus/operator:dev or refreshbus/sidecar:dev: the repository's Dockerfile, built
+    with buildah (refreshbus_testenv.buildah), so the suite runs the images users build."""
+    from refreshbus_testenv import buildah  # it reuses this module's Debian mirror lookup
 
-
-def build_python_component(component: str) -> Path:
-    """refreshbus/operator:dev or refreshbus/sidecar:dev, per the component's Dockerfile intent:
-    Debian python3, deps in their own layer, the wheel on top, non-root, console script."""
-    script = f"refreshbus-{component}"
-    layers = [
-        base_layer(),
-        deps_layer(component),
-        app_layer(component, script, f"refreshbus_{component}.__main__"),
-    ]
-    return write_oci_tarball(
-        _ref(component),
-        layers,
-        {
-            "Entrypoint": [f"/usr/local/bin/{script}"],
-            "User": NONROOT,
-            "Env": PY_ENV,
-            "WorkingDir": "/home/nonroot",
-        },
-        _out(component),
-    )
+    return buildah.build(component, _ref(component))
 
 
 def build_demo(app: str) -> Path:
@@ -578,8 +438,8 @@ def build_demo(app: str) -> Path:
 IMAGES = {
     "pause": build_pause,
     "busybox": build_busybox,
-    "operator": lambda: build_python_component("operator"),
-    "sidecar": lambda: build_python_component("sidecar"),
+    "operator": lambda: build_dockerfile_component("operator"),
+    "sidecar": lambda: build_dockerfile_component("sidecar"),
     "demo-nginx": lambda: build_demo("nginx"),
     "demo-node": lambda: build_demo("node"),
     "demo-go": lambda: build_demo("go"),

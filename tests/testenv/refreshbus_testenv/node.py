@@ -304,7 +304,7 @@ class Node:
         return _run("ctr", f"--address={self.containerd_socket}", "-n", "k8s.io", *args, timeout=timeout)
 
     def import_image(self, tarball: Path) -> None:
-        """Import an OCI image tarball (its index names the image) into the CRI namespace."""
+        """Import an image tarball (OCI layout or docker-archive, naming its image) into k8s.io."""
         self.ctr("images", "import", "--no-unpack", str(tarball))
 
     def images(self) -> list[str]:

@@ -1,7 +1,8 @@
-"""operator/Dockerfile and sidecar/Dockerfile, read as documents (no Docker engine here):
-multi-stage, pinned slim base, dependencies in their own layer, no compilers, non-root
-numeric user, read-only-root friendly, OCI labels, and an entrypoint that is the console
-script pyproject.toml installs. The chart must point at the same images.
+"""The Dockerfile, read as a document: one file for both images (a target each), a base
+pinned by digest, dependencies from hash-locked files in their own layer, no compilers,
+nothing of the build in the final images, non-root numeric user, read-only-root friendly,
+OCI labels, and entrypoints that are the console scripts pyproject.toml installs. The chart
+must point at the same images. (The e2e node suite builds and runs them: refreshbus_testenv.buildah.)
 """
 
 from __future__ import annotations
@@ -9,21 +10,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[3]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-IMAGES = {
-    "operator": ("operator/Dockerfile", "refreshbus-operator"),
-    "sidecar": ("sidecar/Dockerfile", "refreshbus-sidecar"),
-}
+IMAGES = {"operator": "refreshbus-operator", "sidecar": "refreshbus-sidecar"}
 OCI_LABELS = ("title", "description", "version", "revision", "source", "licenses", "url", "documentation")
 COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|make|rustc|cargo|python3?-dev|libc6?-dev)\b")
 
@@ -43,9 +40,14 @@ class Dockerfile:
     args: dict[str, str]
     stages: list[Stage]
 
-    @property
-    def final(self) -> Stage:
-        return self.stages[-1]
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def chain(self, name: str) -> list[Stage]:
+        """``name`` and the stages it is built FROM, bottom first."""
+        stage = self.stage(name)
+        names = {s.name for s in self.stages}
+        return [*self.chain(stage.base), stage] if stage.base in names else [stage]
 
     def resolve(self, value: str) -> str:
         return re.sub(r"\$\{?(\w+)\}?", lambda m: self.args.get(m.group(1), m.group(0)), value)
@@ -107,119 +109,147 @@ def env(stage: Stage) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(params=sorted(IMAGES), ids=sorted(IMAGES))
-def image(request: pytest.FixtureRequest) -> tuple[str, Dockerfile, str]:
-    path, script = IMAGES[request.param]
-    return request.param, parse(REPO / path), script
+DF = parse(REPO / "Dockerfile")
+STAGE_NAMES = {s.name for s in DF.stages}
+PIN = re.compile(r"localhost/refreshbus/python-base@sha256:[0-9a-f]{64}")
 
 
-def test_multi_stage_on_a_tagged_slim_python_base(image: tuple[str, Dockerfile, str]) -> None:
-    _, df, _ = image
-    assert len(df.stages) >= 2
-    assert df.stages[0].name == "builder"
-    for stage in df.stages:
-        base = df.resolve(stage.base)
-        assert re.fullmatch(r"python:3\.11-slim(-bookworm)?(@sha256:[0-9a-f]{64})?", base), base
-        assert not base.endswith(":latest")
-    # The digest pin is a tracked TODO until a registry is reachable.
-    text = (REPO / IMAGES[image[0]][0]).read_text()
-    assert "@sha256:" in df.args["PYTHON_IMAGE"] or "TODO(pin)" in text
+def instructions(target: str, keyword: str) -> list[str]:
+    return [a for stage in DF.chain(target) for a in stage.all(keyword)]
 
 
-def test_final_stage_runs_the_console_script_as_a_numeric_non_root_user(
-    image: tuple[str, Dockerfile, str],
-) -> None:
-    _, df, script = image
-    final = df.final
+def test_one_file_two_targets_on_a_base_pinned_by_digest() -> None:
+    assert not (REPO / "operator" / "Dockerfile").exists()
+    assert not (REPO / "sidecar" / "Dockerfile").exists()
+    assert set(IMAGES) <= STAGE_NAMES
+    assert PIN.fullmatch(DF.args["BASE_IMAGE"]), DF.args["BASE_IMAGE"]
+    for stage in DF.stages:
+        assert stage.base in STAGE_NAMES or stage.base == "${BASE_IMAGE}", stage.base
+    # The pin is what the build script reads and `make images-pin` rewrites.
+    from refreshbus_testenv import buildah
+
+    assert buildah.pinned_base() == DF.args["BASE_IMAGE"]
+
+
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_final_images_carry_nothing_of_the_build(target: str) -> None:
+    """From the bare base, the virtualenv copied in: no pip, no build backend, no compiler."""
+    final = DF.chain(target)
+    assert final[0].base == "${BASE_IMAGE}"
+    assert not [a for stage in final for a in stage.all("RUN")]
+    assert not [a for stage in final for a in stage.all("ADD")]
+    copies = [a for stage in final for a in stage.all("COPY")]
+    assert copies == ["--from=env /opt/refreshbus/ /opt/refreshbus/"]
+
+
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_entrypoint_is_the_console_script_run_as_a_numeric_non_root_user(target: str) -> None:
+    script = IMAGES[target]
     assert script in PYPROJECT["project"]["scripts"]
-    (entrypoint,) = final.all("ENTRYPOINT")
+    (entrypoint,) = DF.stage(target).all("ENTRYPOINT")
     assert json.loads(entrypoint) == [script]  # exec form: the process is PID 1 and gets SIGTERM
-    users = final.all("USER")
-    assert users, "final stage must set USER"
+    users = instructions(target, "USER")
+    assert users, "final image must set USER"
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit(), "numeric USER (runAsNonRoot can only verify a number)"
-    assert int(uid) != 0
-    assert not gid or (gid.isdigit() and int(gid) != 0)
-    keywords = [kw for kw, _ in final.instructions]
-    assert keywords.index("USER") > max(i for i, kw in enumerate(keywords) if kw == "RUN")
-    assert int(uid) == 65532  # what the chart's securityContext says
+    assert (uid, gid) == ("65532", "65532")  # what the chart's securityContext says
 
 
-def test_read_only_root_friendly(image: tuple[str, Dockerfile, str]) -> None:
-    _, df, _ = image
-    environment = env(df.final)
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_read_only_root_friendly(target: str) -> None:
+    environment = {k: v for stage in DF.chain(target) for k, v in env(stage).items()}
     assert environment["PYTHONDONTWRITEBYTECODE"] == "1"
     assert environment["PYTHONUNBUFFERED"] == "1"
-    (workdir,) = df.final.all("WORKDIR")
-    assert workdir == "/tmp"  # the one writable place (an emptyDir in the chart)
-    assert not df.final.all("VOLUME")
+    assert environment["PATH"].startswith("/opt/refreshbus/bin:")
+    assert instructions(target, "WORKDIR") == ["/tmp"]  # the one writable place (an emptyDir)
+    assert not instructions(target, "VOLUME")
+    # Bytecode is compiled at build time, never at run time.
+    assert any("compileall" in r for r in DF.stage("env").all("RUN"))
 
 
-def test_dependencies_in_their_own_layer_then_the_wheel_without_deps(
-    image: tuple[str, Dockerfile, str],
-) -> None:
-    name, df, _ = image
-    runs = df.final.all("RUN")
-    pip = [r for r in runs if "pip install" in r]
-    assert len(pip) == 2, pip
-    deps, wheel = pip
-    assert "-r /tmp/requirements.txt" in deps
-    assert "--only-binary=:all:" in deps  # never compiles: no compiler needed or present
-    assert "--no-deps" in wheel
-    assert ".whl" in wheel
-    for r in pip + [r for r in df.stages[0].all("RUN") if "pip install" in r]:
-        assert "--no-cache-dir" in r, r
-    # The requirements layer is built from pyproject.toml alone, before the code is copied.
-    builder = df.stages[0]
-    copies = builder.all("COPY")
-    export = next(i for i, (kw, a) in enumerate(builder.instructions) if kw == "RUN" and "requirements" in a)
-    code = next(
-        i for i, (kw, a) in enumerate(builder.instructions) if kw == "COPY" and a.startswith("operator/")
-    )
-    assert export < code
-    assert copies[0] == "pyproject.toml README.md ./"
-    # ... and exports exactly the base dependencies plus this image's extra.
-    command = builder.instructions[export][1]
-    script = shlex.split(command.split(">")[0])
-    assert script[:2] == ["python", "-c"]
-    out = subprocess.run(
-        [sys.executable, "-c", script[2]], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    project = PYPROJECT["project"]
-    assert out.stdout.split("\n")[:-1] == project["dependencies"] + project["optional-dependencies"][name]
+def test_every_run_is_exec_form_and_pip_takes_only_hashed_binary_wheels() -> None:
+    """The base has no shell; no compiler is ever needed or present."""
+    for stage in DF.stages:
+        for run in stage.all("RUN"):
+            argv = json.loads(run)
+            assert not COMPILERS.search(" ".join(argv)), run
+            assert "apt-get" not in argv, run
+            if "install" in argv and "-r" in argv:
+                assert {"--require-hashes", "--only-binary=:all:"} <= set(argv), run
 
 
-def test_no_compilers_and_no_package_manager_in_the_final_stage(image: tuple[str, Dockerfile, str]) -> None:
-    _, df, _ = image
-    for stage in df.stages:
-        for r in stage.all("RUN"):
-            assert "apt-get" not in r, r
-            assert not COMPILERS.search(r), r
-    assert not df.final.all("ADD")
+def test_dependencies_come_from_the_lock_before_the_code() -> None:
+    """The dependency layer depends on the lock file alone: it survives every code change."""
+    env_stage = DF.stage("env")
+    kinds = [(kw, a) for kw, a in env_stage.instructions if kw in ("COPY", "RUN")]
+    lock = kinds.index(("COPY", "requirements/${COMPONENT}.txt /tmp/requirements.txt"))
+    wheel = kinds.index(("COPY", "--from=wheel /dist/ /tmp/dist/"))
+    install = next(i for i, (kw, a) in enumerate(kinds) if kw == "RUN" and "/tmp/requirements.txt" in a)
+    assert lock < install < wheel
+    project = next(json.loads(a) for kw, a in kinds[wheel:] if kw == "RUN" and "refreshbus" in a)
+    assert {"--no-deps", "--no-index"} <= set(project)
+    assert "requirements/build.txt /tmp/build.txt" in DF.stage("tools").all("COPY")
 
 
-def test_oci_labels(image: tuple[str, Dockerfile, str]) -> None:
-    _name, df, script = image
-    found = labels(df.final)
+def _lock(name: str) -> dict[str, tuple[str, list[str]]]:
+    """requirements/<name>.txt: package -> (pinned version, hashes)."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    text = (REPO / "requirements" / f"{name}.txt").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        spec, *options = line.split()
+        package, _, version = spec.partition("==")
+        assert version, f"{name}.txt: {spec} is not pinned"
+        pins[package.lower().replace("_", "-")] = (version, [o for o in options if o.startswith("--hash=")])
+    return pins
+
+
+@pytest.mark.parametrize("extra", sorted(IMAGES))
+def test_lock_files_pin_every_requirement_of_pyproject_within_its_bounds_with_hashes(extra: str) -> None:
+    """requirements/*.txt are generated from pyproject.toml (`make lock`); a bound changed in
+    pyproject without regenerating them fails here."""
+    pins = _lock(extra)
+    for line in PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"][extra]:
+        req = Requirement(line)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{req.name} missing from requirements/{extra}.txt: run `make lock`"
+        assert req.specifier.contains(pins[name][0]), f"{req.name}=={pins[name][0]} outside {req.specifier}"
+    assert all(hashes for _, hashes in pins.values())
+    build = _lock("build")
+    for line in PYPROJECT["build-system"]["requires"]:
+        req = Requirement(line)
+        assert req.specifier.contains(build[req.name.lower()][0]), line
+
+
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_oci_labels(target: str) -> None:
+    found = {k: v for stage in DF.chain(target) for k, v in labels(stage).items()}
     for label in OCI_LABELS:
         assert found.get(f"org.opencontainers.image.{label}"), label
-    assert found["org.opencontainers.image.title"] == script
+    assert found["org.opencontainers.image.title"] == "refreshbus-${COMPONENT}"
     assert found["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
-    assert df.resolve(found["org.opencontainers.image.version"]) == PYPROJECT["project"]["version"]
+    assert DF.resolve(found["org.opencontainers.image.version"]) == PYPROJECT["project"]["version"]
 
 
-def test_build_context_is_what_dockerignore_lets_through(image: tuple[str, Dockerfile, str]) -> None:
-    _, df, _ = image
-    allowed = {"pyproject.toml", "README.md", "operator/", "sidecar/"}
+def test_build_context_is_what_dockerignore_lets_through() -> None:
+    allowed = {"pyproject.toml", "README.md", "requirements/", "operator/", "sidecar/"}
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert ignore[[line.strip() for line in ignore].index("*")] == "*"
     assert {line[1:] for line in ignore if line.startswith("!")} == allowed
-    for stage in df.stages:
+    from refreshbus_testenv import buildah
+
+    # What the build cache hashes is what the build reads.
+    assert {c.rstrip("/") for c in allowed} | {"Dockerfile"} == set(buildah.CONTEXT)
+    for stage in DF.stages:
         for args in stage.all("COPY"):
             if args.startswith("--from="):
                 continue
-            sources = args.split()[:-1]
-            assert set(sources) <= allowed, sources
+            for source in args.split()[:-1]:
+                assert source.replace("${COMPONENT}", "sidecar").split("/")[0] + (
+                    "/" if "/" in source else ""
+                ) in allowed, source
 
 
 def test_the_chart_defaults_to_these_images() -> None:
