@@ -33,6 +33,7 @@ from refreshbus_testenv.procs import InfraError
 
 DOCKERFILE = ROOT / "Dockerfile"
 BASE_REPOSITORY = "localhost/refreshbus/python-base"
+CACHE_REPOSITORY = "localhost/refreshbus/build-cache"
 #: The base: Debian's interpreter and what it links, venv (the build stages make
 #: virtualenvs with it), CA certificates (amqps to a managed broker). Nothing else.
 BASE_PACKAGES = ["python3.11-minimal", "libpython3.11-stdlib", "python3.11-venv", "ca-certificates"]
@@ -244,6 +245,14 @@ def pin_base() -> str:
     return base
 
 
+def _prune() -> None:
+    """Drop untagged images nothing builds on any more (what earlier builds of other
+    sources left): vfs stores every step as a full copy, gigabytes after a few changes."""
+    for _ in range(100):
+        if not buildah("rmi", "--prune").strip():
+            return
+
+
 def _context_hash(base: str, component: str) -> str:
     digest = hashlib.sha256(f"{base}\n{component}\n".encode())
     for top in CONTEXT:
@@ -284,7 +293,7 @@ def build(component: str, ref: str) -> Path:
         for host_file in ("/etc/pip.conf", "/etc/ssl/certs/ca-certificates.crt"):
             if Path(host_file).exists():
                 volumes.append(f"--volume={host_file}:{host_file}:ro")
-        buildah(
+        common = [
             "build",
             "--quiet",
             "--isolation=chroot",
@@ -293,16 +302,18 @@ def build(component: str, ref: str) -> Path:
             *volumes,
             f"--build-arg=BASE_IMAGE={base}",
             f"--build-arg=COMPONENT={component}",
-            f"--target={component}",
-            f"--tag={ref}",
             f"--file={DOCKERFILE}",
-            str(ROOT),
-        )
+        ]
+        # The dependency stage under a tag of its own: the prune below keeps it (and the
+        # layers under it) as the cache of the next build after a code change.
+        buildah(*common, "--target=env", f"--tag={CACHE_REPOSITORY}:{component}", str(ROOT))
+        buildah(*common, f"--target={component}", f"--tag={ref}", str(ROOT))
         for stale in archive_dir().glob(f"{component}-*.tar"):
             stale.unlink()
         tmp = out.with_suffix(".tmp")
         buildah("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
         tmp.rename(out)
+        _prune()
         _log(f"{ref} built from the Dockerfile in {time.monotonic() - started:.0f}s")
         return out
 
