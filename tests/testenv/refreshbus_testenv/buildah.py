@@ -79,6 +79,7 @@ def _ensure_tools() -> None:
     missing = [pkg for pkg in ("buildah", "mmdebstrap") if shutil.which(pkg) is None]
     if missing:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
             check=True,
