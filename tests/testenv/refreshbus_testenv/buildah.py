@@ -317,4 +317,3 @@ def build(component: str, ref: str) -> Path:
         _prune()
         _log(f"{ref} built from the Dockerfile in {time.monotonic() - started:.0f}s")
         return out
-
