@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,11 @@ def install(
             ("rb-broker", "operator-urls", "refreshbus-operator"),
             ("rb-broker-sidecar", "sidecar-urls", "refreshbus-sidecar"),
         ):
-            plane.kubectl(
+            manifest = plane.kubectl(
                 "-n", RELEASE_NS, "create", "secret", "generic", secret,
-                f"--from-literal={key}={broker.url(user)}", check=False,
-            )  # fmt: skip
+                f"--from-literal={key}={broker.url(user)}", "--dry-run=client", "-o", "json",
+            ).stdout  # fmt: skip
+            plane.kubectl("-n", RELEASE_NS, "apply", "-f", "-", input=manifest)
         values["broker"] = {"existingSecret": "rb-broker", "existingSidecarSecret": "rb-broker-sidecar"}
     workdir.mkdir(parents=True, exist_ok=True)
     values_file = workdir / "values.json"
@@ -69,6 +71,19 @@ def install(
     )  # fmt: skip
     if proc.returncode != 0:
         raise InfraError(f"helm install failed:\n{proc.stdout}\n{proc.stderr}")
+    # The operator puts its CA into the injection webhook once it runs: until then no pod
+    # would be injected.
+    deadline = time.monotonic() + 60
+    while not _webhook_ready(plane):
+        if time.monotonic() > deadline:
+            raise InfraError("the operator did not register its injection webhook's CA within 60 s")
+        time.sleep(0.3)
+
+
+def _webhook_ready(plane: ControlPlane) -> bool:
+    hooks = plane.get_json("mutatingwebhookconfigurations")["items"]
+    bundles = [w["clientConfig"].get("caBundle") for h in hooks for w in h["webhooks"]]
+    return bool(bundles) and all(bundles)
 
 
 def uninstall(plane: ControlPlane, timeout: float = 120) -> None:
