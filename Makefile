@@ -74,12 +74,14 @@ chart-check: $(BIN)/.installed ## Fail if the chart's CRDs, schema or README tab
 	$(BIN)/python hack/gen-values-schema.py --check
 
 # The real-node suite (tests/e2e/node: kubelet + containerd on this machine) needs root.
+# Its images are built first (`images`: a cold buildah build takes minutes, more than a
+# test's timeout; the suite's own build is then a cache hit).
 # It runs whenever it can (root) and always under CI=true, where a failure to bring the
 # node up fails the run instead of being skipped. Override with E2E_NODE=0|1.
 E2E_NODE ?= $(shell [ "$$(id -u)" = 0 ] || [ "$$CI" = true ] && echo 1 || echo 0)
 
 .PHONY: test
-test: deps lint $(if $(filter 1,$(E2E_NODE)),node-bins reloader) ## THE test command: install what is needed, lint, run every test
+test: deps lint $(if $(filter 1,$(E2E_NODE)),node-bins reloader images) ## THE test command: install what is needed, lint, run every test
 	@[ "$(E2E_NODE)" = 1 ] || echo "note: not root, so the real-node suite (tests/e2e/node) is not collected; run 'sudo make e2e'"
 	REFRESHBUS_E2E_NODE=$(E2E_NODE) $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -217,5 +219,5 @@ cluster-down-node: ## Stop cluster-up-node (pods' containers, mounts, bridges, i
 	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv down --dir $(NODE_DIR)
 
 .PHONY: e2e
-e2e: deps node-bins reloader ## End-to-end suite in real pods on this machine (tests/e2e/node; helm install, faults)
+e2e: deps node-bins reloader images ## End-to-end suite in real pods on this machine (tests/e2e/node; helm install, faults)
 	REFRESHBUS_E2E_NODE=1 $(BIN)/pytest tests/e2e/node $(PYTEST_ARGS)
