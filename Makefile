@@ -81,7 +81,7 @@ chart-check: $(BIN)/.installed ## Fail if the chart's CRDs, schema or README tab
 E2E_NODE ?= $(shell [ "$$(id -u)" = 0 ] || [ "$$CI" = true ] && echo 1 || echo 0)
 
 .PHONY: test
-test: deps lint $(if $(filter 1,$(E2E_NODE)),node-bins reloader images) ## THE test command: install what is needed, lint, run every test
+test: deps lint $(if $(filter 1,$(E2E_NODE)),node-bins node-addons reloader images) ## THE test command: install what is needed, lint, run every test
 	@[ "$(E2E_NODE)" = 1 ] || echo "note: not root, so the real-node suite (tests/e2e/node) is not collected; run 'sudo make e2e'"
 	REFRESHBUS_E2E_NODE=$(E2E_NODE) $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -138,7 +138,7 @@ bench-sidecar-queues: deps ## 3-node RabbitMQ cluster: 1,000 sidecar queues excl
 	$(BIN)/python bench/sidecar_queue_bench.py $(BENCH_ARGS)
 
 .PHONY: bench-vs-peers
-bench-vs-peers: deps node-bins reloader ## refreshbus vs kubelet (default settings) vs Reloader on the real node, 10 pods: table + docs/vs-peers.png (root; ~12 min)
+bench-vs-peers: deps node-bins node-addons reloader ## refreshbus vs kubelet (default settings) vs Reloader on the real node, 10 pods: table + docs/vs-peers.png (root; ~12 min)
 	$(BIN)/pip install -q --group bench
 	$(BIN)/python bench/vs_peers_bench.py $(BENCH_ARGS)
 
@@ -192,6 +192,10 @@ node-bins: ## Build the node's binaries too (controller manager, scheduler, kube
 reloader: ## Build stakater/Reloader (the vs-peers comparison's peer) from third_party/reloader (cached)
 	bash hack/build-reloader.sh >/dev/null
 
+.PHONY: node-addons
+node-addons: $(BIN)/.installed ## Build the node's add-on images: CoreDNS + local-path-provisioner (pinned Go modules) and RabbitMQ (Debian's package); cached
+	$(BIN)/python hack/build-images.py coredns local-path-provisioner rabbitmq
+
 .PHONY: images
 images: $(BIN)/.installed ## Build the operator + sidecar images from the Dockerfile (buildah) and the test images (cached; root)
 	$(BIN)/python hack/build-images.py
@@ -211,7 +215,7 @@ lock: $(BIN)/.installed ## Regenerate requirements/*.txt (hashed locks of the im
 	  --build-deps-for wheel --only-build-deps -o requirements/build.txt pyproject.toml
 
 .PHONY: cluster-up-node
-cluster-up-node: deps node-bins ## Control plane + a real node + broker on the node address; images imported
+cluster-up-node: deps node-bins node-addons ## Control plane + a real node + broker on the node address; images imported
 	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv up --node --dir $(NODE_DIR)
 
 .PHONY: cluster-down-node
@@ -219,5 +223,5 @@ cluster-down-node: ## Stop cluster-up-node (pods' containers, mounts, bridges, i
 	PYTHONPATH=tests/testenv $(BIN)/python -m refreshbus_testenv down --dir $(NODE_DIR)
 
 .PHONY: e2e
-e2e: deps node-bins reloader images ## End-to-end suite in real pods on this machine (tests/e2e/node; helm install, faults)
+e2e: deps node-bins node-addons reloader images ## End-to-end suite in real pods on this machine (tests/e2e/node; helm install, faults)
 	REFRESHBUS_E2E_NODE=1 $(BIN)/pytest tests/e2e/node $(PYTEST_ARGS)

@@ -71,8 +71,10 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClust
     timings["cluster-up"] = time.monotonic() - started
     try:
         started = time.monotonic()
-        for tarball in built.values():
-            node.import_image(tarball)
+        present = set(node.images())  # the pause and add-on images came with the node
+        for ref, tarball in built.items():
+            if ref not in present:
+                node.import_image(tarball)
         timings["image-import"] = time.monotonic() - started
         _report(timings)
         yield NodeCluster(plane, node, timings)
@@ -108,23 +110,22 @@ def node_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker | N
 
 
 @pytest.fixture(scope="session")
-def release(
-    node_cluster: NodeCluster, node_broker: Broker | None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The chart, installed with the local images and the host broker (session-wide)."""
+def release(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The chart with its DEFAULT values -- only the images are the local ones -- so the
+    broker is its embedded RabbitMQ in a pod (session-wide). test_release_lifecycle.py,
+    which runs last, uninstalls it."""
     started = time.monotonic()
-    # A shorter auto-refresh quiet period than the default 1 s, for the suite's 2 s promise
-    # on a shared 2-core machine (a documented operator knob).
-    install(
-        node_cluster.plane,
-        node_broker,
-        tmp_path_factory.mktemp("helm"),
-        operator_env={"REFRESHBUS_OPERATOR_AUTO_REFRESH_DEBOUNCE": "0.5"},
-    )
+    install(node_cluster.plane, None, tmp_path_factory.mktemp("helm"))
     node_cluster.timings["helm-install"] = time.monotonic() - started
     yield RELEASE_NS
     if EXISTING:  # locally the whole cluster goes away; on kind, leave it as we found it
         uninstall(node_cluster.plane)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_release_lifecycle.py replaces the session's release (upgrade, uninstall, the
+    existing-broker mode): it runs after every test that uses that release."""
+    items.sort(key=lambda item: item.path.name == "test_release_lifecycle.py")
 
 
 @pytest.fixture

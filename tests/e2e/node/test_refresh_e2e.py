@@ -1,37 +1,52 @@
-"""The product end to end in real pods (issue 6, suite steps 1-6).
+"""The product end to end in real pods (issue 6, suite steps 1-6; issue 11 §2).
 
-``helm install`` the chart with the locally built images; unmodified apps in three
+``helm install`` the chart with its DEFAULT values -- only the images are the locally built
+ones -- so the broker is the chart's embedded RabbitMQ StatefulSet (image from Debian's
+rabbitmq-server, data on a PersistentVolumeClaim of the default StorageClass) and the
+sidecars reach it by its Service's DNS name through CoreDNS. Unmodified apps in three
 runtimes (nginx/C, Node.js, Go) opted in by annotations only; edit ConfigMaps and apply
-ConfigRefresh objects; break things. Every check looks at what the apps actually serve
-(HTTP to the pod IPs from the host), at the pods' container IDs and restart counts, and at
+ConfigRefresh objects; break things (the broker pod deleted mid-refresh, the active operator
+killed, a pod recreated). Every check looks at what the apps actually serve (HTTP to the
+pod IPs from the host), at the pods' container IDs and restart counts, and at
 ``kubectl get cfr``.
 
-The broker is RabbitMQ on the host, on the node address (the chart's "existing broker"
-mode, ``broker.existingSecret``): there is no image registry to pull a RabbitMQ image from
-and no cluster DNS for the embedded broker's Service name. "Delete the broker pod" is
-therefore "stop the broker process".
+The release is the session's (conftest.py ``release``). Upgrading from the previous release,
+uninstalling, and the existing-broker mode (``broker.existingSecret``) are
+test_release_lifecycle.py, which runs last.
 
 Tests run in file order and share one release and one namespace of workloads.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from refreshbus_testenv.broker import Broker
+from refreshbus_support.nodekit import (
+    BROKER,
+    RELEASE,
+    RELEASE_NS,
+    broker_state,
+    get_cfr_table,
+    http_get,
+    http_post,
+    json_config,
+    pods,
+    refresh,
+    served_version,
+    set_config,
+    wait_cfr,
+    wait_for,
+)
 from refreshbus_testenv.controlplane import ControlPlane
-from refreshbus_testenv.release import RELEASE_NS
 
 pytestmark = pytest.mark.e2e
 
@@ -39,116 +54,6 @@ MANIFESTS = Path(__file__).parent / "manifests"
 EXISTING = os.environ.get("REFRESHBUS_EXISTING_CLUSTER") == "1"
 #: Step 3's promise: every pod serves the new config this soon after the ConfigMap edit.
 AUTO_REFRESH_DEADLINE = 2.0
-
-
-# -- helpers -------------------------------------------------------------------------------
-
-
-def http_get(ip: str, path: str = "/", timeout: float = 2.0) -> str:
-    with urllib.request.urlopen(f"http://{ip}:8080{path}", timeout=timeout) as resp:
-        return str(resp.read().decode())
-
-
-def http_post(ip: str, path: str) -> str:
-    req = urllib.request.Request(f"http://{ip}:8080{path}", method="POST", data=b"")
-    with urllib.request.urlopen(req, timeout=2) as resp:
-        return str(resp.read().decode())
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, AssertionError, KeyError, subprocess.SubprocessError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-@dataclass(frozen=True)
-class PodView:
-    name: str
-    ip: str
-    app: str
-    container_ids: dict[str, str]
-    restarts: int
-    uid: str
-
-
-def pods(cluster: ControlPlane, ns: str, selector: str) -> list[PodView]:
-    """Running, not terminating pods matching ``selector``, sorted by name."""
-    items = cluster.get_json("-n", ns, "pods", "-l", selector)["items"]
-    views = []
-    for p in items:
-        if p["metadata"].get("deletionTimestamp") or p["status"].get("phase") != "Running":
-            continue
-        statuses = p["status"].get("containerStatuses", []) + p["status"].get("initContainerStatuses", [])
-        views.append(PodView(
-            name=p["metadata"]["name"], ip=p["status"].get("podIP", ""),
-            app=p["metadata"]["labels"].get("app", ""),
-            container_ids={s["name"]: s.get("containerID", "") for s in statuses},
-            restarts=sum(s.get("restartCount", 0) for s in statuses),
-            uid=p["metadata"]["uid"],
-        ))  # fmt: skip
-    return sorted(views, key=lambda v: v.name)
-
-
-def served_version(ip: str) -> str:
-    """What an app serves, reduced to its version marker."""
-    body = http_get(ip)
-    if body.startswith("{"):
-        return str(json.loads(body)["config"]["version"])
-    return body.strip()  # nginx: the greeting
-
-
-def apply(cluster: ControlPlane, ns: str, obj: dict[str, Any] | str) -> None:
-    text = obj if isinstance(obj, str) else json.dumps(obj)
-    cluster.kubectl("-n", ns, "apply", "-f", "-", input=text)
-
-
-def set_config(cluster: ControlPlane, ns: str, configmap: str, key: str, value: str) -> None:
-    cluster.kubectl(
-        "-n", ns, "patch", "configmap", configmap, "--type", "merge", "-p", json.dumps({"data": {key: value}})
-    )
-
-
-def json_config(app: str, version: str) -> str:
-    return json.dumps({"app": app, "version": version})
-
-
-def refresh(
-    cluster: ControlPlane, ns: str, configmap: str, target: dict[str, Any], deadline: int = 30
-) -> str:
-    name = f"cfr-{uuid.uuid4().hex[:6]}"
-    apply(cluster, ns, {
-        "apiVersion": "refreshbus.io/v1alpha1", "kind": "ConfigRefresh", "metadata": {"name": name},
-        "spec": {"sources": [{"configMap": {"name": configmap}}], "target": target,
-                 "deadlineSeconds": deadline},
-    })  # fmt: skip
-    return name
-
-
-FINAL = {"Succeeded", "PartiallyFailed", "Failed", "TimedOut"}
-
-
-def wait_cfr(cluster: ControlPlane, ns: str, name: str, timeout: float = 60) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
-        status = cluster.get_json("-n", ns, "configrefresh", name).get("status") or {}
-        return status if status.get("phase") in FINAL else None
-
-    return dict(wait_for(final, timeout, f"ConfigRefresh {name} to finish"))
-
-
-def get_cfr_table(cluster: ControlPlane, ns: str, name: str) -> dict[str, str]:
-    """``kubectl get cfr NAME`` as the user sees it: header -> value."""
-    out = cluster.kubectl("-n", ns, "get", "cfr", name).stdout.splitlines()
-    header, row = out[0].split(), out[1].split()
-    return dict(zip(header, row, strict=False))
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -223,6 +128,26 @@ def test_annotated_workloads_get_a_sidecar_and_serve_their_initial_config(
     assert mounts["/etc/demo/config"]["name"] != "config"
 
 
+def test_sidecars_reach_the_embedded_broker_by_its_service_name(cluster: ControlPlane, demo: str) -> None:
+    """The sidecars' broker URL names the embedded broker's Service (resolved by CoreDNS in
+    each pod), and every injected pod's sidecar holds a connection to the broker pod."""
+    copies = cluster.get_json(
+        "-n", demo, "secret", "-l", "app.kubernetes.io/managed-by=refreshbus-operator"
+    )["items"]
+    urls = [base64.b64decode(c["data"]["urls"]).decode() for c in copies]
+    assert len(urls) == 1, urls
+    assert urlsplit(urls[0]).hostname == f"{RELEASE}-rabbitmq.{RELEASE_NS}.svc", "not the Service name"
+    injected = [p for p in pods(cluster, demo, "app") if "refreshbus-sidecar" in p.container_ids]
+    assert len(injected) == 11
+
+    def sidecar_connections() -> int:
+        out = cluster.kubectl("-n", RELEASE_NS, "exec", f"{RELEASE}-rabbitmq-0", "--",
+                              "rabbitmqctl", "-q", "list_connections", "user").stdout  # fmt: skip
+        return out.split().count("refreshbus-sidecar")
+
+    wait_for(lambda: sidecar_connections() >= len(injected), 60, "a broker connection per sidecar")
+
+
 # -- step 3 ----------------------------------------------------------------------------------
 
 
@@ -272,13 +197,18 @@ def test_configmap_edit_reloads_every_auto_refresh_pod_in_place_within_2s(
         now = cluster.kubectl("-n", demo, "exec", name, "-c", "nginx", "--", "cat", "/tmp/nginx.pid").stdout
         assert now == pid, f"{name}: nginx master changed"
 
-    # One auto-created ConfigRefresh per workload, each Succeeded with its 2 pods.
+    # Auto-created ConfigRefreshes, every one Succeeded with its workload's 2 pods: one per
+    # workload, or two for go-config, whose second edit lands in the window the first one
+    # opened (docs/operator.md, auto-refresh).
     def auto_done() -> list[dict[str, Any]] | None:
         items = cluster.get_json("-n", demo, "configrefresh")["items"]
-        done = [i for i in items if (i.get("status") or {}).get("phase") == "Succeeded"]
-        return items if len(done) == 3 and len(items) == 3 else None
+        sources = {i["spec"]["sources"][0]["configMap"]["name"] for i in items}
+        done = all((i.get("status") or {}).get("phase") == "Succeeded" for i in items)
+        return items if done and sources == {"nginx-config", "node-config", "go-config"} else None
 
-    for item in wait_for(auto_done, 30, "three Succeeded auto-refreshes"):
+    items = wait_for(auto_done, 30, "Succeeded auto-refreshes of the three workloads")
+    assert len(items) <= 4, [i["spec"]["sources"] for i in items]
+    for item in items:
         assert item["status"]["counts"]["targets"] == 2
         assert item["status"]["counts"]["succeeded"] == 2
 
@@ -437,29 +367,30 @@ def test_a_reload_failing_in_one_pod_gives_partially_failed_naming_it(
     cluster.kubectl("-n", demo, "rollout", "status", "deployment/orders", "--timeout=120s", timeout=130)
 
 
-def test_broker_stopped_mid_refresh_converges_after_it_returns(
-    cluster: ControlPlane, demo: str, node_broker: Broker | None
+@pytest.mark.timeout(600)
+def test_broker_pod_deleted_mid_refresh_comes_back_with_its_volume_and_the_round_finishes(
+    cluster: ControlPlane, demo: str, node_cluster: Any
 ) -> None:
-    """Locally the broker is a host process: stop it, refresh, start it. On kind (the
-    chart's embedded broker) its pod is deleted and the StatefulSet brings it back."""
+    """The embedded broker's pod is deleted while a round is in flight: the StatefulSet
+    recreates it on the same PersistentVolumeClaim, sidecars and operator reconnect (by the
+    Service name), every target converges and the round ends Succeeded."""
+    before = broker_state(cluster)
     set_config(cluster, demo, "billing-config", "config.json", json_config("billing", "v3"))
-    if EXISTING:
-        cluster.kubectl("-n", RELEASE_NS, "delete", "pod", "-l", "app.kubernetes.io/component=broker")
-    else:
-        assert node_broker is not None
-        node_broker.stop()
-    try:
-        target = {"workload": {"kind": "Deployment", "name": "billing"}}
-        name = refresh(cluster, demo, "billing-config", target, deadline=120)
-        time.sleep(5)  # the operator retries publishing with backoff; the sidecars reconnect
-        phase = (cluster.get_json("-n", demo, "configrefresh", name).get("status") or {}).get("phase")
-        assert phase not in FINAL or EXISTING, f"finished without a broker: {phase}"
-    finally:
-        if node_broker is not None:
-            node_broker.start()
-    status = wait_cfr(cluster, demo, name, timeout=120)
+    target = {"workload": {"kind": "Deployment", "name": "billing"}}
+    cluster.kubectl("-n", RELEASE_NS, "delete", "pod", "-l", BROKER, "--wait=false")
+    started = time.monotonic()
+    name = refresh(cluster, demo, "billing-config", target, deadline=180)
+    status = wait_cfr(cluster, demo, name, timeout=180)
+    node_cluster.timings["broker-pod-deleted-round"] = time.monotonic() - started
     assert status["phase"] == "Succeeded", status
     assert set(_versions(cluster, demo, "app=billing").values()) == {"v3"}
+    after = broker_state(cluster)
+    assert after["pod-uid"] != before["pod-uid"], "the broker pod was not replaced"
+    assert after["volume"] == before["volume"], "the broker came back on another volume"
+    # Everyone is back on the new broker: a round for every orders pod works too.
+    set_config(cluster, demo, "orders-config", "config.json", json_config("orders", "after-broker"))
+    name = refresh(cluster, demo, "orders-config", {"workload": {"kind": "Deployment", "name": "orders"}})
+    assert wait_cfr(cluster, demo, name)["phase"] == "Succeeded"
 
 
 def _active_operator(cluster: ControlPlane) -> str:

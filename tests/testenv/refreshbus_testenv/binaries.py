@@ -41,3 +41,18 @@ def ensure_binaries(components: Sequence[str]) -> Path:
     if proc.returncode != 0:
         raise InfraError(f"building {', '.join(components)} {K8S_VERSION} failed (see output above)")
     return directory
+
+
+def ensure_addon(name: str) -> Path:
+    """A cluster add-on's binary (``coredns``, ``local-path-provisioner``), built once per
+    machine from its pinned Go module by hack/build-cluster-addons.sh."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "hack" / "build-cluster-addons.sh"), name],
+        env={**os.environ, "REFRESHBUS_CACHE": str(cache_dir())},
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise InfraError(f"building {name} failed (see output above)")
+    return Path(proc.stdout.split()[-1])

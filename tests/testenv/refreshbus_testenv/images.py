@@ -20,6 +20,11 @@ Images built (see :data:`IMAGES` and hack/build-images.py): ``refreshbus/operato
 ``refreshbus/demo-node:dev``, ``refreshbus/demo-go:dev``, plus ``refreshbus/pause:dev``
 (the CRI sandbox image), ``refreshbus/busybox:dev`` (Debian's busybox-static) and
 ``refreshbus/reloader:dev`` (stakater/Reloader, hack/build-reloader.sh).
+
+The test node's cluster add-ons (refreshbus_testenv.addons) get images too:
+``refreshbus/coredns:dev`` and ``refreshbus/local-path-provisioner:dev`` (their pinned Go
+builds, hack/build-cluster-addons.sh) and ``refreshbus/rabbitmq:dev``, Debian's
+``rabbitmq-server`` on a minbase root filesystem of its own (the chart's embedded broker).
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from refreshbus_testenv.binaries import ROOT, cache_dir
+from refreshbus_testenv.binaries import ROOT, cache_dir, ensure_addon
 from refreshbus_testenv.procs import InfraError
 
 SUITE = "bookworm"
@@ -242,29 +248,59 @@ def base_layer() -> Layer:
     out = cache / f"base-{key}.tar"
     if out.exists():
         return Layer.from_tar(out)
+    rootfs = cache / f"rootfs-{key}"
+    if not (rootfs / "usr/bin/python3").exists():
+        shutil.rmtree(rootfs, ignore_errors=True)
+        _debootstrap(rootfs, BASE_PACKAGES)
+    # Trim what a container never needs; make /tmp and the non-root user's home usable.
+    _trim(rootfs)
+    with (rootfs / "etc/passwd").open("a") as f:
+        f.write("nonroot:x:65532:65532:nonroot:/home/nonroot:/usr/sbin/nologin\n")
+    with (rootfs / "etc/group").open("a") as f:
+        f.write("nonroot:x:65532:\n")
+    (rootfs / "home/nonroot").mkdir(parents=True, exist_ok=True)
+    os.chown(rootfs / "home/nonroot", 65532, 65532)
+    # nginx as non-root: its pid/temp paths under /tmp (the demo config sets them too).
+    return Layer.from_dir(rootfs, out, exclude=["./proc/*", "./sys/*", "./run/*", "./tmp/*"])
+
+
+#: RabbitMQ's runtime dependencies (Debian's rabbitmq-server Depends: minus adduser,
+#: logrotate, socat, python3 and lsb-base, which only its maintainer scripts and init
+#: integration use).
+RABBITMQ_ERLANG = [
+    "erlang-base", "erlang-crypto", "erlang-eldap", "erlang-inets", "erlang-mnesia", "erlang-os-mon",
+    "erlang-parsetools", "erlang-public-key", "erlang-runtime-tools", "erlang-ssl",
+    "erlang-syntax-tools", "erlang-tools", "erlang-xmerl",
+]  # fmt: skip
+#: uid/gid of ``rabbitmq`` in the official image, which the chart's security context uses.
+RABBITMQ_UID = 999
+
+
+def _debootstrap(rootfs: Path, packages: list[str]) -> None:
     if shutil.which("debootstrap") is None:
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap"], check=True
         )
-    rootfs = cache / f"rootfs-{key}"
-    if not (rootfs / "usr/bin/python3").exists():
-        shutil.rmtree(rootfs, ignore_errors=True)
-        started = time.monotonic()
-        _log(f"debootstrap {SUITE} minbase + {' '.join(BASE_PACKAGES)} (first build on this machine)")
-        (cache / "debs").mkdir(exist_ok=True)
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--cache-dir={cache / 'debs'}",
-                f"--include={','.join(BASE_PACKAGES)}",
-                SUITE,
-                str(rootfs),
-                _debian_mirror(),
-            ]
-        )
-        _log(f"debootstrap took {time.monotonic() - started:.0f}s")
-    # Trim what a container never needs; make /tmp and the non-root user's home usable.
+    started = time.monotonic()
+    _log(f"debootstrap {SUITE} minbase + {' '.join(packages)} (first build on this machine)")
+    cache = images_cache()
+    (cache / "debs").mkdir(exist_ok=True)
+    _run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--cache-dir={cache / 'debs'}",
+            f"--include={','.join(packages)}",
+            SUITE,
+            str(rootfs),
+            _debian_mirror(),
+        ]
+    )
+    _log(f"debootstrap took {time.monotonic() - started:.0f}s")
+
+
+def _trim(rootfs: Path) -> None:
+    """Remove what a container never needs (docs, apt caches, device nodes)."""
     for sub in (
         "var/cache/apt/archives",
         "var/lib/apt/lists",
@@ -279,14 +315,169 @@ def base_layer() -> Layer:
     for device in (rootfs / "dev").glob("*"):
         with contextlib.suppress(OSError):
             shutil.rmtree(device) if device.is_dir() and not device.is_symlink() else device.unlink()
+
+
+def rabbitmq_layer() -> Layer:
+    """Debian's rabbitmq-server on its own minbase root filesystem (one layer).
+
+    Erlang comes from debootstrap; rabbitmq-server itself is unpacked (its data tar)
+    rather than installed, because its maintainer scripts would create a system user
+    with a machine-dependent uid and try to start the service inside the build chroot."""
+    version = subprocess.run(
+        ["apt-cache", "policy", "rabbitmq-server"], capture_output=True, text=True, check=False
+    ).stdout
+    candidate = next((ln.split()[1] for ln in version.splitlines() if "Candidate:" in ln), "")
+    if not candidate or candidate == "(none)":
+        raise InfraError("Debian's rabbitmq-server is not available from apt (run `apt-get update`)")
+    key = hashlib.sha256(f"{SUITE}:{','.join(RABBITMQ_ERLANG)}:{candidate}:v2".encode()).hexdigest()[:12]
+    cache = images_cache()
+    out = cache / f"rabbitmq-{key}.tar"
+    if out.exists():
+        return Layer.from_tar(out)
+    rootfs = cache / f"rootfs-rabbitmq-{key}"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    _debootstrap(rootfs, RABBITMQ_ERLANG)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        _run(["apt-get", "download", f"rabbitmq-server={candidate}"], cwd=tmp)
+        deb = next(Path(tmp).glob("rabbitmq-server_*.deb"))
+        # Not `dpkg-deb -x`: its tar would replace the merged-/usr symlinks (/lib -> usr/lib)
+        # with directories for the package's /lib/systemd files, and the dynamic loader
+        # would no longer be found.
+        tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+        _run(["tar", "-x", "--keep-directory-symlink", "-C", str(rootfs)], stdin=tar.stdout)
+        if tar.wait() != 0:
+            raise InfraError(f"dpkg-deb --fsys-tarfile {deb.name} failed")
+    _trim(rootfs)
     with (rootfs / "etc/passwd").open("a") as f:
-        f.write("nonroot:x:65532:65532:nonroot:/home/nonroot:/usr/sbin/nologin\n")
+        f.write(f"rabbitmq:x:{RABBITMQ_UID}:{RABBITMQ_UID}:RabbitMQ:/var/lib/rabbitmq:/usr/sbin/nologin\n")
     with (rootfs / "etc/group").open("a") as f:
-        f.write("nonroot:x:65532:\n")
-    (rootfs / "home/nonroot").mkdir(parents=True, exist_ok=True)
-    os.chown(rootfs / "home/nonroot", 65532, 65532)
-    # nginx as non-root: its pid/temp paths under /tmp (the demo config sets them too).
-    return Layer.from_dir(rootfs, out, exclude=["./proc/*", "./sys/*", "./run/*", "./tmp/*"])
+        f.write(f"rabbitmq:x:{RABBITMQ_UID}:\n")
+    for sub in ("var/lib/rabbitmq", "etc/rabbitmq"):
+        (rootfs / sub).mkdir(parents=True, exist_ok=True)
+        os.chown(rootfs / sub, RABBITMQ_UID, RABBITMQ_UID)
+    layer = Layer.from_dir(rootfs, out, exclude=["./proc/*", "./sys/*", "./run/*", "./tmp/*"])
+    shutil.rmtree(rootfs, ignore_errors=True)
+    return layer
+
+
+def _extras(source: Path = ROOT) -> dict[str, list[str]]:
+    return dict(tomllib.loads((source / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+
+
+def deps_layer(component: str, source: Path = ROOT) -> Layer:
+    """Python dependencies of ``component`` (an extra of the distribution), cp311 wheels."""
+    requirements = sorted(_extras(source)[component])
+    key = hashlib.sha256(json.dumps(requirements).encode()).hexdigest()[:12]
+    out = images_cache() / f"deps-{component}-{key}.tar"
+    if out.exists():
+        return Layer.from_tar(out)
+    _log(f"pip install --target ({component}): {', '.join(requirements)}")
+    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
+        target = Path(tmp) / "opt/refreshbus/deps"
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-compile",
+                "--target",
+                str(target),
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "--platform",
+                "manylinux_2_36_x86_64",
+                "--platform",
+                "manylinux2014_x86_64",
+                "--platform",
+                "linux_x86_64",
+                *requirements,
+            ]
+        )
+        shutil.rmtree(target / "bin", ignore_errors=True)
+        _compile(Path(tmp))
+        return Layer.from_dir(Path(tmp), out)
+
+
+def _compile(root: Path) -> None:
+    """Precompile .pyc (the image's root filesystem is read-only at run time)."""
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            str(root),
+        ]
+    )
+
+
+def project_wheel(source: Path = ROOT) -> Path:
+    """The project's wheel (``pip wheel --no-deps``) of the checkout ``source``, rebuilt only
+    when its sources change."""
+    digest = hashlib.sha256()
+    for top in ("pyproject.toml", "operator", "sidecar"):
+        for path in sorted([source / top] if (source / top).is_file() else (source / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(source)).encode() + path.read_bytes())
+    wheels = images_cache() / "wheels" / digest.hexdigest()[:16]
+    found = sorted(wheels.glob("refreshbus-*.whl"))
+    if found:
+        return found[0]
+    if source == ROOT:  # keep one wheel of this checkout
+        for stale in (images_cache() / "wheels").glob("*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
+        pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)]
+        _run(pip_wheel, cwd=tmp)
+    return next(wheels.glob("refreshbus-*.whl"))
+
+
+def app_layer(component: str, console_script: str, module: str, source: Path = ROOT) -> Layer:
+    """The project's wheel, installed (no deps) under /opt/refreshbus/app, + console script."""
+    with tempfile.TemporaryDirectory(dir=images_cache()) as tmp:
+        tmpdir = Path(tmp)
+        wheel = project_wheel(source)
+        root = tmpdir / "root"
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-compile",
+                "--target",
+                str(root / "opt/refreshbus/app"),
+                str(wheel),
+            ]
+        )
+        shutil.rmtree(root / "opt/refreshbus/app/bin", ignore_errors=True)
+        _compile(root)
+        script = root / "usr/local/bin" / console_script
+        script.parent.mkdir(parents=True)
+        script.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\nsys.exit(main())\n")
+        script.chmod(0o755)
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+        out = images_cache() / f"app-{component}-{digest.hexdigest()[:12]}.tar"
+        if out.exists():
+            return Layer.from_tar(out)
+        if source == ROOT:  # another checkout's layer (e.g. the previous release's) stays
+            for stale in images_cache().glob(f"app-{component}-*.tar*"):
+                stale.unlink()
+        return _tar_layer(root, out)
 
 
 def _tar_layer(root: Path, out: Path) -> Layer:
@@ -345,8 +536,9 @@ def _go_build(source: str | Path, name: str) -> Path:
 # -- images ----------------------------------------------------------------------------
 
 
-def _ref(short: str) -> str:
-    return f"docker.io/refreshbus/{short}:dev"
+def ref(short: str, tag: str = "dev") -> str:
+    """The image reference of one of :data:`IMAGES`."""
+    return f"docker.io/refreshbus/{short}:{tag}"
 
 
 def _out(short: str) -> Path:
@@ -359,7 +551,7 @@ def build_pause() -> Path:
     binary = _go_build(PAUSE_GO, "pause")
     layer = _dir_layer("pause", {"pause": (binary, 0o755)})
     return write_oci_tarball(
-        _ref("pause"), [layer], {"Entrypoint": ["/pause"], "User": "65535:65535"}, _out("pause")
+        ref("pause"), [layer], {"Entrypoint": ["/pause"], "User": "65535:65535"}, _out("pause")
     )
 
 
@@ -380,7 +572,7 @@ def build_busybox() -> Path:
         {"bin/busybox": (busybox, 0o755), "tmp/.keep": (b"", 0o644)},
         {f"bin/{a}": "busybox" for a in applets if a != "busybox"},
     )
-    return write_oci_tarball(_ref("busybox"), [layer], {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, _out("busybox"))
+    return write_oci_tarball(ref("busybox"), [layer], {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, _out("busybox"))
 
 
 def build_reloader() -> Path:
@@ -394,7 +586,7 @@ def build_reloader() -> Path:
     binary = Path(proc.stdout.strip().splitlines()[-1])
     layer = _dir_layer("reloader", {"reloader": (binary, 0o755)})
     return write_oci_tarball(
-        _ref("reloader"), [layer], {"Entrypoint": ["/reloader"], "User": "65534:65534"}, _out("reloader")
+        ref("reloader"), [layer], {"Entrypoint": ["/reloader"], "User": "65534:65534"}, _out("reloader")
     )
 
 
@@ -403,7 +595,39 @@ def build_dockerfile_component(component: str) -> Path:
     with buildah (refreshbus_testenv.buildah), so the suite runs the images users build."""
     from refreshbus_testenv import buildah  # it reuses this module's Debian mirror lookup
 
-    return buildah.build(component, _ref(component))
+    return buildah.build(component, ref(component))
+
+PY_ENV = [
+    "PATH=/usr/local/bin:/usr/bin:/bin",
+    "PYTHONPATH=/opt/refreshbus/app:/opt/refreshbus/deps",
+    "PYTHONDONTWRITEBYTECODE=1",
+    "PYTHONUNBUFFERED=1",
+    "HOME=/home/nonroot",
+]
+
+
+def build_python_component(component: str, source: Path = ROOT, tag: str = "dev") -> Path:
+    """The operator or sidecar image of an earlier release's checkout ``source`` (which has no
+    buildable Dockerfile: it predates the pinned base and lock files), tagged ``tag``, by the
+    layer writer: Debian python3, deps in their own layer, the wheel on top, non-root,
+    console script. Today's images come from the Dockerfile (:func:`build_dockerfile_component`)."""
+    script = f"refreshbus-{component}"
+    layers = [
+        base_layer(),
+        deps_layer(component, source),
+        app_layer(component, script, f"refreshbus_{component}.__main__", source),
+    ]
+    return write_oci_tarball(
+        ref(component, tag),
+        layers,
+        {
+            "Entrypoint": [f"/usr/local/bin/{script}"],
+            "User": NONROOT,
+            "Env": PY_ENV,
+            "WorkingDir": "/home/nonroot",
+        },
+        _out(component if tag == "dev" else f"{component}-{tag}"),
+    )
 
 
 def build_demo(app: str) -> Path:
@@ -431,7 +655,31 @@ def build_demo(app: str) -> Path:
         config = {"Entrypoint": ["/usr/local/bin/demo-go"], "User": NONROOT, "ExposedPorts": {"8080/tcp": {}}}
     else:
         raise ValueError(f"unknown demo app {app!r}")
-    return write_oci_tarball(_ref(f"demo-{app}"), [base_layer(), layer], config, _out(f"demo-{app}"))
+    return write_oci_tarball(ref(f"demo-{app}"), [base_layer(), layer], config, _out(f"demo-{app}"))
+
+
+def build_rabbitmq() -> Path:
+    """The embedded broker's image: the chart's default command and args run it as is
+    (its entrypoint is rabbitmq-server itself, not Debian's wrapper that switches user)."""
+    return write_oci_tarball(
+        ref("rabbitmq"),
+        [rabbitmq_layer()],
+        {
+            "Entrypoint": ["/usr/lib/rabbitmq/bin/rabbitmq-server"],
+            "User": f"{RABBITMQ_UID}:{RABBITMQ_UID}",
+            # rabbitmq-diagnostics (the chart's liveness probe) resolves through PATH.
+            "Env": ["PATH=/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/var/lib/rabbitmq"],
+            "ExposedPorts": {"5672/tcp": {}},
+        },
+        _out("rabbitmq"),
+    )
+
+
+def build_addon(name: str, entrypoint: list[str]) -> Path:
+    """A static Go add-on binary alone in its image (CoreDNS, local-path-provisioner)."""
+    binary = ensure_addon(name)
+    layer = _dir_layer(name, {name: (binary, 0o755), "tmp/.keep": (b"", 0o644)})
+    return write_oci_tarball(ref(name), [layer], {"Entrypoint": entrypoint}, _out(name))
 
 
 #: Every image: name -> builder (the e2e suite imports all of them).
@@ -444,6 +692,9 @@ IMAGES = {
     "demo-node": lambda: build_demo("node"),
     "demo-go": lambda: build_demo("go"),
     "reloader": build_reloader,
+    "rabbitmq": build_rabbitmq,
+    "coredns": lambda: build_addon("coredns", ["/coredns"]),
+    "local-path-provisioner": lambda: build_addon("local-path-provisioner", ["/local-path-provisioner"]),
 }
 
 
@@ -452,6 +703,6 @@ def build(names: Iterable[str] | None = None) -> dict[str, Path]:
     result = {}
     for name in names or IMAGES:
         started = time.monotonic()
-        result[_ref(name)] = IMAGES[name]()
-        _log(f"{_ref(name)} in {time.monotonic() - started:.1f}s")
+        result[ref(name)] = IMAGES[name]()
+        _log(f"{ref(name)} in {time.monotonic() - started:.1f}s")
     return result

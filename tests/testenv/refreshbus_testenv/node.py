@@ -14,7 +14,9 @@ for real:
   ``imagePullPolicy: Never``);
 - a ``kubelet`` (cgroupfs driver, cgroup v1 allowed, swap allowed, relaxed eviction
   thresholds, webhook authn/authz against the API server, a client certificate from the
-  control plane's CA).
+  control plane's CA, ``clusterDNS``/``clusterDomain`` pointing at CoreDNS);
+- the add-ons kind has (refreshbus_testenv.addons): CoreDNS as kubeadm deploys it, and
+  rancher's local-path-provisioner with the default StorageClass ``standard``.
 
 Networking: the "node address" is an address of its own (``NODE_IP``, default 10.88.0.1)
 on an otherwise empty host bridge, so it exists on every machine whatever its real
@@ -38,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refreshbus_testenv import certs
+from refreshbus_testenv import addons, certs
 from refreshbus_testenv.binaries import ensure_binaries
 from refreshbus_testenv.controlplane import ControlPlane
 from refreshbus_testenv.procs import InfraError, free_port, spawn, stop_group, tail, wait_until
@@ -278,6 +280,7 @@ class Node:
             self.workdir / "kube-controller-manager.log",
             0.5,
         )
+        addons.install(self, timeout)
 
     def stop(self) -> None:
         """Stop everything started here and remove pods' containers, mounts and networks."""
@@ -537,7 +540,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     # These machines run cgroup v1: accepted up to kubelet 1.34 with this set.
                     "failCgroupV1": False,
                     "failSwapOn": False,
-                    "clusterDomain": "cluster.local",
+                    "clusterDNS": [addons.CLUSTER_DNS_IP],
+                    "clusterDomain": addons.CLUSTER_DOMAIN,
                     "resolvConf": "/etc/resolv.conf",
                     "podCIDR": POD_CIDR,
                     "maxPods": 110,

@@ -1,9 +1,10 @@
 """The chart on the real node: ``helm install`` with the locally built images.
 
 Used by the node suite (tests/e2e/node) and the vs-peers benchmark (bench/vs_peers_bench.py).
-The broker is RabbitMQ on the host, on the node address (the chart's "existing broker" mode,
-``broker.existingSecret``): there is no registry to pull a RabbitMQ image from. Without a
-host broker (``broker=None``, e.g. on kind) the chart's embedded broker is used.
+With a broker on the host (on the node address) the chart runs in its "existing broker"
+mode, ``broker.existingSecret``; without one (``broker=None``) it is the DEFAULT install:
+the chart's embedded RabbitMQ (image ``refreshbus/rabbitmq:dev``, Debian's package),
+reached by its Service's DNS name. Only the images differ from the chart's defaults.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ RELEASE_NS = "refreshbus-system"
 LOCAL_IMAGES: dict[str, Any] = {
     "operator": {"image": {"repository": "refreshbus/operator", "tag": "dev", "pullPolicy": "Never"}},
     "sidecar": {"image": {"repository": "refreshbus/sidecar", "tag": "dev", "pullPolicy": "Never"}},
+    "rabbitmq": {
+        "image": {"repository": "docker.io/refreshbus/rabbitmq", "tag": "dev", "pullPolicy": "Never"}
+    },
 }
 
 
