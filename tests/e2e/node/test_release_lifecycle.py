@@ -82,11 +82,18 @@ def test_helm_uninstall_leaves_only_the_documented_objects(cluster: ControlPlane
     cluster.kubectl("-n", RELEASE_NS, "delete", "pvc", "-l", BROKER, "--wait=true", timeout=120)
 
 
-def _billing_only() -> str:
-    """targets.yaml's billing workload and ConfigMap alone."""
+def _billing_namespace(cluster: ControlPlane, prefix: str) -> str:
+    """A new namespace with targets.yaml's billing workload (2 pods) and ConfigMap, ready."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    wait_for(lambda: cluster.kubectl("-n", ns, "get", "sa", "default", check=False).returncode == 0, 30,
+             "default ServiceAccount")  # fmt: skip
     docs = [d for d in yaml.safe_load_all((MANIFESTS / "targets.yaml").read_text()) if d]
-    return json.dumps({"apiVersion": "v1", "kind": "List",
-                       "items": [d for d in docs if d["metadata"]["name"] in ("billing", "billing-config")]})
+    billing = [d for d in docs if d["metadata"]["name"] in ("billing", "billing-config")]
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                                     "items": billing}))  # fmt: skip
+    cluster.kubectl("-n", ns, "rollout", "status", "deployment/billing", "--timeout=180s", timeout=200)
+    return ns
 
 
 @pytest.mark.timeout(900)
@@ -106,12 +113,7 @@ def test_helm_upgrade_from_the_previous_release_with_a_refresh_in_flight(
         node_cluster.timings["previous-images"] = time.monotonic() - started
     chart = previous / "charts" / "refreshbus"
     node_cluster.timings["helm-install-previous"] = install(cluster, local_images("prev"), workdir, chart)
-    ns = f"upgrade-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", ns)
-    wait_for(lambda: cluster.kubectl("-n", ns, "get", "sa", "default", check=False).returncode == 0, 30,
-             "default ServiceAccount")  # fmt: skip
-    cluster.kubectl("-n", ns, "apply", "-f", "-", input=_billing_only())
-    cluster.kubectl("-n", ns, "rollout", "status", "deployment/billing", "--timeout=180s", timeout=200)
+    ns = _billing_namespace(cluster, "upgrade")
     before = broker_state(cluster)
     operators = {p.name for p in pods(cluster, RELEASE_NS, "app.kubernetes.io/component=operator")}
     set_config(cluster, ns, "billing-config", "config.json", json_config("billing", "upgrade"))
@@ -190,12 +192,7 @@ def existing_release(
 
 @pytest.fixture(scope="module")
 def billing(cluster: ControlPlane, existing_release: Broker) -> Iterator[str]:
-    ns = f"ext-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", ns)
-    wait_for(lambda: cluster.kubectl("-n", ns, "get", "sa", "default", check=False).returncode == 0, 30,
-             "default ServiceAccount")  # fmt: skip
-    cluster.kubectl("-n", ns, "apply", "-f", "-", input=_billing_only())
-    cluster.kubectl("-n", ns, "rollout", "status", "deployment/billing", "--timeout=180s", timeout=200)
+    ns = _billing_namespace(cluster, "ext")
     yield ns
     cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
