@@ -29,6 +29,7 @@ from pathlib import Path
 
 from refreshbus_testenv.binaries import ROOT, cache_dir
 from refreshbus_testenv.images import _debian_mirror
+from refreshbus_testenv.node import ensure_debian_packages
 from refreshbus_testenv.procs import InfraError
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -75,19 +76,6 @@ def _run(argv: list[str], timeout: float = 3600) -> str:
     return proc.stdout
 
 
-def _ensure_tools() -> None:
-    missing = [pkg for pkg in ("buildah", "mmdebstrap") if shutil.which(pkg) is None]
-    if missing:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-
-
 def buildah(*args: str, timeout: float = 3600) -> str:
     """buildah on the project's own storage (vfs: no overlay or fuse needed)."""
     return _run(
@@ -128,7 +116,7 @@ def python_base() -> str:
     tag = f"{BASE_REPOSITORY}:{BASE_SUITE}-{key}"
     digest = _digest(tag)
     if digest is None:
-        _ensure_tools()
+        ensure_debian_packages({"buildah": "/usr/bin/buildah", "mmdebstrap": "/usr/bin/mmdebstrap"})
         started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
             tarball = Path(tmp) / "rootfs.tar"

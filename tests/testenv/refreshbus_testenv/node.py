@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,9 +83,10 @@ def _run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Comp
     return proc
 
 
-def ensure_debian_packages() -> None:
-    """Install containerd, runc, CNI plugins, iptables, conntrack from Debian if missing."""
-    missing = [pkg for pkg, path in DEBIAN_PACKAGES.items() if not Path(path).exists()]
+def ensure_debian_packages(packages: Mapping[str, str] = DEBIAN_PACKAGES) -> None:
+    """Install ``packages`` (name -> a file it installs; default: containerd, runc, CNI
+    plugins, iptables, conntrack) from Debian if missing."""
+    missing = [pkg for pkg, path in packages.items() if not Path(path).exists()]
     if not missing:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
