@@ -249,7 +249,7 @@ class AckVerifier:
         early = self._precheck(ack, claims)
         if early is not None:
             return early
-        if pod_uid and await self._verified_locally(token, ack, pod_uid):
+        if await self._verified_locally(token, ack, pod_uid):
             self.local_verifications += 1
             return Verdict(Check.VERIFIED)
         answer = await self._lookup(token, claims)
@@ -263,15 +263,20 @@ class AckVerifier:
             )
         return Verdict(Check.VERIFIED)
 
-    async def _verified_locally(self, token: str, ack: Ack, pod_uid: str) -> bool:
+    async def _verified_locally(self, token: str, ack: Ack, pod_uid: str | None) -> bool:
         """True when the token is the issuer's, for our audience, unexpired, and bound to
-        exactly the pod ``ack`` speaks for (name and uid). False means "ask the API server"."""
+        exactly the pod ``ack`` speaks for (name and uid). False means "ask the API server".
+        Without ``pod_uid`` (an ack for a round that has ended or is not known yet) only a
+        token already verified for that pod's name counts: a late redelivery of a round's
+        acks then costs no TokenReview."""
         if self.keys is None:
             return False
         key_id = hashlib.sha256(token.encode()).hexdigest()
         cached = self._local.get(key_id)
         if cached is not None and cached[1] > self._clock():
-            return cached[0] == pod_uid
+            return pod_uid is None or cached[0] == pod_uid
+        if not pod_uid:
+            return False
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

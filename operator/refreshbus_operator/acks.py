@@ -221,10 +221,6 @@ class AckRouter:
             return self._drop(tag, "malformed")
         if self.verifier is None:
             return self._route(message, tag)
-        if message.event_id in self.finished and message.event_id not in self.rounds:
-            # Dropped whoever sent it: checking its identity first would only cost a
-            # TokenReview (a finished round no longer knows its pods' uids).
-            return self._drop(tag, "late")
         task = asyncio.get_running_loop().create_task(self._check(message, tag), name=f"ack {message.id}")
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
