@@ -172,10 +172,13 @@ def previous_release(workdir: Path) -> Path:
     under ``workdir``: its chart is the "previous version", its images the ones it ran."""
     archive = workdir / "previous.tar"
     paths = ["pyproject.toml", "README.md", "operator", "sidecar", "charts/refreshbus"]
-    proc = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "-o", str(archive), PREVIOUS_CHART_COMMIT, *paths],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    command = ["git", "-C", str(ROOT), "archive", "-o", str(archive), PREVIOUS_CHART_COMMIT, *paths]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        # A shallow clone (CI's may be one) lacks the commit: fetch the history once.
+        subprocess.run(["git", "-C", str(ROOT), "fetch", "--quiet", "--unshallow"],
+                       capture_output=True, text=True, check=False, timeout=300)
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, (
         f"the previous release ({PREVIOUS_CHART_COMMIT}) is not in this checkout (a shallow "
         f"clone? `git fetch --unshallow`): {proc.stderr}"
