@@ -63,7 +63,8 @@ def test_one_edit_reloader_replaces_every_pod_refreshbus_reloads_in_place_withou
     ):
         api.set_content(ns, "shared-content", "v2")
         refreshed = wait_served(api, ns, "with-refreshbus", REPLICAS, "v2", timeout=60)
-        restarted = wait_served(api, ns, "with-reloader", REPLICAS, "v2", timeout=180)
+        old = frozenset(p.uid for p in before["with-reloader"].values())
+        restarted = wait_served(api, ns, "with-reloader", REPLICAS, "v2", timeout=180, replaced=old)
         sent, failed = in_place.counts()
         rolling_sent, rolling_failed = rolling.counts()
 

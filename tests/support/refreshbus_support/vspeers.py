@@ -239,17 +239,26 @@ class EditResult:
 
 
 def wait_served(
-    cluster: Cluster, ns: str, app: str, replicas: int, version: str, timeout: float, poll: float = 0.05
+    cluster: Cluster,
+    ns: str,
+    app: str,
+    replicas: int,
+    version: str,
+    timeout: float,
+    replaced: frozenset[str] = frozenset(),
+    poll: float = 0.05,
 ) -> dict[str, PodState]:
     """Poll until exactly ``replicas`` live pods are Ready and each serves ``version``;
-    returns them. A pod seen serving it is not asked again (files do not go back)."""
+    returns them. A pod seen serving it is not asked again (files do not go back). Pods
+    whose UID is in ``replaced`` never count: a rolling restart is over when its new pods
+    serve, and an old pod may serve the new file too once the kubelet has synced it."""
     served: set[str] = set()
     deadline = time.monotonic() + timeout
     last: dict[str, PodState] = {}
     while time.monotonic() < deadline:
         last = cluster.live_pods(ns, app)
         for pod in last.values():
-            if pod.uid in served or not pod.ready or not pod.ip:
+            if pod.uid in served or pod.uid in replaced or not pod.ready or not pod.ip:
                 continue
             try:
                 if fetch(f"http://{pod.ip}:8080/", timeout=1.0).strip() == version:
@@ -288,7 +297,8 @@ def measure_edit(
     sent0, failed0 = load.counts()
     cluster.set_content(ns, configmap, version)
     edited = time.monotonic()
-    after = wait_served(cluster, ns, app, replicas, version, timeout)
+    replaced = frozenset(p.uid for p in before.values()) if mechanism == "reloader" else frozenset()
+    after = wait_served(cluster, ns, app, replicas, version, timeout, replaced)
     seconds = time.monotonic() - edited
     # Requests are counted until the change is over, old pods' termination included.
     deadline = time.monotonic() + 120
