@@ -15,6 +15,10 @@ Rules (docs/injection.md has the user-facing version):
   sidecar (:func:`asks_for_injection`: such a pod without it is reported as such) and an
   invalid ``auto-refresh`` as off (:func:`parse_annotations` fails: the pod never ran
   with it).
+* Rollout steps (``refreshbus.io/rollout``, and a ConfigRefresh's ``spec.rollout.steps``) are
+  pod counts, then percentages of the targets, each list strictly increasing, the last
+  ``100%``; a bake time (``refreshbus.io/rollout-bake``) is a duration such as ``30s``,
+  ``2m``, ``1h`` or ``1m30s``.
 * ConfigMap/Secret names are DNS-1123 subdomains; keys are what the API server accepts
   as a data key (``[-._a-zA-Z0-9]``, 1-253 characters, not ``.``/``..``, no ``..``
   prefix), which also makes every key a safe file name.
@@ -24,9 +28,9 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
 from refreshbus_wire import pods
 
@@ -36,6 +40,13 @@ SIGNALS: Final = frozenset(
 )
 #: Methods of a reload URL call.
 HTTP_METHODS: Final = frozenset({"GET", "POST", "PUT"})
+#: Longest bake a rollout step may ask for: a slip ("30h" for "30s") must not hold a
+#: rollout for days.
+MAX_BAKE_SECONDS: Final = 24 * 3600
+
+#: One rollout step: a pod count (``1``) or a percentage of the targets (``"25%"``), as
+#: ``spec.rollout.steps`` holds it.
+RolloutStep: TypeAlias = int | str
 
 
 class ContractError(ValueError):
@@ -45,6 +56,8 @@ class ContractError(ValueError):
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+_STEP_RE = re.compile(r"^(\d{1,9})(%?)$")
+_DURATION_RE = re.compile(r"^(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,6})s)?$")
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]*)@", re.I)
 
 
@@ -98,6 +111,79 @@ def http_url_problem(value: str) -> str | None:
     if not parts.hostname:
         return "has no host"
     return None
+
+
+# -- rollout ------------------------------------------------------------------------
+
+
+def check_rollout_steps(steps: Sequence[object], what: str) -> tuple[RolloutStep, ...]:
+    """Rollout steps as ``spec.rollout.steps`` holds them (``1``, ``"25%"``; a count may also
+    come as the string ``"3"``), normalized to ints and ``"N%"`` strings.
+
+    A count after a percentage is refused rather than guessed: whether 5 pods come before
+    or after 10 % depends on how many pods there are.
+
+    Raises:
+        ContractError: empty, a step that is neither a count >= 1 nor 1%..100%, not
+            increasing, or the last step is not 100%.
+    """
+    normalized: list[RolloutStep] = []
+    for step in steps:
+        text = str(step).strip() if isinstance(step, (int, str)) and not isinstance(step, bool) else ""
+        match = _STEP_RE.match(text)
+        if match is None:
+            raise ContractError(
+                f"{what}: step {step!r} is neither a pod count (e.g. 1) nor a percentage (e.g. 25%)")
+        value, percent = int(match[1]), bool(match[2])
+        if percent and not 1 <= value <= 100:
+            raise ContractError(f"{what}: step {text!r} is not a percentage from 1% to 100%")
+        if not percent and value < 1:
+            raise ContractError(f"{what}: step {text!r} moves no pod; a count is at least 1")
+        if normalized:
+            last = normalized[-1]
+            if isinstance(last, str) and not percent:
+                raise ContractError(
+                    f"{what}: the pod count {value} follows the percentage {last}: counts come first "
+                    "(whether N pods is more or less than a percentage depends on the number of pods)")
+            before = int(last.rstrip("%")) if isinstance(last, str) else last
+            if (isinstance(last, str)) == percent and value <= before:
+                raise ContractError(f"{what}: steps must increase, but {text} follows {last}")
+        normalized.append(f"{value}%" if percent else value)
+    if not normalized:
+        raise ContractError(f"{what}: no step; write e.g. \"1,25%,100%\"")
+    if normalized[-1] != "100%":
+        raise ContractError(
+            f"{what}: the last step must be 100% (every pod), not {normalized[-1]}; e.g. \"1,25%,100%\"")
+    return tuple(normalized)
+
+
+def parse_rollout_steps(value: str, what: str = pods.ANN_ROLLOUT) -> tuple[RolloutStep, ...]:
+    """``"1,25%,100%"`` -> ``(1, "25%", "100%")`` (see :func:`check_rollout_steps`).
+
+    Raises:
+        ContractError: an empty step (``"1,,100%"``) or the steps are unusable.
+    """
+    parts = [part.strip() for part in value.split(",")]
+    if any(not part for part in parts):
+        raise ContractError(f"{what}: {value!r} has an empty step; write e.g. \"1,25%,100%\"")
+    return check_rollout_steps(parts, what)
+
+
+def parse_duration(value: str, what: str) -> int:
+    """``"30s"``, ``"2m"``, ``"1h"``, ``"1m30s"`` -> seconds (at most :data:`MAX_BAKE_SECONDS`).
+
+    Raises:
+        ContractError: no unit (``"30"``), an unknown unit, or longer than a day.
+    """
+    text = value.strip()
+    match = _DURATION_RE.match(text)
+    if not text or match is None:
+        raise ContractError(f"{what}: {value!r} is not a duration; write e.g. \"30s\", \"2m\" or \"1m30s\"")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total > MAX_BAKE_SECONDS:
+        raise ContractError(f"{what}: {value!r} is longer than {MAX_BAKE_SECONDS // 3600}h")
+    return total
 
 
 # -- broker URLs ----------------------------------------------------------------------
@@ -182,6 +268,11 @@ class PodOptions:
     #: ``refreshbus.io/inject`` as an annotation (see :func:`inject_requested` for the label).
     inject: bool = False
     auto_refresh: bool = False
+    #: ``refreshbus.io/rollout``: the workload is versioned and its auto-refreshes roll out in
+    #: these steps (``spec.rollout.steps`` values); None: not versioned.
+    rollout: tuple[RolloutStep, ...] | None = None
+    #: ``refreshbus.io/rollout-bake`` in seconds (``spec.rollout.bakeSeconds``).
+    rollout_bake: int | None = None
 
     @property
     def sources(self) -> tuple[tuple[str, str], ...]:
@@ -244,6 +335,15 @@ def parse_annotations(annotations: Mapping[str, str]) -> PodOptions:
         raise ContractError(f"{pods.ANN_HEALTH_URL}: {health!r} {problem}")
     inject = parse_bool(a.get(pods.ANN_INJECT), pods.ANN_INJECT)
     auto_refresh = parse_bool(a.get(pods.ANN_AUTO_REFRESH), pods.ANN_AUTO_REFRESH)
+    rollout = parse_rollout_steps(a[pods.ANN_ROLLOUT]) if a.get(pods.ANN_ROLLOUT) else None
+    bake = a.get(pods.ANN_ROLLOUT_BAKE)
+    rollout_bake = parse_duration(bake, pods.ANN_ROLLOUT_BAKE) if bake else None
+    if rollout_bake is not None and rollout is None:
+        raise ContractError(f"{pods.ANN_ROLLOUT_BAKE} is set without {pods.ANN_ROLLOUT}")
+    if rollout is not None and not configmaps:
+        raise ContractError(
+            f"{pods.ANN_ROLLOUT}: only ConfigMaps are versioned and rolled out, and "
+            f"{pods.ANN_CONFIGMAPS} names none (Secret values are never copied by the operator)")
     return PodOptions(
         configmaps=configmaps,
         secrets=secrets,
@@ -256,4 +356,6 @@ def parse_annotations(annotations: Mapping[str, str]) -> PodOptions:
         app=a.get(pods.ANN_APP) or None,
         inject=inject,
         auto_refresh=auto_refresh,
+        rollout=rollout,
+        rollout_bake=rollout_bake,
     )

@@ -31,6 +31,12 @@ ANN_RELOAD_METHOD: Final = PREFIX + "reload-method"
 ANN_HEALTH_URL: Final = PREFIX + "health-url"
 #: "true": refresh whenever a managed ConfigMap/Secret changes.
 ANN_AUTO_REFRESH: Final = PREFIX + "auto-refresh"
+#: Progressive rollout steps of the workload's config changes, e.g. "1,25%,100%" (pod counts,
+#: then percentages of the targets; the last is 100%). Makes the workload versioned: the
+#: operator keeps its release record (issue 13).
+ANN_ROLLOUT: Final = PREFIX + "rollout"
+#: How long each rollout step's pods must stay healthy before the next step, e.g. "30s", "2m".
+ANN_ROLLOUT_BAKE: Final = PREFIX + "rollout-bake"
 #: Overrides <app> in the Spring-style instance id "<app>:<pod>".
 ANN_APP: Final = PREFIX + "app"
 #: "true": the workload may be refreshed from the Spring Cloud Bus (the operator's bridge;

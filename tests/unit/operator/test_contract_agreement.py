@@ -42,6 +42,8 @@ ANNOTATIONS = st.fixed_dictionaries(
         pods.ANN_RELOAD_METHOD: values(None, "put", "DELETE"),
         pods.ANN_HEALTH_URL: values(None, "http://127.0.0.1:8080/healthz", "localhost:1"),
         pods.ANN_APP: values(None, "orders"),
+        pods.ANN_ROLLOUT: values(None, "1,25%,100%", "1,25%"),
+        pods.ANN_ROLLOUT_BAKE: values(None, "30s", "30"),
     }
 ).map(lambda a: {k: v for k, v in a.items() if v is not None})
 LABELS = st.sampled_from([{}, *({pods.ANN_INJECT: v} for v in ("true", "yes", "false"))])

@@ -90,3 +90,90 @@ def test_broker_urls_are_amqp_and_split_on_commas_blanks_and_newlines() -> None:
 def test_mask_url_hides_every_password_even_one_with_an_at_sign() -> None:
     text = "amqp://op:s3cr%40t@h:5672/%2F,amqps://u:p@ss@h2 http://plain/ amqp://u:x@h3"
     assert contract.mask_url(text) == "amqp://op:***@h:5672/%2F,amqps://u:***@h2 http://plain/ amqp://u:***@h3"
+
+
+# -- rollout ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "steps"),
+    [("1,25%,100%", (1, "25%", "100%")), (" 1 , 2,100% ", (1, 2, "100%")), ("100%", ("100%",)),
+     ("10%,50%,100%", ("10%", "50%", "100%")), ("3,100%", (3, "100%"))],
+)
+def test_rollout_steps_are_counts_then_percentages(value: str, steps: tuple[object, ...]) -> None:
+    assert contract.parse_rollout_steps(value) == steps
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "has an empty step"),
+        ("1,,100%", "has an empty step"),
+        ("0,100%", "step '0' moves no pod"),
+        ("0%,100%", "step '0%' is not a percentage from 1% to 100%"),
+        ("1,101%", "step '101%' is not a percentage"),
+        ("one,100%", "step 'one' is neither a pod count"),
+        ("1.5,100%", "step '1.5' is neither a pod count"),
+        ("-1,100%", "step '-1' is neither a pod count"),
+        ("2,1,100%", "steps must increase, but 1 follows 2"),
+        ("1,50%,50%,100%", "steps must increase, but 50% follows 50%"),
+        ("25%,2,100%", "the pod count 2 follows the percentage 25%: counts come first"),
+        ("1,25%", "the last step must be 100% (every pod), not 25%"),
+        ("1,5", "the last step must be 100% (every pod), not 5"),
+    ],
+)
+def test_unusable_rollout_steps_are_refused_with_the_reason(value: str, message: str) -> None:
+    with pytest.raises(ContractError) as info:
+        contract.parse_rollout_steps(value)
+    assert str(info.value).startswith(f"{pods.ANN_ROLLOUT}: ")
+    assert message in str(info.value)
+
+
+def test_spec_steps_may_mix_ints_and_strings_and_are_normalized() -> None:
+    steps = contract.check_rollout_steps([1, "3", " 25% ", "100%"], "spec.rollout.steps")
+    assert steps == (1, 3, "25%", "100%")
+    for bad in ([], [True, "100%"], [1.0, "100%"], [None]):
+        with pytest.raises(ContractError, match=r"^spec\.rollout\.steps: "):
+            contract.check_rollout_steps(bad, "spec.rollout.steps")
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("30s", 30), ("2m", 120), ("1h", 3600), ("1m30s", 90),
+                                                ("0s", 0), (" 45s ", 45), ("24h", 86400)])
+def test_durations(value: str, seconds: int) -> None:
+    assert contract.parse_duration(value, pods.ANN_ROLLOUT_BAKE) == seconds
+
+
+@pytest.mark.parametrize(("value", "message"), [("30", "is not a duration"), ("", "is not a duration"),
+                                                ("2d", "is not a duration"), ("1s1m", "is not a duration"),
+                                                ("-5s", "is not a duration"), ("25h", "is longer than 24h")])
+def test_bad_durations_are_refused(value: str, message: str) -> None:
+    with pytest.raises(ContractError, match=f"^{pods.ANN_ROLLOUT_BAKE}: .*{message}"):
+        contract.parse_duration(value, pods.ANN_ROLLOUT_BAKE)
+
+
+def test_pod_options_carry_the_rollout() -> None:
+    base = {pods.ANN_CONFIGMAPS: "web"}
+    options = contract.parse_annotations(
+        {**base, pods.ANN_ROLLOUT: "1,25%,100%", pods.ANN_ROLLOUT_BAKE: "2m"})
+    assert (options.rollout, options.rollout_bake) == ((1, "25%", "100%"), 120)
+    options = contract.parse_annotations({**base, pods.ANN_ROLLOUT: "100%"})
+    assert (options.rollout, options.rollout_bake) == (("100%",), None)
+    options = contract.parse_annotations(base)
+    assert (options.rollout, options.rollout_bake) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ({pods.ANN_CONFIGMAPS: "web", pods.ANN_ROLLOUT_BAKE: "30s"},
+         "refreshbus.io/rollout-bake is set without refreshbus.io/rollout"),
+        ({pods.ANN_SECRETS: "tls", pods.ANN_ROLLOUT: "1,100%"},
+         "refreshbus.io/rollout: only ConfigMaps are versioned"),
+        ({pods.ANN_CONFIGMAPS: "web", pods.ANN_ROLLOUT: "50%,1"}, "counts come first"),
+        ({pods.ANN_CONFIGMAPS: "web", pods.ANN_ROLLOUT: "1,100%", pods.ANN_ROLLOUT_BAKE: "soon"},
+         "refreshbus.io/rollout-bake: 'soon' is not a duration"),
+    ],
+)
+def test_pod_options_refuse_an_unusable_rollout(annotations: dict[str, str], message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        contract.parse_annotations(annotations)

@@ -122,12 +122,22 @@ def test_injecting_twice_changes_nothing() -> None:
         ({pods.ANN_RELOAD_URL: "http://127.0.0.1:8080/r", pods.ANN_RELOAD_METHOD: "DELETE"}, "is not one of"),
         ({pods.ANN_HEALTH_URL: "localhost:8080"}, "refreshbus.io/health-url"),
         ({pods.ANN_AUTO_REFRESH: "sometimes"}, "refreshbus.io/auto-refresh: 'sometimes'"),
+        ({pods.ANN_ROLLOUT: "1,25%"}, "refreshbus.io/rollout: the last step must be 100%"),
+        (
+            {pods.ANN_ROLLOUT: "1,100%", pods.ANN_ROLLOUT_BAKE: "30"},
+            "refreshbus.io/rollout-bake: '30' is not",
+        ),
+        ({pods.ANN_ROLLOUT_BAKE: "30s"}, "refreshbus.io/rollout-bake is set without refreshbus.io/rollout"),
     ],
 )
 def test_contradictory_or_bad_annotations_are_refused(annotations: dict[str, str], message: str) -> None:
     decision = decide(make_pod(annotations), NS, CONFIG)
     assert not decision.allowed
     assert message in decision.message
+
+
+def test_a_valid_rollout_is_admitted() -> None:
+    injected(make_pod({pods.ANN_ROLLOUT: "1,25%,100%", pods.ANN_ROLLOUT_BAKE: "1m30s"}))
 
 
 def test_signal_without_uid_under_run_as_non_root_is_refused() -> None:
