@@ -28,13 +28,17 @@ class Phase(StrEnum):
     PARTIALLY_FAILED = "PartiallyFailed"
     FAILED = "Failed"
     TIMED_OUT = "TimedOut"
+    #: A progressive rollout failed a step and put its moved pods back (docs/rollout.md).
+    ROLLED_BACK = "RolledBack"
 
     @property
     def final(self) -> bool:
         return self in FINAL_PHASES
 
 
-FINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.PARTIALLY_FAILED, Phase.FAILED, Phase.TIMED_OUT})
+FINAL_PHASES = frozenset(
+    {Phase.SUCCEEDED, Phase.PARTIALLY_FAILED, Phase.FAILED, Phase.TIMED_OUT, Phase.ROLLED_BACK}
+)
 
 
 class Outcome(StrEnum):

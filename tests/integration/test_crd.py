@@ -138,6 +138,15 @@ def test_action_defaults_are_filled(crds: Cluster, namespace: str) -> None:
         pytest.param(VALID_SPEC | {"deadlineSeconds": 3600}, id="deadline-max"),
         pytest.param(VALID_SPEC | {"action": {"http": {"port": 65535, "path": "/r?x=1"}}}, id="http-edges"),
         pytest.param(VALID_SPEC | {"action": {"none": {}}}, id="action-none"),
+        pytest.param(VALID_SPEC | {"rollout": {"steps": ["100%"]}}, id="rollout-all-at-once"),
+        pytest.param(
+            VALID_SPEC | {"rollout": {"steps": [1, 3, "50%", "100%"]}}, id="rollout-counts-and-percent"
+        ),
+        pytest.param(
+            VALID_SPEC | {"rollout": {"steps": [1, "1%", "99%", "100%"], "bakeSeconds": 0, "maxFailures": 3,
+                                      "autoRollback": False, "paused": True}},
+            id="rollout-every-field",
+        ),
     ],
 )
 def test_edge_values_are_accepted(crds: Cluster, namespace: str, spec: Obj) -> None:
@@ -380,6 +389,55 @@ REJECTED: list[Any] = [
         setting("action", {"http": {"path": "/-/reload"}}),
         "spec.action.http.port: Required value",
         id="http-without-port",
+    ),    pytest.param(
+        setting("rollout.steps", [1, "25%"]),
+        'the last rollout step must be "100%"',
+        id="rollout-last-step-not-100%",
+    ),
+    pytest.param(
+        setting("rollout.steps", [3, 2, "100%"]),
+        "rollout step pod counts must increase from step to step",
+        id="rollout-counts-decrease",
+    ),
+    pytest.param(
+        setting("rollout.steps", [1, 1, "100%"]),
+        "rollout step pod counts must increase from step to step",
+        id="rollout-counts-repeat",
+    ),
+    pytest.param(
+        setting("rollout.steps", ["50%", "25%", "100%"]),
+        "rollout step percentages must increase from step to step",
+        id="rollout-percentages-decrease",
+    ),
+    pytest.param(
+        setting("rollout.steps", [0, "100%"]),
+        "each rollout step is a pod count from 1 to 10000 or a percentage",
+        id="rollout-zero-pods",
+    ),
+    pytest.param(
+        setting("rollout.steps", ["half", "100%"]),
+        "each rollout step is a pod count from 1 to 10000 or a percentage",
+        id="rollout-step-not-a-number",
+    ),
+    pytest.param(
+        setting("rollout.steps", ["150%"]),
+        "each rollout step is a pod count from 1 to 10000 or a percentage",
+        id="rollout-over-100%",
+    ),
+    pytest.param(
+        both(setting("rollout", {}), setting("sources", [{"secret": {"name": "creds"}}])),
+        "a rollout (spec.rollout) can only roll out ConfigMaps",
+        id="rollout-of-a-secret",
+    ),
+    pytest.param(
+        both(setting("rollout", {}), setting("target", {"destination": "**"})),
+        "a rollout (spec.rollout) needs target.workload",
+        id="rollout-without-workload",
+    ),
+    pytest.param(
+        setting("rollout.bakeSeconds", -1),
+        "spec.rollout.bakeSeconds in body should be greater than or equal to 0",
+        id="rollout-negative-bake",
     ),
 ]
 
@@ -396,6 +454,16 @@ def test_bad_spec_is_rejected_with_a_clear_message(
     assert result.returncode != 0, f"accepted: {json.dumps(spec)}"
     assert 'The ConfigRefresh "cfr-test" is invalid' in result.stderr
     assert message in result.stderr
+
+
+def test_rollout_defaults_are_filled(crds: Cluster, namespace: str) -> None:
+    result = apply(crds, namespace, configrefresh(VALID_SPEC | {"rollout": {}}, "rollout"), dry_run=False)
+    assert result.returncode == 0, result.stderr
+
+    assert get(crds, namespace, "rollout")["spec"]["rollout"] == {
+        "steps": [1, "25%", "100%"], "bakeSeconds": 30, "maxFailures": 0, "autoRollback": True,
+        "paused": False,
+    }
 
 
 def test_unknown_field_is_rejected(crds: Cluster, namespace: str) -> None:
@@ -516,10 +584,36 @@ def test_get_shows_the_printer_columns(crds: Cluster, namespace: str) -> None:
     table = crds.kubectl("get", "cfr", "-n", namespace).stdout.splitlines()
     wide = crds.kubectl("get", "cfr", "-n", namespace, "-o", "wide").stdout.splitlines()
 
-    assert table[0].split() == ["NAME", "PHASE", "TARGETS", "SUCCEEDED", "FAILED", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "STEP", "TARGETS", "SUCCEEDED", "FAILED", "AGE"]
+    # A plain refresh has no step: the column is blank.
     assert table[1].split()[:5] == ["refresh-orders", "PartiallyFailed", "3", "2", "1"]
-    assert wide[0].split() == ["NAME", "PHASE", "TARGETS", "SUCCEEDED", "FAILED", "AGE", "EVENT", "MESSAGE"]
+    assert wide[0].split() == [
+        "NAME", "PHASE", "STEP", "TARGETS", "SUCCEEDED", "FAILED", "AGE", "EVENT", "MESSAGE"
+    ]
     assert status["eventId"] in wide[1]
+
+
+def test_get_shows_a_rollouts_step(crds: Cluster, namespace: str) -> None:
+    obj = configrefresh(VALID_SPEC | {"rollout": {}}, "rollout-orders")
+    crds.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+    status = {"phase": "InProgress", "rollout": {
+        "state": "Baking", "step": 2, "steps": 3, "progress": "2/3",
+        "release": "refreshbus-release-deployment-orders",
+        "candidateRevision": 4, "acceptedRevision": 3,
+        "stepStatuses": [{"step": 1, "refresh": "rollout-orders-step-1", "pods": ["orders-a"], "podCount": 1,
+                          "verdict": "Passed", "startTime": "2025-01-01T00:00:01Z",
+                          "bakeStartTime": "2025-01-01T00:00:02Z", "completionTime": "2025-01-01T00:00:32Z"}],
+        "failingPods": [],
+    }}
+    crds.kubectl(
+        "patch", "cfr", "rollout-orders", "-n", namespace,
+        "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+
+    table = crds.kubectl("get", "cfr", "-n", namespace).stdout.splitlines()
+
+    assert table[1].split()[:3] == ["rollout-orders", "InProgress", "2/3"]
+    assert get(crds, namespace, "rollout-orders")["status"]["rollout"] == status["rollout"]
 
 
 def test_short_name_and_category_list_configrefreshes(crds: Cluster, namespace: str) -> None:
@@ -572,6 +666,8 @@ def test_explain_target_reads_like_documentation(crds: Cluster) -> None:
         ("configrefresh.spec.deadlineSeconds", "defaults to 60."),
         ("configrefresh.status.phase", "`TimedOut`: the deadline passed before every target answered."),
         ("configrefresh.status.counts.failed", "did not answer before the deadline"),
+        ("configrefresh.spec.rollout.paused", "toggling it does not restart the rollout"),
+        ("configrefresh.status.rollout.state", "`RolledBack`: a step failed"),
     ],
 )
 def test_explain_documents_each_field(crds: Cluster, field: str, expected: str) -> None:
