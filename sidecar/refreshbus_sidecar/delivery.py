@@ -35,7 +35,6 @@ import base64
 import binascii
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from refreshbus_wire import contract
+from refreshbus_wire.hashing import content_hash
 from refreshbus_wire.pods import INPLACE_DIR, source_dir_name
 
 DATA_DIR = "..data"
@@ -73,24 +73,6 @@ class Payload:
     @property
     def dirname(self) -> str:
         return source_dir_name(self.kind, self.name)
-
-
-def content_hash(kind: str, name: str, files: Mapping[str, bytes]) -> str:
-    """``sha256:<hex>`` over the source's identity and every key and value (order-independent)."""
-    digest = hashlib.sha256(f"{kind}\0{name}\0".encode())
-    for key in sorted(files):
-        value = files[key]
-        digest.update(f"{key}\0{len(value)}\0".encode())
-        digest.update(value)
-    return "sha256:" + digest.hexdigest()
-
-
-def combined_hash(hashes: Iterable[str]) -> str:
-    """One hash for a set of sources (what acks report as ``configHash``)."""
-    digest = hashlib.sha256()
-    for value in sorted(hashes):
-        digest.update(value.encode() + b"\n")
-    return "sha256:" + digest.hexdigest()
 
 
 def payload_from_object(obj: Mapping[str, Any], kind: str, mode: int) -> Payload:

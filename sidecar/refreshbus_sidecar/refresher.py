@@ -21,11 +21,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from refreshbus_wire.events import Ack, AckResult, Action, RefreshEvent, Scope, Timings, new_id, now
+from refreshbus_wire.hashing import combined_hash
 from refreshbus_wire.routing import PodIdentity
 
 from refreshbus_sidecar import reload as reload_mod
 from refreshbus_sidecar.config import Settings
-from refreshbus_sidecar.delivery import DeliveryError, Payload, Store, combined_hash, payload_from_object
+from refreshbus_sidecar.delivery import DeliveryError, Payload, Store, payload_from_object
 from refreshbus_sidecar.kubeapi import ApiError, ServerError
 from refreshbus_sidecar.metrics import Metrics
 

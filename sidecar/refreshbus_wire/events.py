@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 
 from refreshbus_wire.contract import HTTP_METHODS, SIGNALS, is_key, is_name
 
-PROTOCOL_VERSION: Final = "1.2"
+PROTOCOL_VERSION: Final = "1.3"
 PROTOCOL_MAJOR: Final = 1
 #: Larger bodies are refused before JSON parsing. Events never carry config content
 #: (secrets never travel on the bus), so real ones are a few hundred bytes.
@@ -218,6 +218,24 @@ class RefreshRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseRef:
+    """Protocol 1.3: "apply what this release record says for you, revision ``revision`` or
+    later" -- the record (refreshbus_wire.release), not the live ConfigMaps, is the truth."""
+
+    name: str  # the record ConfigMap, in the pod's namespace
+    revision: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "revision": self.revision}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ReleaseRef:
+        obj = _obj(data, "release")
+        return cls(name=_k8s_name(obj, "name", "release"),
+                   revision=_revision(obj.get("revision"), "release.revision"))
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshEvent:
     """Operator → sidecars: fetch these sources now, swap them in, reload, ack."""
 
@@ -229,6 +247,8 @@ class RefreshEvent:
     deadline: datetime
     action: Action | None = None
     refresh: RefreshRef | None = None
+    #: Protocol 1.3: the workload's release record and the revision it must at least be at.
+    release: ReleaseRef | None = None
 
     type: EventType = field(default=EventType.REFRESH, init=False)
 
@@ -247,6 +267,8 @@ class RefreshEvent:
             out["action"] = self.action.to_json()
         if self.refresh is not None:
             out["refresh"] = self.refresh.to_json()
+        if self.release is not None:
+            out["release"] = self.release.to_json()
         return out
 
     @classmethod
@@ -261,6 +283,7 @@ class RefreshEvent:
             raise ProtocolError("sources contains duplicates")
         action = obj.get("action")
         refresh = obj.get("refresh")
+        release = obj.get("release")
         return cls(
             id=_event_id(obj, "id"),
             origin=_req_str(obj, "origin"),
@@ -270,6 +293,7 @@ class RefreshEvent:
             deadline=_time(obj, "deadline"),
             action=None if action is None else Action.from_json(action),
             refresh=None if refresh is None else RefreshRef.from_json(refresh),
+            release=None if release is None else ReleaseRef.from_json(release),
         )
 
 
@@ -317,6 +341,9 @@ class Ack:
     #: protocol 1.2): the operator checks with a TokenReview that it belongs to ``pod``.
     #: Kept out of repr so it never reaches a log line.
     identity_token: str | None = field(default=None, repr=False)
+    #: Protocol 1.3: the release-record revision the pod now runs (None: no record, or an
+    #: older sidecar).
+    revision: int | None = None
 
     type: EventType = field(default=EventType.ACK, init=False)
 
@@ -341,6 +368,8 @@ class Ack:
             out["error"] = self.error[: self.MAX_ERROR_CHARS]
         if self.identity_token is not None:
             out["identityToken"] = self.identity_token
+        if self.revision is not None:
+            out["revision"] = self.revision
         return out
 
     @classmethod
@@ -362,6 +391,7 @@ class Ack:
             timings=Timings() if timings is None else Timings.from_json(timings),
             error=None if error is None else error[: cls.MAX_ERROR_CHARS],
             identity_token=_identity_token(obj.get("identityToken")),
+            revision=None if obj.get("revision") is None else _revision(obj["revision"], "revision"),
         )
 
 
@@ -483,6 +513,13 @@ def _identity_token(value: Any) -> str | None:
         raise ProtocolError(
             f"identityToken must be a JWT (three base64url parts) of at most {MAX_IDENTITY_TOKEN_CHARS} chars"
         )
+    return value
+
+
+def _revision(value: Any, where: str) -> int:
+    # At most 2**53: exact in every JSON reader.
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**53:
+        raise ProtocolError(f"{where} must be a positive integer, got {value!r}")
     return value
 
 

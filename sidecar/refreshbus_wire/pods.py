@@ -44,6 +44,9 @@ ANN_APP: Final = PREFIX + "app"
 ANN_SPRING_BUS: Final = PREFIX + "spring-bus"
 #: Set by the injector on pods it mutated (idempotency marker).
 ANN_INJECTED: Final = PREFIX + "injected"
+#: Set by the injector: the wire protocol version of the sidecar it injected (the
+#: operator rolls a release out only over pods whose sidecar follows the release record).
+ANN_SIDECAR_PROTOCOL: Final = PREFIX + "sidecar-protocol"
 
 #: Name of the injected sidecar container; the operator counts a pod as opted in only
 #: when a container of this name is in its spec.

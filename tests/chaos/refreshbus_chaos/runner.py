@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from refreshbus_operator.settings import AUTO_REFRESH_LABEL
-from refreshbus_sidecar.delivery import combined_hash, content_hash
+from refreshbus_wire.hashing import combined_hash, content_hash
 
 from refreshbus_chaos.plan import CONFIG_KEY, FaultPlan, Plan, RoundPlan, content, make_plan
 from refreshbus_chaos.world import NAMESPACE, Group, World

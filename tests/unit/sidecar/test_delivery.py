@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from refreshbus_sidecar import delivery
-from refreshbus_sidecar.delivery import DeliveryError, Payload, Store, content_hash, payload_from_object
+from refreshbus_sidecar.delivery import DeliveryError, Payload, Store, payload_from_object
 
 
 def cm(name: str, **files: str) -> Payload:
@@ -139,12 +139,3 @@ def test_configmap_binary_data_and_secret_values_are_decoded() -> None:
 def test_keys_that_are_not_file_names_are_refused(key: str) -> None:
     with pytest.raises(DeliveryError, match="cannot be a file name"):
         payload_from_object({"metadata": {"name": "c"}, "data": {key: "x"}}, "ConfigMap", 0o644)
-
-
-def test_the_content_hash_ignores_key_order_but_not_content() -> None:
-    one = content_hash("ConfigMap", "c", {"a": b"1", "b": b"2"})
-
-    assert one == content_hash("ConfigMap", "c", {"b": b"2", "a": b"1"})
-    assert one != content_hash("ConfigMap", "c", {"a": b"1", "b": b"3"})
-    assert one != content_hash("Secret", "c", {"a": b"1", "b": b"2"})
-    assert content_hash("ConfigMap", "c", {"ab": b""}) != content_hash("ConfigMap", "c", {"a": b"b"})

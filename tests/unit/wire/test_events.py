@@ -18,6 +18,7 @@ from refreshbus_wire import (
     ProtocolError,
     RefreshEvent,
     RefreshRef,
+    ReleaseRef,
     Scope,
     Source,
     SourceKind,
@@ -52,8 +53,10 @@ def test_refresh_event_round_trips_with_every_optional_field() -> None:
     event = refresh_event(
         action=Action("http", method="POST", port=8080, path="/-/reload", timeout_seconds=5),
         refresh=RefreshRef("shop", "orders-refresh", generation=3),
+        release=ReleaseRef("refreshbus-release-deployment-orders", 4),
     )
     assert decode(encode(event)) == event
+    assert wire(event)["release"] == {"name": "refreshbus-release-deployment-orders", "revision": 4}
 
 
 def test_ack_round_trips() -> None:
@@ -72,7 +75,7 @@ def test_ack_round_trips() -> None:
 
 def test_envelope_carries_version_type_and_camel_case_fields() -> None:
     body = wire(refresh_event())
-    assert body["v"] == "1.2"
+    assert body["v"] == "1.3"
     assert body["type"] == "refresh"
     assert body["issuedAt"] == "2026-11-21T12:00:00.000Z"
     assert body["sources"][0] == {
@@ -206,6 +209,52 @@ def test_a_malformed_identity_token_is_refused_without_echoing_it(token: Any) ->
     assert str(token) not in str(err.value) or token == ""
 
 
+def test_1_3_ack_carries_the_revision_the_pod_runs() -> None:
+    ack = ack_1_2(revision=7)
+    assert wire(ack)["revision"] == 7
+    assert decode(encode(ack)) == ack
+    assert "revision" not in wire(ack_1_2())
+
+
+def test_1_2_messages_without_the_release_fields_still_decode() -> None:
+    event_body = wire(refresh_event())
+    ack_body = wire(ack_1_2())
+    assert "release" not in event_body
+    assert "revision" not in ack_body
+    event_body["v"] = ack_body["v"] = "1.2"
+    event = decode(json.dumps(event_body))
+    ack = decode(json.dumps(ack_body))
+    assert isinstance(event, RefreshEvent)
+    assert event.release is None
+    assert isinstance(ack, Ack)
+    assert ack.revision is None
+
+
+@pytest.mark.parametrize(("release", "message"), [
+    ("x", "release must be an object"),
+    ({"revision": 1}, "release.name is required"),
+    ({"name": "Not_A_Name", "revision": 1}, "not a valid Kubernetes name"),
+    ({"name": "r"}, "release.revision must be a positive integer"),
+    ({"name": "r", "revision": 0}, "release.revision must be a positive integer"),
+    ({"name": "r", "revision": True}, "release.revision must be a positive integer"),
+    ({"name": "r", "revision": "3"}, "release.revision must be a positive integer"),
+    ({"name": "r", "revision": 2**53 + 1}, "release.revision must be a positive integer"),
+])
+def test_a_malformed_release_reference_is_refused(release: Any, message: str) -> None:
+    body = wire(refresh_event())
+    body["release"] = release
+    with pytest.raises(ProtocolError, match=message):
+        decode(json.dumps(body))
+
+
+@pytest.mark.parametrize("revision", [0, -1, 1.5, "2", False, [1]])
+def test_a_malformed_ack_revision_is_refused(revision: Any) -> None:
+    body = wire(ack_1_2())
+    body["revision"] = revision
+    with pytest.raises(ProtocolError, match="revision must be a positive integer"):
+        decode(json.dumps(body))
+
+
 def test_long_error_text_is_capped() -> None:
     ack = Ack(
         id=new_id(),
@@ -274,6 +323,7 @@ events = st.builds(
     deadline=times,
     action=actions,
     refresh=st.none() | st.builds(RefreshRef, names, names, generation=st.none() | st.integers(1, 10**6)),
+    release=st.none() | st.builds(ReleaseRef, names, st.integers(1, 2**53)),
 )
 acks = st.builds(
     Ack,
@@ -289,6 +339,7 @@ acks = st.builds(
         written_ms=st.none() | st.integers(0, 10**6).map(float),
         reloaded_ms=st.none() | st.integers(0, 10**6).map(float),
     ),
+    revision=st.none() | st.integers(1, 2**53),
 )
 
 
