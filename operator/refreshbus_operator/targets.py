@@ -62,6 +62,10 @@ class Pod:
     app: str
     #: metadata.uid: what the pod's identity token is bound to.
     uid: str = ""
+    #: The wire protocol its sidecar speaks, as stamped by the injector (None: injected
+    #: before protocol 1.3, or not by refreshbus): a rollout needs one that follows the
+    #: release record.
+    sidecar_protocol: str | None = None
 
     @property
     def instance(self) -> str:
@@ -152,6 +156,7 @@ def pod_from_json(obj: Mapping[str, Any]) -> Pod:
         secrets=frozenset(secrets),
         app=app,
         uid=str(meta.get("uid") or ""),
+        sidecar_protocol=annotations.get(podc.ANN_SIDECAR_PROTOCOL),
     )
 
 

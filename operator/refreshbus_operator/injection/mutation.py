@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refreshbus_wire import pods
+from refreshbus_wire.events import PROTOCOL_VERSION
 
 from refreshbus_operator.injection.config import (
     NAMESPACE_LABEL,
@@ -117,7 +118,10 @@ def decide(pod: Mapping[str, Any], namespace: Namespace, config: InjectionConfig
         sidecar_container(pod, options, config, sc, same_uid, inplace),
         *(spec.get("initContainers") or []),
     ]
-    annotations = {**annotations_of(pod), pods.ANN_INJECTED: INJECTED_VALUE}
+    # The sidecar image ships with this operator's release: it speaks this protocol. The
+    # rollout refuses pods without it (an older sidecar ignores the release record).
+    annotations = {**annotations_of(pod), pods.ANN_INJECTED: INJECTED_VALUE,
+                   pods.ANN_SIDECAR_PROTOCOL: PROTOCOL_VERSION}
 
     ops: list[dict[str, Any]] = [{"op": "add", "path": "/metadata/annotations", "value": annotations}]
     original = pod.get("spec") or {}

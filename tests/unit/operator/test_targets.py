@@ -156,6 +156,12 @@ def test_app_name_derivation():
     assert tg.pod_from_json(pod("p", {}, workload=None)).app == "p"
 
 
+def test_the_sidecar_protocol_stamped_by_the_injector_is_read():
+    stamped = pod("p", {}, annotations={"refreshbus.io/sidecar-protocol": "1.3"})
+    assert tg.pod_from_json(stamped).sidecar_protocol == "1.3"
+    assert tg.pod_from_json(pod("p", {})).sidecar_protocol is None  # injected by an older operator
+
+
 def test_owner_workload_from_replicaset():
     meta = {
         "labels": {"pod-template-hash": "5d8f9c7b6"},

@@ -193,6 +193,7 @@ def test_native_sidecar_comes_first_with_probes_resources_and_identity() -> None
     assert e[pods.ENV_BROKER_URLS_FILE] == "/etc/refreshbus/broker/urls"
     assert pods.ENV_BROKER_URLS not in e  # never the URLs themselves
     assert out["metadata"]["annotations"][pods.ANN_INJECTED] == "true"
+    assert out["metadata"]["annotations"][pods.ANN_SIDECAR_PROTOCOL] == "1.3"
     assert "shareProcessNamespace" not in out["spec"]
     names = [v["name"] for v in out["spec"]["volumes"]]
     assert {SHARED_VOLUME, BROKER_VOLUME, TOKEN_VOLUME} <= set(names)
