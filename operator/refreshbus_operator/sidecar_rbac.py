@@ -55,7 +55,7 @@ def object_name(kind: str, name: str) -> str:
     return f"{full[:242]}-{digest}"
 
 
-def _label_value(value: str) -> str:
+def label_value(value: str) -> str:
     if len(value) <= 63:
         return value
     return value[:52] + "-" + hashlib.sha256(value.encode()).hexdigest()[:10]
@@ -97,7 +97,7 @@ def desired(workload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     metadata = {
         "name": role_name,
         "namespace": namespace,
-        "labels": {**MANAGED_BY, LABEL_KIND: kind, LABEL_NAME: _label_value(name)},
+        "labels": {**MANAGED_BY, LABEL_KIND: kind, LABEL_NAME: label_value(name)},
         "ownerReferences": [
             {
                 "apiVersion": workload.get("apiVersion", "apps/v1"),
