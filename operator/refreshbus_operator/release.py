@@ -31,7 +31,7 @@ from refreshbus_wire import release as wire
 from refreshbus_wire.release import Accepted, Candidate, Rejected, Release, ReleaseRecord, Revision
 
 from refreshbus_operator.kube import ApiError, Kube, q, source_path, workload_path
-from refreshbus_operator.sidecar_rbac import label_value
+from refreshbus_operator.sidecar_rbac import WORKLOAD_KINDS, label_value
 
 log = logging.getLogger(__name__)
 
@@ -471,3 +471,53 @@ async def accept_live(kube: Kube, namespace: str, kind: str, name: str, refresh:
         return accepted, contents
 
     return (await _update(kube, namespace, kind, name, change)).accepted.revision
+
+
+# -- following the workloads -----------------------------------------------------------------
+
+WorkloadKey = tuple[str, str, str]  # namespace, kind, name
+
+
+class Keeper:
+    """Workload events in (next to the sidecar RBAC reconcile), records created or deleted.
+
+    A workload whose template starts carrying ``refreshbus.io/rollout`` gets its record at
+    once, before any edit of its ConfigMaps, or there would be nothing to roll back to. A
+    workload that stops carrying it (or goes) loses it: its sidecars follow the live
+    ConfigMaps again. Each workload (uid) is ensured once per run; the many status-only
+    updates of a Deployment cost no request. A template that was never versioned in this
+    run costs none either, so a record left by a workload that dropped the annotation while
+    no operator ran stays until the workload goes (its ownerReference)."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        #: Workload -> uid whose record is ensured, or None: seen without the annotation.
+        self._seen: dict[WorkloadKey, str | None] = {}
+
+    async def handle(self, event_type: str | None, workload: Mapping[str, Any]) -> str:
+        """"ensured", "removed", "unchanged" or "absent".
+
+        Raises:
+            ReleaseError: the record cannot be created (e.g. too large); asked again at the
+                workload's next event.
+        """
+        meta = workload.get("metadata") or {}
+        kind = workload.get("kind")
+        if not meta.get("name") or kind not in WORKLOAD_KINDS:
+            return "absent"
+        key: WorkloadKey = (meta["namespace"], kind, meta["name"])
+        previous = self._seen.get(key)
+        if event_type == "DELETED" or versioned_configmaps(workload) is None:
+            if event_type == "DELETED":
+                self._seen.pop(key, None)
+            else:
+                self._seen[key] = None
+            if previous is not None and await forget(self.kube, *key):
+                return "removed"
+            return "absent"
+        uid = meta.get("uid")
+        if previous == uid:
+            return "unchanged"
+        await ensure(self.kube, workload)
+        self._seen[key] = uid
+        return "ensured"

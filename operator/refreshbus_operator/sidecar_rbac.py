@@ -5,7 +5,9 @@ For a Deployment/StatefulSet/DaemonSet whose pod template says
 
 * Role ``refreshbus-sidecar-<kind>-<name>``: ``get`` on exactly the ConfigMaps and
   Secrets the template's ``refreshbus.io/configmaps`` / ``refreshbus.io/secrets`` name
-  (``resourceNames``; no list, no watch -- the sidecar only GETs by name);
+  (``resourceNames``; no list, no watch -- the sidecar only GETs by name), and on the
+  workload's release record (``refreshbus-release-<kind>-<name>``), which every sidecar
+  reads: a 404 means the workload is not versioned, a 403 would be an error;
 * RoleBinding of the same name, binding it to the pod template's ServiceAccount
   (``serviceAccountName``, else ``default``): the sidecar uses the pod's own token.
 
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from refreshbus_wire import contract
+from refreshbus_wire.release import record_name
 
 from refreshbus_operator.kube import ApiError, Kube, q
 
@@ -73,7 +76,7 @@ def opted_in(workload: Mapping[str, Any]) -> bool:
 
 def desired(workload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(Role, RoleBinding) the workload's sidecars need, or None if it does not opt in
-    (or names nothing to read)."""
+    (or its template is one the webhook refuses)."""
     if not opted_in(workload):
         return None
     meta = workload["metadata"]
@@ -84,14 +87,12 @@ def desired(workload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
         options = contract.parse_annotations(annotations)
     except contract.ContractError:
         return None  # the webhook refuses such pods: they never run, nor need a Role
-    configmaps, secrets = options.configmaps, options.secrets
+    configmaps, secrets = (*options.configmaps, record_name(kind, name)), options.secrets
     rules = [
         {"apiGroups": [""], "resources": [resource], "verbs": ["get"], "resourceNames": list(names)}
         for resource, names in (("configmaps", configmaps), ("secrets", secrets))
         if names
     ]
-    if not rules:
-        return None
     sa = (template.get("spec") or {}).get("serviceAccountName") or "default"
     role_name = object_name(kind, name)
     metadata = {

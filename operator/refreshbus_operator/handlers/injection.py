@@ -1,6 +1,7 @@
 """kopf registrations for sidecar injection: the webhook server's life (when enabled), the
-per-workload sidecar RBAC, and pods that asked for the sidecar but run without it. Logic
-lives in refreshbus_operator.injection and refreshbus_operator.sidecar_rbac.
+per-workload sidecar RBAC and release record, and pods that asked for the sidecar but run
+without it. Logic lives in refreshbus_operator.injection, refreshbus_operator.sidecar_rbac
+and refreshbus_operator.release.
 
 Workloads are followed with ``@kopf.on.event``: nothing is written onto the user's
 Deployment (no kopf annotations, no finalizer); every event reconciles idempotently, and
@@ -13,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from refreshbus_operator import sidecar_rbac
+from refreshbus_operator import release, sidecar_rbac
 from refreshbus_operator.events import COMPONENT, Recorder
 from refreshbus_operator.injection import config as injection_config
 from refreshbus_operator.injection import skipped
@@ -23,6 +24,8 @@ _MEMO_CONFIG = "injection_config"
 _MEMO_SERVER = "injection_server"
 _MEMO_RBAC = "injection_rbac"
 _MEMO_SKIPPED = "injection_skipped"
+_MEMO_RELEASES = "release_keeper"
+_MEMO_RECORDER = "injection_recorder"
 
 
 def _config(memo: kopf.Memo) -> injection_config.InjectionConfig:
@@ -36,6 +39,7 @@ def _config(memo: kopf.Memo) -> injection_config.InjectionConfig:
 async def start_injection_webhook(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     cfg = _config(memo)
     _reconciler(memo)  # set on the operator-wide memo, which kopf copies into every object's memo
+    _keeper(memo)
     _skipped(memo)
     if not cfg.enabled:
         logger.info("sidecar injection webhook disabled (REFRESHBUS_INJECTION_ENABLED is not true)")
@@ -59,6 +63,39 @@ def _reconciler(memo: kopf.Memo) -> sidecar_rbac.Reconciler:
         memo[_MEMO_RBAC] = sidecar_rbac.Reconciler(in_memo(memo))
     reconciler: sidecar_rbac.Reconciler = memo[_MEMO_RBAC]
     return reconciler
+
+
+def _keeper(memo: kopf.Memo) -> release.Keeper:
+    if memo.get(_MEMO_RELEASES) is None:
+        memo[_MEMO_RELEASES] = release.Keeper(in_memo(memo))
+    keeper: release.Keeper = memo[_MEMO_RELEASES]
+    return keeper
+
+
+def _recorder(memo: kopf.Memo) -> Recorder:
+    if memo.get(_MEMO_RECORDER) is None:
+        # The operator's Config names this replica; the injection handlers alone have none.
+        instance = str(getattr(memo.get("config"), "instance", COMPONENT))
+        memo[_MEMO_RECORDER] = Recorder(in_memo(memo), instance)
+    recorder: Recorder = memo[_MEMO_RECORDER]
+    return recorder
+
+
+async def _follow_release(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger) -> None:
+    obj = event.get("object") or {}
+    try:
+        outcome = await _keeper(memo).handle(event.get("type"), obj)
+    except release.ReleaseError as exc:
+        # The workload's own Events say why it is not versioned (kubectl describe).
+        meta = obj.get("metadata") or {}
+        logger.warning("release record not created: %s", exc)
+        await _recorder(memo).warning(
+            meta.get("namespace", ""), meta.get("name", ""), meta.get("uid"), exc.reason, str(exc),
+            involved=(obj.get("apiVersion", "apps/v1"), obj.get("kind", "")),
+        )
+        return
+    if outcome in {"ensured", "removed"}:
+        logger.info("release record %s", outcome)
 
 
 async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger) -> None:
@@ -85,6 +122,7 @@ async def _workload_event(event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Lo
             reconciler.broker_done(namespace)
     if result in {"applied", "removed"}:
         logger.info("sidecar RBAC %s", result)
+    await _follow_release(event, memo, logger)
 
 
 @kopf.on.event("apps", "v1", "deployments")
@@ -110,10 +148,7 @@ async def daemonset_sidecar_rbac(
 
 def _skipped(memo: kopf.Memo) -> skipped.SkippedInjections:
     if memo.get(_MEMO_SKIPPED) is None:
-        # The operator's Config names this replica; the injection handlers alone have none.
-        instance = str(getattr(memo.get("config"), "instance", COMPONENT))
-        kube = in_memo(memo)
-        memo[_MEMO_SKIPPED] = skipped.SkippedInjections(kube, Recorder(kube, instance), _config(memo))
+        memo[_MEMO_SKIPPED] = skipped.SkippedInjections(in_memo(memo), _recorder(memo), _config(memo))
     reporter: skipped.SkippedInjections = memo[_MEMO_SKIPPED]
     return reporter
 

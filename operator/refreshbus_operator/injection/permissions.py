@@ -25,8 +25,10 @@ def cluster_rules(config: InjectionConfig | None = None) -> list[dict[str, Any]]
         },
         # Webhook: do the named ConfigMaps/Secrets exist (metadata-only GET)? Holding `get`
         # is also what allows the operator to grant `get` in the sidecar Roles (RBAC
-        # forbids granting what one does not hold).
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
+        # forbids granting what one does not hold). create/update/delete: the release
+        # records of versioned workloads (refreshbus_operator.release), ConfigMaps of their
+        # own; names vary per workload, so they cannot be limited by name.
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update", "delete"]},
         # + create: the broker Secret copied into each opted-in namespace, and the webhook's
         # TLS Secret in the operator's namespace (create cannot be limited by name) ...
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},

@@ -53,6 +53,8 @@ def test_operator_reads_what_it_needs_and_never_lists_secrets(
         ("get", "secrets", "-n", namespace),
         ("create", "secrets", "-n", namespace),
         ("create", "roles.rbac.authorization.k8s.io", "-n", namespace),
+        ("create", "configmaps", "-n", namespace),  # release records
+        ("update", "configmaps/refreshbus-release-deployment-web", "-n", namespace),
         ("create", "events", "-n", namespace),
         ("patch", f"mutatingwebhookconfigurations/{mwc}"),
         ("patch", "clusterkopfpeerings.kopf.dev"),

@@ -234,8 +234,9 @@ def test_rbac_follows_features(render: Any) -> None:
         return {v for r in role["rules"] if resource in r["resources"] for v in r["verbs"]}
 
     default, no_crds, cert_manager = render("default"), render("no-crds"), render("cert-manager")
-    assert verbs(default, "configmaps") == {"get", "list", "watch"}
-    assert verbs(no_crds, "configmaps") == {"get"}  # auto-refresh off: no ConfigMap watch
+    records = {"create", "update", "delete"}  # release records of versioned workloads, always
+    assert verbs(default, "configmaps") == {"get", "list", "watch"} | records
+    assert verbs(no_crds, "configmaps") == {"get"} | records  # auto-refresh off: no ConfigMap watch
     assert "create" not in verbs(no_crds, "configrefreshes")
     # The Spring bus bridge creates (and garbage-collects) ConfigRefreshes too.
     bridge_only = render("no-crds", "--set", "operator.springBus.enabled=true",

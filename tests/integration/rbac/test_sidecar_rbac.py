@@ -17,6 +17,7 @@ import pytest
 from refreshbus_operator.sidecar_rbac import object_name
 from refreshbus_testenv.procs import spawn, stop_group, tail
 from refreshbus_wire import pods
+from refreshbus_wire.release import decode_record, record_name
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +25,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
 KOPF = ROOT / ".venv" / "bin" / "kopf"
 ROLE = object_name("Deployment", "web")
+RECORD = record_name("Deployment", "web")
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
@@ -36,7 +38,12 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def deployment(namespace: str, configmaps: str, secrets: str, sa: str = "web-sa") -> dict[str, Any]:
+def deployment(
+    namespace: str, configmaps: str, secrets: str, sa: str = "web-sa", rollout: str | None = None
+) -> dict[str, Any]:
+    annotations = {pods.ANN_INJECT: "true", pods.ANN_CONFIGMAPS: configmaps, pods.ANN_SECRETS: secrets}
+    if rollout is not None:
+        annotations[pods.ANN_ROLLOUT] = rollout
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -45,14 +52,7 @@ def deployment(namespace: str, configmaps: str, secrets: str, sa: str = "web-sa"
             "replicas": 1,
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
-                "metadata": {
-                    "labels": {"app": "web"},
-                    "annotations": {
-                        pods.ANN_INJECT: "true",
-                        pods.ANN_CONFIGMAPS: configmaps,
-                        pods.ANN_SECRETS: secrets,
-                    },
-                },
+                "metadata": {"labels": {"app": "web"}, "annotations": annotations},
                 "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "nginx:1.27"}]},
             },
         },
@@ -152,7 +152,8 @@ def test_sidecar_reads_exactly_its_managed_objects(
     cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(ns, "app-config", "app-secret")))
     wait_for(lambda: role_names(cluster, ns), "the sidecar Role")
     wait_for(lambda: can_i(cluster, ns, "web-sa", "get", "secret/app-secret", "-n", ns), "the RoleBinding")
-    assert role_names(cluster, ns) == {"configmaps": ["app-config"], "secrets": ["app-secret"]}
+    # The release record too: every sidecar reads it (a 404 says "not versioned").
+    assert role_names(cluster, ns) == {"configmaps": ["app-config", RECORD], "secrets": ["app-secret"]}
 
     # Real requests with the ServiceAccount's own token, as the sidecar makes them.
     sidecar = as_sa(cluster, ns, "web-sa")
@@ -195,7 +196,9 @@ def test_role_follows_annotation_changes_and_goes_with_the_workload(
     wait_for(lambda: role_names(cluster, ns), "the sidecar Role")
 
     cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(ns, "other-config", "")))
-    wait_for(lambda: role_names(cluster, ns) == {"configmaps": ["other-config"]}, "the Role to follow")
+    wait_for(
+        lambda: role_names(cluster, ns) == {"configmaps": ["other-config", RECORD]}, "the Role to follow"
+    )
     assert not can_i(cluster, ns, "web-sa", "get", "secret/app-secret", "-n", ns)
     assert not can_i(cluster, ns, "web-sa", "get", "configmap/app-config", "-n", ns)
     assert can_i(cluster, ns, "web-sa", "get", "configmap/other-config", "-n", ns)
@@ -223,6 +226,52 @@ def test_opting_out_removes_the_role(cluster: Any, workload_ns: str, handlers: N
     body["spec"]["template"]["metadata"]["annotations"][pods.ANN_INJECT] = "false"
     cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
     wait_for(lambda: role_names(cluster, ns) is None, "the Role to be removed")
+
+
+def test_a_rollout_workload_gets_its_release_record_at_once_and_its_sidecars_may_read_it(
+    cluster: Any, workload_ns: str, handlers: None
+) -> None:
+    ns = workload_ns
+    sidecar = as_sa(cluster, ns, "web-sa")
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(ns, "app-config", "")))
+    wait_for(lambda: can_i(cluster, ns, "web-sa", "get", f"configmap/{RECORD}", "-n", ns), "the Role")
+    # Not versioned: no record, and the sidecar's GET of it is a 404, not a 403.
+    missing = sidecar("-n", ns, "get", "configmap", RECORD)
+    assert "NotFound" in missing.stderr, missing.stderr
+
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(ns, "app-config", "", rollout="1,100%")))
+    got = wait_for(lambda: sidecar("-n", ns, "get", "configmap", RECORD, "-o", "json").stdout, "the record")
+    record = decode_record(json.loads(got))
+    assert record.release.accepted.revision == 1
+    assert record.files(record.release.accepted) == {"ConfigMap/app-config": {"k": b"v"}}
+    uid = cluster.get_json("-n", ns, "deployment", "web")["metadata"]["uid"]
+    refs = json.loads(got)["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["name"], r["uid"]) for r in refs] == [("Deployment", "web", uid)]
+
+    # No longer versioned: the record goes, the sidecars follow the live ConfigMaps again.
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(ns, "app-config", "")))
+    wait_for(lambda: cluster.kubectl("-n", ns, "get", "configmap", RECORD, check=False).returncode != 0,
+             "the record to be removed")
+
+
+def test_a_record_too_large_is_reported_on_the_workload(
+    cluster: Any, workload_ns: str, handlers: None
+) -> None:
+    ns = workload_ns
+    for name in ("big-1", "big-2"):  # each fits in a ConfigMap; both do not fit in one record
+        big = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns},
+               "data": {"k": "x" * 600_000}}
+        cluster.kubectl("create", "-f", "-", input=json.dumps(big))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(ns, "big-1,big-2", "", rollout="1,100%")))
+
+    def warning() -> str:
+        events = cluster.get_json("-n", ns, "events", "--field-selector", "involvedObject.kind=Deployment")
+        return " ".join(e["message"] for e in events["items"] if e["reason"] == "RecordTooLarge")
+
+    message = wait_for(warning, "a RecordTooLarge Event on the Deployment")
+    assert "the release record of Deployment web would be" in message
+    assert "nothing was changed" in message
+    assert cluster.kubectl("-n", ns, "get", "configmap", RECORD, check=False).returncode != 0
 
 
 def test_role_carries_an_owner_reference_for_garbage_collection(

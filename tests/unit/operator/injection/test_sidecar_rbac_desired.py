@@ -42,7 +42,8 @@ def test_role_names_exactly_the_annotated_objects_with_get_only() -> None:
     role, binding = wanted
     assert role["metadata"]["name"] == "refreshbus-sidecar-deployment-web"
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": ["a", "b"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"],
+         "resourceNames": ["a", "b", "refreshbus-release-deployment-web"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["s"]},
     ]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default", "namespace": "shop"}]
@@ -66,7 +67,9 @@ def test_binding_goes_to_the_template_service_account() -> None:
     )
     assert wanted is not None
     role, binding = wanted
-    assert [r["resources"] for r in role["rules"]] == [["secrets"]]
+    # Even without ConfigMaps, the sidecar reads its workload's release record.
+    assert [(r["resources"], r["resourceNames"]) for r in role["rules"]] == [
+        (["configmaps"], ["refreshbus-release-statefulset-web"]), (["secrets"], ["s"])]
     assert binding["subjects"][0]["name"] == "web-sa"
     assert role["metadata"]["name"] == "refreshbus-sidecar-statefulset-web"
 
