@@ -37,6 +37,7 @@ from refreshbus_operator.broker import (
     declare_topology,
     describe,
     retire_ack_queue,
+    usable_ack_queue_type,
 )
 from refreshbus_operator.tasks import cancel_and_wait
 
@@ -146,10 +147,11 @@ class AckConsumer:
 
     async def _prepare(self, channel: AbstractChannel) -> None:
         await channel.set_qos(prefetch_count=self.prefetch)
-        _exchange, queue = await declare_topology(channel, self.queue_type)
-        await queue.consume(self._on_message, no_ack=False)
         assert self._link.conn is not None  # open() connected before preparing the channel
-        await retire_ack_queue(self._link.conn, self.queue_type, self._on_message, self.prefetch)
+        queue_type = await usable_ack_queue_type(self._link.conn, self.queue_type, "consumer")
+        _exchange, queue = await declare_topology(channel, queue_type)
+        await queue.consume(self._on_message, no_ack=False)
+        await retire_ack_queue(self._link.conn, queue_type, self._on_message, self.prefetch)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self.deliver(message.body, message)

@@ -5,8 +5,9 @@ a random order on every (re)connect (failover as ActiveMQ's), with a capped expo
 backoff between rounds of attempts. :class:`Link` is one connection + channel for one role
 (``publisher`` / ``consumer``), with its ``broker_connected{role}`` gauge and the
 connected/disconnected log lines; :func:`declare_topology` is what both declare (the
-exchange and the operators' shared ack queue); :func:`retire_ack_queue` moves acks off
-the ack queue of the other type (docs/broker.md, "Migrating the ack queue").
+exchange and the operators' shared ack queue); :func:`usable_ack_queue_type` falls back to
+the classic ack queue when the broker refuses the quorum one; :func:`retire_ack_queue` moves
+acks off the ack queue of the other type (docs/broker.md, "Migrating the ack queue").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -103,6 +105,44 @@ async def declare_topology(
     )
     await queue.bind(exchange, routing_key=ACK_BINDING)
     return exchange, queue
+
+
+async def usable_ack_queue_type(conn: AbstractConnection, wanted: AckQueueType, role: str) -> AckQueueType:
+    """The ack queue type this connection can use: ``wanted``, unless that is quorum and the
+    broker refuses the operator's user the quorum queue's name -- a broker of one's own whose
+    permissions were written for the classic queue's exact name, as documented before the
+    quorum queue. Then the classic queue, with a WARNING naming the fix at every connect and
+    ``refreshbus_operator_ack_queue_fallback{role} 1``.
+
+    Falling back rather than stopping (or failing readiness): the classic queue is what such
+    a broker served before the upgrade, so refreshes go on with the guarantees they had (acks
+    survive a broker restart, not the loss of the node holding the queue); stopping would halt
+    every refresh, and a readiness failure would also take the injection webhook out of its
+    Service. Any other refusal (the exchange, the classic queue) is raised as before.
+
+    Probes on a channel of its own: a refused declare closes the channel it was sent on.
+    """
+    fallback = metrics.ACK_QUEUE_FALLBACK.labels(role=role)
+    if wanted is AckQueueType.QUORUM:
+        channel = await conn.channel()
+        try:
+            await declare_topology(channel, wanted)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            if wanted.queue not in str(exc):
+                raise
+            log.warning(
+                "%s: the broker refuses the quorum ack queue %s (%s); using the classic ack queue %s "
+                "instead: acks queued on a lost broker node are not kept. Fix: grant the operator's "
+                "broker user configure/write/read on %s (docs/broker.md, \"Your own RabbitMQ\"), or set "
+                "operator.ackQueueType=classic to silence this",
+                role, wanted.queue, describe(exc), AckQueueType.CLASSIC.queue,
+                r"^(refreshbus|refreshbus\.operator\.acks(\.quorum)?)$",
+            )  # fmt: skip
+            fallback.set(1)
+            return AckQueueType.CLASSIC
+        await channel.close()
+    fallback.set(0)
+    return wanted
 
 
 async def retire_ack_queue(

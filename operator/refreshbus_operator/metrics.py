@@ -54,6 +54,12 @@ BROKER_CONNECTED = Gauge(
     "1 while the connection is open (role: publisher or consumer).",
     ["role"],
 )
+ACK_QUEUE_FALLBACK = Gauge(
+    "refreshbus_operator_ack_queue_fallback",
+    "1 while the ack queue is the classic one although ackQueueType is quorum: the broker refused "
+    "the operator's user the quorum queue (role: publisher or consumer; docs/broker.md).",
+    ["role"],
+)
 STATUS_PATCHES = Counter("refreshbus_operator_status_patches_total", "PATCHes of ConfigRefresh status.")
 API_REQUESTS = Counter(
     "refreshbus_operator_api_requests_total", "Kubernetes API requests made by refreshbus code.", ["verb"]

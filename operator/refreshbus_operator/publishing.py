@@ -29,6 +29,7 @@ from refreshbus_operator.broker import (
     backoff,
     declare_topology,
     describe,
+    usable_ack_queue_type,
 )
 from refreshbus_operator.tasks import cancel_and_wait
 
@@ -78,7 +79,9 @@ class Publisher:
     # -- the connection keeper -------------------------------------------------------------
 
     async def _prepare(self, channel: AbstractChannel) -> None:
-        self._exchange, _queue = await declare_topology(channel, self.ack_queue_type)
+        assert self._link.conn is not None  # open() connected before preparing the channel
+        queue_type = await usable_ack_queue_type(self._link.conn, self.ack_queue_type, "publisher")
+        self._exchange, _queue = await declare_topology(channel, queue_type)
 
     async def _keep(self) -> None:
         attempt = 0

@@ -4,11 +4,15 @@ cannot do in place: a queue's type is fixed when it is declared."""
 
 from __future__ import annotations
 
+import logging
+
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
+from prometheus_client import REGISTRY
 from refreshbus_operator.acks import AckConsumer, Tag
 from refreshbus_operator.broker import AckQueueType, declare_topology
+from refreshbus_operator.publishing import Publisher
 from refreshbus_wire import routing
 from test_broker_io import run, until
 
@@ -138,6 +142,69 @@ def test_an_old_ack_queue_the_operator_may_not_touch_never_stops_its_own(running
             await fresh(await admin.channel())
             await admin.close()
 
+    try:
+        run(main())
+    finally:
+        running_broker.ctl("delete_user", user)
+
+
+def _fallback(role: str) -> float | None:
+    return REGISTRY.get_sample_value("refreshbus_operator_ack_queue_fallback", {"role": role})
+
+
+def test_a_broker_refusing_the_quorum_queue_gets_the_classic_one_with_a_warning(running_broker, caplog):
+    """A broker of one's own whose operator user still has the permissions documented before
+    the quorum queue (the classic queue's exact name): the operator must not stop refreshing.
+    It falls back to the classic queue, says so (WARNING naming the fix, gauge at 1), acks flow;
+    once the permissions are widened its next connect moves to the quorum queue by itself."""
+    user, password = "refreshbus-operator-exact", "exact-secret"
+    running_broker.ctl("add_user", user, password)
+    exact = r"^(refreshbus|refreshbus\.operator\.acks)$"
+    running_broker.ctl("set_permissions", "-p", "/", user, exact, exact, exact)
+    url = running_broker.url(user, password)
+
+    async def main() -> None:
+        admin = await aio_pika.connect(running_broker.url())
+        await fresh(await admin.channel())
+        received: list[tuple[bytes, Tag]] = []
+        publisher = Publisher([url])  # both with the default ackQueueType: quorum
+        consumer = AckConsumer([url], deliver=lambda body, tag: received.append((body, tag)))
+        await publisher.start()
+        await consumer.start()
+        try:
+            consumer.set_active(True)
+            await until(lambda: consumer.connected and publisher.connected, 20, "both to connect")
+            assert _fallback("consumer") == 1
+            assert _fallback("publisher") == 1
+            assert await queue_exists(admin, routing.OPERATOR_ACK_QUORUM_QUEUE) is None
+            await publisher.publish([(routing.ack_key("ns", "p"), b"through-classic")], timeout=10)
+            await until(lambda: received, 20, "an ack through the classic queue")
+            assert [body for body, _ in received] == [b"through-classic"]
+            consumer.settle(tag for _, tag in received)
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                        and "refuses the quorum ack queue" in r.getMessage()]  # fmt: skip
+            assert warnings, caplog.text
+            assert "ACCESS_REFUSED" in warnings[0]
+            assert "operator.ackQueueType=classic" in warnings[0]
+
+            # The fix: the permissions of the chart README. The next round's connect takes the
+            # quorum queue and retires the classic one.
+            wide = r"^(refreshbus|refreshbus\.operator\.acks(\.quorum)?)$"
+            running_broker.ctl("set_permissions", "-p", "/", user, wide, wide, wide)
+            consumer.set_active(False)
+            await until(lambda: not consumer.connected, 20, "the idle consumer to close")
+            consumer.set_active(True)
+            await until(lambda: consumer.connected, 20, "the consumer to reopen")
+            assert _fallback("consumer") == 0
+            assert await queue_exists(admin, routing.OPERATOR_ACK_QUORUM_QUEUE) == 0
+            assert await queue_exists(admin, routing.OPERATOR_ACK_QUEUE) is None
+        finally:
+            await consumer.stop()
+            await publisher.stop()
+            await fresh(await admin.channel())
+            await admin.close()
+
+    caplog.set_level(logging.WARNING, logger="refreshbus_operator.broker")
     try:
         run(main())
     finally:
