@@ -24,6 +24,8 @@ from refreshbus_operator.events import Recorder
 from refreshbus_operator.kube import Kube, cfr_path
 from refreshbus_operator.publishing import Publisher
 from refreshbus_operator.records import ObjectRef, decode_round, encode_round
+from refreshbus_operator.rollout import Rollout, saved_state
+from refreshbus_operator.rolloutplan import spec_key
 from refreshbus_operator.rounds import Round
 from refreshbus_operator.settings import ROUND_ANNOTATION, Config
 from refreshbus_operator.springbus.bridge import SpringBusBridge
@@ -44,6 +46,8 @@ class Engine:
         )
         self.recorder = Recorder(kube, config.instance)
         self.rounds: dict[tuple[str, str], Round] = {}
+        #: Progressive rollouts (ConfigRefreshes with spec.rollout): orchestrators of child rounds.
+        self.rollouts: dict[tuple[str, str], Rollout] = {}
         self._writes: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self.verifier = AckVerifier(kube.apost, Mode(config.ack_identity), keys=IssuerKeys(
             lambda path: kube.arequest("GET", path, accept=ISSUER_MEDIA_TYPES)))
@@ -85,7 +89,9 @@ class Engine:
         await self.publisher.stop()
 
     async def stop_rounds(self) -> None:
-        await cancel_and_wait(r.task for r in self.rounds.values())
+        await cancel_and_wait(
+            [r.task for r in self.rollouts.values()] + [r.task for r in self.rounds.values()]
+        )
 
     def dead_workers(self) -> list[str]:
         """The worker tasks (publisher, ack consumer, janitor) that died or are stuck."""
@@ -130,9 +136,21 @@ class Engine:
             if existing.task is not None:
                 existing.task.cancel()
             self.rounds.pop(key, None)
+        rollout = self.rollouts.get(key)
+        if rollout is not None:
+            if rollout.ref.uid == uid and rollout.key == spec_key(spec) and not meta.get("deletionTimestamp"):
+                # Only rollout.paused changed (or nothing): the same rollout holds or goes on.
+                rollout.update(generation, spec)
+                return "running"
+            log.info("%r superseded (generation %s)", rollout, generation)
+            if rollout.task is not None:
+                rollout.task.cancel()
+            self.rollouts.pop(key, None)
         if meta.get("deletionTimestamp"):
             return "deleting"
         ref = ObjectRef(ns, name, uid)
+        if spec.get("rollout") is not None:
+            return self._reconcile_rollout(ref, generation, spec, status, meta.get("annotations") or {})
         phase = status.get("phase")
         same_generation = status.get("observedGeneration") == generation
         if same_generation and phase in {p.value for p in st.FINAL_PHASES}:
@@ -153,6 +171,32 @@ class Engine:
         round_ = Round(self, ref, generation, spec, snapshot, previous_conditions=status.get("conditions"))
         self._launch(round_)
         return "started"
+
+    def _reconcile_rollout(
+        self,
+        ref: ObjectRef,
+        generation: int,
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any],
+        annotations: Mapping[str, Any],
+    ) -> str:
+        """Start or resume a rollout. Its identity is the spec without ``rollout.paused`` (kept
+        in its state annotation), not the generation: resuming a paused rollout is no new one."""
+        state = saved_state(annotations)
+        same = state is not None and state.get("spec") == spec_key(spec)
+        if same and status.get("phase") in {p.value for p in st.FINAL_PHASES}:
+            return "done"
+        resumed = same and bool(status.get("rollout"))
+        rollout = Rollout(self, ref, generation, spec, status if resumed else None, state if same else None)
+        self.rollouts[(ref.namespace, ref.name)] = rollout
+        rollout.task = asyncio.create_task(rollout.run(), name=repr(rollout))
+        log.info("%r %s", rollout, "resumed" if resumed else "started")
+        return "resumed" if resumed else "started"
+
+    def rollout_ended(self, rollout: Rollout) -> None:
+        key = (rollout.ref.namespace, rollout.ref.name)
+        if self.rollouts.get(key) is rollout:
+            del self.rollouts[key]
 
     def _resumed_round(
         self,
@@ -198,10 +242,14 @@ class Engine:
         log.info("%r %s", round_, "resumed" if round_.resumed is not None else "started")
 
     def forget(self, namespace: str, name: str) -> None:
-        """The object is being deleted: stop its round (nothing else to clean up)."""
+        """The object is being deleted: stop its round or rollout (its children go with it:
+        owner references)."""
         round_ = self.rounds.pop((namespace, name), None)
         if round_ is not None and round_.task is not None:
             round_.task.cancel()
+        rollout = self.rollouts.pop((namespace, name), None)
+        if rollout is not None and rollout.task is not None:
+            rollout.task.cancel()
         metrics.IN_FLIGHT.set(len(self.rounds))
 
     def round_ended(self, round_: Round) -> None:
@@ -224,21 +272,24 @@ class Engine:
             if self._writes.get(key) is future and future.done():
                 del self._writes[key]
 
-    async def write_status(self, round_: Round, body: Mapping[str, Any]) -> None:
+    async def write_status(self, ref: ObjectRef, body: Mapping[str, Any]) -> None:
         started = time.monotonic()
-        patch = {"metadata": {"uid": round_.ref.uid}, "status": body} if round_.ref.uid else {"status": body}
+        patch = {"metadata": {"uid": ref.uid}, "status": body} if ref.uid else {"status": body}
         await self._serialised(
-            (round_.ref.namespace, round_.ref.name),
-            self.kube.apatch(cfr_path(round_.ref.namespace, round_.ref.name, status=True), patch),
+            (ref.namespace, ref.name),
+            self.kube.apatch(cfr_path(ref.namespace, ref.name, status=True), patch),
         )
         metrics.STATUS_PATCHES.inc()
-        log.debug("%r status written in %.0f ms", round_, (time.monotonic() - started) * 1000)
+        elapsed = (time.monotonic() - started) * 1000
+        log.debug("%s/%s status written in %.0f ms", ref.namespace, ref.name, elapsed)
 
     async def write_annotation(self, round_: Round, record: Mapping[str, Any]) -> None:
-        patch: dict[str, Any] = {"metadata": {"annotations": {ROUND_ANNOTATION: encode_round(record)}}}
-        if round_.ref.uid:
-            patch["metadata"]["uid"] = round_.ref.uid
+        await self.write_annotations(round_.ref, {ROUND_ANNOTATION: encode_round(record)})
+
+    async def write_annotations(self, ref: ObjectRef, annotations: Mapping[str, str]) -> None:
+        patch: dict[str, Any] = {"metadata": {"annotations": dict(annotations)}}
+        if ref.uid:
+            patch["metadata"]["uid"] = ref.uid
         await self._serialised(
-            (round_.ref.namespace, round_.ref.name),
-            self.kube.apatch(cfr_path(round_.ref.namespace, round_.ref.name), patch),
+            (ref.namespace, ref.name), self.kube.apatch(cfr_path(ref.namespace, ref.name), patch)
         )

@@ -582,7 +582,7 @@ class Round:
         tags, self.unsettled = self.unsettled, []
         body = self._render(now())
         try:
-            await self.engine.write_status(self, body)
+            await self.engine.write_status(self.ref, body)
         except BaseException:
             self.unsettled = tags + self.unsettled
             raise
@@ -620,7 +620,7 @@ class Round:
         attempt = 0
         while True:
             try:
-                await self.engine.write_status(self, body)
+                await self.engine.write_status(self.ref, body)
                 break
             except ApiError as exc:
                 if exc.not_found or exc.conflict:  # gone, or replaced by a new object

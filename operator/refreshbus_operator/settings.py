@@ -32,6 +32,14 @@ ENV_BROKER_URLS_FILE = "REFRESHBUS_BROKER_URLS_FILE"
 AUTO_REFRESH_LABEL = f"{GROUP}/auto-refresh-for"
 #: Annotation holding a finished round's bookkeeping needed to resume after a restart.
 ROUND_ANNOTATION = f"{GROUP}/round"
+#: On a rollout's child ConfigRefresh: {"name": <release record>, "revision": N}, which its
+#: round puts into the event (protocol 1.3): the pods apply that revision of the record.
+RELEASE_ANNOTATION = f"{GROUP}/release"
+#: On a rollout's child ConfigRefreshes: the parent's name (a label value).
+ROLLOUT_PARENT_LABEL = f"{GROUP}/rollout-parent"
+#: On a rollout's parent: the spec it runs (a digest without rollout.paused) and the moved
+#: pods' restart baselines; on its children: the parent's spec digest (docs/rollout.md).
+STATE_ANNOTATION = f"{GROUP}/rollout-state"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 //   node config-server.js <port> <config.json>
 //
 // GET  /              -> {"config": <parsed file>, "loads": n, "pid": pid}
-// GET  /healthz       -> 200 "ok"
+// GET  /healthz       -> 200 "ok"; 503 while the config says "healthy": false
 // POST /-/reload      -> re-reads the file: 200, or 500 if it is not valid JSON (old config kept)
 // POST /-/reload-slow -> waits 5 s, then like /-/reload (to test reload timeouts)
 // SIGHUP              -> re-reads the file (an invalid file keeps the old config)
@@ -121,8 +121,9 @@ function reload(res) {
 
 http.createServer((req, res) => {
   if (req.url === '/healthz') {
-    res.writeHead(200, {'Content-Type': 'text/plain'});
-    res.end('ok\n');
+    const sick = config !== null && config.healthy === false;
+    res.writeHead(sick ? 503 : 200, {'Content-Type': 'text/plain'});
+    res.end(sick ? 'config says unhealthy\n' : 'ok\n');
   } else if (req.url === '/-/reload' && req.method === 'POST') {
     reload(res);
   } else if (req.url === '/-/reload-slow' && req.method === 'POST') {

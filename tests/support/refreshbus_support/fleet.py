@@ -168,11 +168,13 @@ class Fleet:
 
 
 def apply_deployment(cluster: Any, namespace: str, name: str, *, replicas: int, configmap: str = "app-config",
-                     auto_refresh: bool = True) -> dict[str, str]:
+                     auto_refresh: bool = True, annotations: dict[str, str] | None = None) -> dict[str, str]:
     """``kubectl apply`` an opted-in Deployment (its pods are then made with
-    ``labels=<returned>, owner=Owner.replicaset_of(name)``); returns its pod labels."""
+    ``labels=<returned>, owner=Owner.replicaset_of(name)``); returns its pod labels.
+    ``annotations`` go on its pod template too (e.g. ``refreshbus.io/rollout``)."""
     labels = {"app": name}
-    annotations = {"refreshbus.io/inject": "true", "refreshbus.io/configmaps": configmap}
+    annotations = {"refreshbus.io/inject": "true", "refreshbus.io/configmaps": configmap,
+                   **(annotations or {})}
     if auto_refresh:
         annotations["refreshbus.io/auto-refresh"] = "true"
     cluster.kubectl("apply", "-f", "-", input=json.dumps({

@@ -1,0 +1,163 @@
+"""Progressive rollout (docs/rollout.md) end to end, with real components: the real operator
+process, a real kube-apiserver and RabbitMQ, a real sidecar process per pod reloading a real
+Node.js app (tests/support/apps/config-server.js) that journals every load and serves its
+config; its ``/healthz`` answers 503 while its config says ``"healthy": false``, and each
+sidecar checks it after a reload (``REFRESHBUS_HEALTH_URL``), as a pod would ask for.
+
+No kubelet runs here: the pods are API objects the test plays kubelet for (the fleet creates
+them Running and Ready). So the gates' pod observations (Ready, restartCount, a pod gone)
+come from pod status this test patches, or from pods it deletes and creates; what the apps
+load and serve is real. The real-node version (a readiness probe failing for real) is
+tests/e2e/node/test_rollout_node.py.
+
+Bake times are checked from the timestamps the operator writes into status, never by timing
+the test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from opharness import OperatorProc, cfr, events_for, wait_for, wait_phase
+from refreshbus_support import configs
+from refreshbus_support.fleet import Fleet, Member, apply_deployment
+from refreshbus_support.pods import Owner
+from refreshbus_wire import pods as podc
+from refreshbus_wire import release as wire
+
+pytestmark = pytest.mark.e2e
+
+RECORD = wire.record_name("Deployment", "web")
+SOURCES = [{"configMap": {"name": "app-config"}}]
+TARGET = {"workload": {"kind": "Deployment", "name": "web"}}
+
+
+def config(version: int, *, healthy: bool = True) -> dict[str, str]:
+    body: dict[str, Any] = {"version": version, "greeting": f"hello v{version}"}
+    if not healthy:
+        body["healthy"] = False  # the app's /healthz then answers 503
+    return {"config.json": json.dumps(body)}
+
+
+def versioned_deployment(
+    cluster: Any, namespace: str, *, auto_refresh: bool = False, steps: str = "1,25%,100%", bake: str = "1s"
+) -> dict[str, str]:
+    """Deployment ``web``, versioned (refreshbus.io/rollout), and wait for its release record."""
+    labels = apply_deployment(
+        cluster,
+        namespace,
+        "web",
+        replicas=0,
+        auto_refresh=auto_refresh,
+        annotations={podc.ANN_ROLLOUT: steps, podc.ANN_ROLLOUT_BAKE: bake},
+    )
+    wait_for(lambda: record(cluster, namespace), 30, f"the release record {RECORD}")
+    return labels
+
+
+def record(cluster: Any, namespace: str) -> wire.Release | None:
+    out = cluster.kubectl("-n", namespace, "get", "configmap", RECORD, "-o", "json", check=False)
+    return wire.decode_record(json.loads(out.stdout)).release if out.returncode == 0 else None
+
+
+def start_pods(fleet: Fleet, labels: dict[str, str], names: list[str]) -> list[Member]:
+    """Pods of ``web`` with a 1.3 sidecar that checks the app's health after each reload."""
+    members = []
+    for name in names:
+        member = fleet.node_pod(
+            name,
+            labels=labels,
+            owner=Owner.replicaset_of("web"),
+            journal=True,
+            start=False,
+            annotations={podc.ANN_SIDECAR_PROTOCOL: "1.3"},
+        )
+        member.sidecar_env.update(
+            {podc.ENV_HEALTH_URL: f"http://127.0.0.1:{member.app_port}/healthz", podc.ENV_HEALTH_TIMEOUT: "1"}
+        )
+        fleet.start(member)
+        members.append(member)
+    return members
+
+
+def pod_names(n: int, prefix: str = "web-5d8f9c7b6-") -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def rollout_refresh(cluster: Any, namespace: str, name: str, **rollout: Any) -> None:
+    manifest = {
+        "apiVersion": "refreshbus.io/v1alpha1",
+        "kind": "ConfigRefresh",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"sources": SOURCES, "target": TARGET, "deadlineSeconds": 20, "rollout": rollout},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def served(member: Member) -> int:
+    return int(member.node_state()["config"]["version"])
+
+
+def versions_loaded(member: Member) -> list[int]:
+    return [e["version"] for e in member.loads()]
+
+
+def on_disk(member: Member) -> int:
+    assert member.config_file is not None
+    return int(json.loads(member.config_file.read_text())["version"])
+
+
+def wait_rollout(
+    cluster: Any,
+    namespace: str,
+    name: str,
+    ok: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 60.0,
+    operator: OperatorProc | None = None,
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = cfr(cluster, namespace, name)
+        rollout = obj.get("status", {}).get("rollout") or {}
+        return obj if rollout and ok(rollout) else None
+
+    try:
+        return wait_for(check, timeout, what, interval=0.2)
+    except AssertionError as exc:
+        status = json.dumps(cfr(cluster, namespace, name).get("status"), indent=1)
+        log = operator.logs_tail() if operator is not None else ""
+        raise AssertionError(f"{exc}\nstatus: {status}\n{log}") from None
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def reasons(cluster: Any, namespace: str, name: str) -> list[str]:
+    return [
+        e["reason"] for e in sorted(events_for(cluster, namespace, name), key=lambda e: e["firstTimestamp"])
+    ]
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+def test_a_rollout_on_a_workload_without_a_release_record_is_refused(cluster, namespace, start_operator):
+    configs.put_configmap(cluster, namespace, "app-config", config(1))
+    apply_deployment(cluster, namespace, "web", replicas=0, auto_refresh=False)
+    op = start_operator()
+
+    rollout_refresh(cluster, namespace, "roll", steps=[1, "100%"])
+
+    obj = wait_phase(cluster, namespace, "roll", "Failed", operator=op)
+    assert obj["status"]["rollout"]["state"] == "Failed"
+    complete = next(c for c in obj["status"]["conditions"] if c["type"] == "Complete")
+    assert complete["reason"] == "NotVersioned"
+    assert "refreshbus.io/rollout" in complete["message"]
+    wait_for(
+        lambda: "NotVersioned" in reasons(cluster, namespace, "roll"), 10, "a NotVersioned Warning Event"
+    )
