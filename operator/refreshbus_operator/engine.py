@@ -27,7 +27,7 @@ from refreshbus_operator.records import ObjectRef, decode_round, encode_round
 from refreshbus_operator.rollout import Rollout, saved_state
 from refreshbus_operator.rolloutplan import spec_key
 from refreshbus_operator.rounds import Round
-from refreshbus_operator.settings import ROUND_ANNOTATION, Config
+from refreshbus_operator.settings import RELEASE_ANNOTATION, ROUND_ANNOTATION, Config
 from refreshbus_operator.springbus.bridge import SpringBusBridge
 from refreshbus_operator.tasks import cancel_and_wait
 
@@ -168,7 +168,10 @@ class Engine:
             self._launch(round_)
             return "resumed"
         snapshot = st.Snapshot(generation=generation, event_id=new_id(), start_time=now())
-        round_ = Round(self, ref, generation, spec, snapshot, previous_conditions=status.get("conditions"))
+        round_ = Round(
+            self, ref, generation, spec, snapshot, previous_conditions=status.get("conditions"),
+            release=(meta.get("annotations") or {}).get(RELEASE_ANNOTATION),
+        )
         self._launch(round_)
         return "started"
 

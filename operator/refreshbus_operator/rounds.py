@@ -10,12 +10,20 @@ go to status (plus, when status had to truncate them, into the annotation). A re
 operator rebuilds the round from both, waits ``resume_grace`` for acks that queued up
 while it was away, then re-publishes the same event id to the targets that have not
 answered, and only to them.
+
+Versioned workloads (a release record, :mod:`refreshbus_operator.release`): a rollout's
+step or rollback (a child ConfigRefresh annotated ``refreshbus.io/release``) publishes
+that record revision as the event's ``release`` (protocol 1.3). A plain round that
+refreshes ConfigMaps first makes their live content the accepted revision of each
+versioned workload among its targets and names that revision: the sidecars follow the
+record, so without it a plain refresh would change nothing there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Coroutine, Mapping
@@ -24,8 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from refreshbus_wire import (
     Ack,
+    ProtocolError,
     RefreshEvent,
     RefreshRef,
+    ReleaseRef,
     Scope,
     Source,
     SourceKind,
@@ -34,9 +44,11 @@ from refreshbus_wire import (
     now,
 )
 from refreshbus_wire.destination import expand
+from refreshbus_wire.release import record_name
 from refreshbus_wire.routing import pod_key
 
 from refreshbus_operator import metrics
+from refreshbus_operator import release as rs
 from refreshbus_operator import status as st
 from refreshbus_operator import targets as tg
 from refreshbus_operator.ackidentity import Check, Verdict
@@ -45,6 +57,7 @@ from refreshbus_operator.broker import backoff
 from refreshbus_operator.kube import ApiError, source_path, transient_reason
 from refreshbus_operator.publishing import PublishError
 from refreshbus_operator.records import ObjectRef, spec_action, spec_source_entries
+from refreshbus_operator.settings import RELEASE_ANNOTATION
 from refreshbus_operator.springbus.answers import SpringAnswers
 
 if TYPE_CHECKING:
@@ -84,6 +97,7 @@ class Round:
         snapshot: st.Snapshot,
         previous_conditions: list[dict[str, Any]] | None = None,
         resumed: dict[str, Any] | None = None,
+        release: str | None = None,
     ) -> None:
         self.engine = engine
         self.ref = ref
@@ -92,6 +106,12 @@ class Round:
         self.snapshot = snapshot
         self.previous_conditions = previous_conditions
         self.resumed = resumed  # the decoded round annotation when resuming
+        #: The ``refreshbus.io/release`` annotation (a rollout's child): what its event names.
+        self.release_annotation = release
+        #: The release record revision each versioned workload's pods are sent (kind, name).
+        self.releases: dict[tuple[str, str], ReleaseRef] = {}
+        #: Target pod -> its workload (kind, name), as resolved (empty when resumed).
+        self.pod_workloads: dict[str, tuple[str, str]] = {}
         self.deadline_seconds = int(spec.get("deadlineSeconds") or DEFAULT_DEADLINE)
         self.dirty = asyncio.Event()
         self.answered = asyncio.Event()
@@ -210,6 +230,8 @@ class Round:
                     return
             else:
                 self._load_sources(self.resumed.get("sources") or [])
+                saved = self.resumed.get("releases") or []
+                self.releases = {(k, n): ReleaseRef(record, revision) for k, n, record, revision in saved}
             engine.router.register(self.event_id, self)
             flusher = asyncio.create_task(self._flusher(), name=f"flush {self.ref.name}")
             try:
@@ -332,6 +354,13 @@ class Round:
             text = "; ".join(problems)
             snap.conditions["SourcesReady"] = st.Condition("SourcesReady", "False", "SourceNotManaged", text)
             return await self._abort(text, "SourceNotManaged")
+        self.pod_workloads = {p.name: p.workload for p in resolution.targets if p.workload is not None}
+        try:
+            await self._settle_releases(wanted)
+        except rs.ReleaseError as exc:
+            text = f"release record: {exc}"
+            snap.conditions["SourcesReady"] = st.Condition("SourcesReady", "False", exc.reason, text)
+            return await self._abort(text, exc.reason)
         snap.conditions["SourcesReady"] = st.Condition(
             "SourcesReady", "True", "SourcesFound", ", ".join(f"{k} {n}" for k, n in wanted)
         )
@@ -341,15 +370,56 @@ class Round:
         self.routing_keys = resolution.routing_keys
         await engine.write_annotation(self, self._round_record())
         await self._write_status()
+        named = sorted({(r.name, r.revision) for r in self.releases.values()})
+        versions = "".join(f", {record} revision {revision}" for record, revision in named)
         await engine.recorder.normal(
             ns,
             self.ref.name,
             self.ref.uid,
             "Started",
             f"refresh {self.event_id} of {', '.join(f'{k}/{n}' for k, n in wanted)} to "
-            f"{len(resolution.targets)} pod(s) ({len(resolution.skipped)} skipped)",
+            f"{len(resolution.targets)} pod(s) ({len(resolution.skipped)} skipped){versions}",
         )
         return True
+
+    async def _settle_releases(self, wanted: list[tuple[str, str]]) -> None:
+        """Which record revision each versioned workload's events name (see the module doc).
+
+        Raises:
+            ReleaseError: an unreadable ``refreshbus.io/release``, or the live content cannot
+                be accepted (e.g. the record would pass 1 MiB).
+        """
+        workloads = sorted(set(self.pod_workloads.values()))
+        if self.release_annotation is not None:
+            try:
+                ref = ReleaseRef.from_json(json.loads(self.release_annotation))
+            except (ValueError, ProtocolError) as exc:
+                raise rs.ReleaseError(
+                    f'the annotation {RELEASE_ANNOTATION} is not {{"name": <record>, "revision": N}}: {exc}'
+                ) from None
+            self.releases = {w: ref for w in workloads}
+            return
+        if not any(kind == "ConfigMap" for kind, _ in wanted):
+            return  # a Secret is never versioned: the records stay as they are
+        ns, kube = self.ref.namespace, self.engine.kube
+        for kind, name in workloads:
+            try:
+                revision = await rs.accept_live(kube, ns, kind, name, self.ref.name)
+            except rs.NotVersionedError:
+                continue
+            self.releases[(kind, name)] = ReleaseRef(record_name(kind, name), revision)
+
+    def release_for(self, pod: str | None) -> ReleaseRef | None:
+        """The release an event to ``pod`` (None: to the targeted workload) names."""
+        if pod is None:
+            workload = self.spec["target"]["workload"]
+            return self.releases.get((workload["kind"], workload["name"]))
+        workload = self.pod_workloads.get(pod)
+        if workload is not None:
+            return self.releases.get(workload)
+        # Resumed: the pods' workloads are not kept, only the releases; one versioned
+        # workload per round (target.workload, a rollout's step) is the case that matters.
+        return next(iter(self.releases.values())) if len(self.releases) == 1 else None
 
     def _round_record(self, acked: Mapping[str, str] | None = None) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -362,6 +432,9 @@ class Round:
                 for s in self.sources
             ],
         }
+        if self.releases:
+            # [kind, name, record, revision]: a resumed round names the same revisions.
+            record["releases"] = [[k, n, r.name, r.revision] for (k, n), r in sorted(self.releases.items())]
         if acked:
             record["acked"] = dict(acked)
         return record
@@ -388,18 +461,22 @@ class Round:
     def _messages(self, pods: list[str] | None) -> list[tuple[str, bytes]]:
         """Encoded messages: for ``pods`` (resume) one per pod, else per the resolved keys."""
         ns = self.ref.namespace
-        addressed: list[tuple[str, Target]]
+        addressed: list[tuple[str, Target, ReleaseRef | None]]
         if pods is None and self.routing_keys and self.routing_keys[0].startswith("refresh.workload."):
             workload = self.spec["target"]["workload"]
             addressed = [
                 (
                     self.routing_keys[0],
                     Target(scope=Scope.WORKLOAD, namespace=ns, kind=workload["kind"], name=workload["name"]),
+                    self.release_for(None),
                 )
             ]
         else:
             names = pods if pods is not None else sorted(self.snapshot.targets)
-            addressed = [(pod_key(ns, p), Target(scope=Scope.POD, namespace=ns, name=p)) for p in names]
+            addressed = [
+                (pod_key(ns, p), Target(scope=Scope.POD, namespace=ns, name=p), self.release_for(p))
+                for p in names
+            ]
         issued = now()
         action = spec_action(self.spec)
         refresh = RefreshRef(namespace=ns, name=self.ref.name, generation=self.generation)
@@ -417,10 +494,11 @@ class Round:
                         deadline=self.deadline,
                         action=action,
                         refresh=refresh,
+                        release=release,
                     )
                 ),
             )
-            for key, target in addressed
+            for key, target, release in addressed
         ]
 
     async def _publish(self) -> None:
