@@ -16,6 +16,7 @@ the test.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -133,6 +134,12 @@ def wait_rollout(
         raise AssertionError(f"{exc}\nstatus: {status}\n{log}") from None
 
 
+def set_paused(cluster: Any, namespace: str, name: str, paused: bool) -> None:
+    """What docs/rollout.md tells users to run."""
+    patch = json.dumps({"spec": {"rollout": {"paused": paused}}})
+    cluster.kubectl("-n", namespace, "patch", "cfr", name, "--type", "merge", "-p", patch)
+
+
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -161,3 +168,107 @@ def test_a_rollout_on_a_workload_without_a_release_record_is_refused(cluster, na
     wait_for(
         lambda: "NotVersioned" in reasons(cluster, namespace, "roll"), 10, "a NotVersioned Warning Event"
     )
+
+
+def test_a_rollout_over_pods_with_an_older_sidecar_is_refused(cluster, namespace, fleet, start_operator):
+    configs.put_configmap(cluster, namespace, "app-config", config(1))
+    op = start_operator()
+    labels = versioned_deployment(cluster, namespace)
+    fleet.node_pod("web-5d8f9c7b6-0", labels=labels, owner=Owner.replicaset_of("web"))  # no protocol stamp
+    configs.put_configmap(cluster, namespace, "app-config", config(2))
+
+    rollout_refresh(cluster, namespace, "roll", steps=[1, "100%"])
+
+    obj = wait_phase(cluster, namespace, "roll", "Failed", operator=op)
+    complete = next(c for c in obj["status"]["conditions"] if c["type"] == "Complete")
+    assert complete["reason"] == "SidecarTooOld"
+    assert "restart the workload to get the current sidecar" in complete["message"]
+    release = record(cluster, namespace)
+    assert release is not None
+    assert release.candidate is None, "nothing was proposed"
+
+
+# -- rolling out ---------------------------------------------------------------------------
+
+
+def test_a_good_config_rolls_out_step_by_step_with_each_bake(cluster, namespace, fleet, start_operator):
+    configs.put_configmap(cluster, namespace, "app-config", config(1))
+    op = start_operator()
+    labels = versioned_deployment(cluster, namespace)
+    members = start_pods(fleet, labels, pod_names(4))
+    configs.put_configmap(cluster, namespace, "app-config", config(2))
+
+    rollout_refresh(cluster, namespace, "roll", steps=[1, "25%", "100%"], bakeSeconds=2)
+
+    obj = wait_phase(cluster, namespace, "roll", "Succeeded", timeout=90, operator=op)
+    rollout = obj["status"]["rollout"]
+    assert rollout["state"] == "Completed"
+    assert rollout["progress"] == "3/3"
+    steps = rollout["stepStatuses"]
+    # 1 pod, then 25% of 4 rounded up -- one more than before, so 2 --, then all 4.
+    assert [s["podCount"] for s in steps] == [1, 1, 2]
+    assert [s["pods"] for s in steps] == [
+        ["web-5d8f9c7b6-0"],
+        ["web-5d8f9c7b6-1"],
+        ["web-5d8f9c7b6-2", "web-5d8f9c7b6-3"],
+    ]
+    assert all(s["verdict"] == "Passed" for s in steps)
+    for step in steps:
+        assert (at(step["completionTime"]) - at(step["bakeStartTime"])).total_seconds() >= 2, step
+    for before, after in itertools.pairwise(steps):
+        assert at(after["startTime"]) >= at(before["completionTime"]), (
+            "a step starts once the one before passed"
+        )
+    assert [served(m) for m in members] == [2, 2, 2, 2]
+    assert all(versions_loaded(m) == [1, 2] for m in members)
+    release = record(cluster, namespace)
+    assert release is not None
+    assert release.candidate is None
+    assert release.accepted.revision == rollout["candidateRevision"] == rollout["acceptedRevision"]
+    assert {"RolloutStarted", "StepStarted", "StepPassed", "RolloutCompleted"} <= set(
+        reasons(cluster, namespace, "roll")
+    )
+    for n in (1, 2, 3):
+        child = cfr(cluster, namespace, f"roll-step-{n}")
+        assert child["status"]["phase"] == "Succeeded"
+        assert child["metadata"]["labels"]["refreshbus.io/rollout-parent"] == "roll"
+        assert child["metadata"]["ownerReferences"][0]["name"] == "roll"
+
+
+def test_a_rollout_survives_an_operator_restart_and_pauses_and_resumes(
+    cluster, namespace, fleet, start_operator
+):
+    configs.put_configmap(cluster, namespace, "app-config", config(1))
+    op = start_operator()
+    labels = versioned_deployment(cluster, namespace)
+    members = start_pods(fleet, labels, pod_names(3))
+    configs.put_configmap(cluster, namespace, "app-config", config(2))
+
+    rollout_refresh(cluster, namespace, "roll", steps=[1, "100%"], bakeSeconds=6)
+    wait_rollout(
+        cluster, namespace, "roll", lambda r: r.get("state") == "Baking", "step 1 baking", operator=op
+    )
+    step1 = cfr(cluster, namespace, "roll-step-1")
+    # Killed mid-bake: no clean-up at all.
+    op.kill()
+    set_paused(cluster, namespace, "roll", True)
+    op = start_operator()
+
+    obj = wait_rollout(
+        cluster, namespace, "roll", lambda r: r.get("state") == "Paused", "paused before step 2", operator=op
+    )
+    assert obj["status"]["rollout"]["step"] == 1
+    assert obj["status"]["rollout"]["stepStatuses"][0]["verdict"] == "Passed"
+    assert cfr(cluster, namespace, "roll-step-2") == {}, "no step starts while paused"
+    again = cfr(cluster, namespace, "roll-step-1")
+    assert again["metadata"]["uid"] == step1["metadata"]["uid"], "the resumed step was not started anew"
+    assert [served(m) for m in members] == [2, 1, 1]
+
+    set_paused(cluster, namespace, "roll", False)
+
+    obj = wait_phase(cluster, namespace, "roll", "Succeeded", timeout=60, operator=op)
+    assert [s["podCount"] for s in obj["status"]["rollout"]["stepStatuses"]] == [1, 2]
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert [served(m) for m in members] == [2, 2, 2]
+    assert all(versions_loaded(m) == [1, 2] for m in members), "pausing re-sent nothing"
+    assert {"Paused", "Resumed"} <= set(reasons(cluster, namespace, "roll"))
