@@ -24,6 +24,8 @@ _HELP = {
     "refreshbus_sidecar_sync_errors_total": ("counter", "Failed fetches or writes of the managed config."),
     "refreshbus_sidecar_broker_connected": ("gauge", "1 while connected to a broker."),
     "refreshbus_sidecar_ready": ("gauge", "1 once the initial config has been written."),
+    "refreshbus_sidecar_release_revision": (
+        "gauge", "Release-record revision the pod runs (0: the workload has no record)."),
     "refreshbus_sidecar_last_loop_timestamp_seconds": ("gauge", "Unix time of the consume loop's last turn."),
     "refreshbus_sidecar_reload_duration_seconds": ("histogram", "Time taken by the reload action."),
 }

@@ -18,19 +18,39 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from refreshbus_wire.events import Ack, AckResult, Action, RefreshEvent, Scope, Timings, new_id, now
+from refreshbus_wire.events import (
+    Ack,
+    AckResult,
+    Action,
+    RefreshEvent,
+    ReleaseRef,
+    Scope,
+    Timings,
+    new_id,
+    now,
+)
 from refreshbus_wire.hashing import combined_hash
+from refreshbus_wire.release import (
+    VERSIONED_WORKLOAD_KINDS,
+    RecordError,
+    ReleaseRecord,
+    decode_record,
+    record_name,
+    source_key,
+)
 from refreshbus_wire.routing import PodIdentity
 
 from refreshbus_sidecar import reload as reload_mod
 from refreshbus_sidecar.config import Settings
 from refreshbus_sidecar.delivery import DeliveryError, Payload, Store, payload_from_object
-from refreshbus_sidecar.kubeapi import ApiError, ServerError
+from refreshbus_sidecar.kubeapi import ApiError, ForbiddenError, NotFoundError, ServerError
 from refreshbus_sidecar.metrics import Metrics
 
 log = logging.getLogger("refreshbus.sidecar")
+
+_T = TypeVar("_T")
 
 #: File in the shared volume holding the hash of every managed source as the app last
 #: loaded it (after a successful reload, or the initial write the app starts with). A
@@ -66,6 +86,15 @@ class SyncError(RuntimeError):
     """A fetch, write or reload failed; the text is what goes into a failed ack."""
 
 
+class _Again(Exception):  # noqa: N818 -- not an error: a request for another attempt
+    """One attempt of a GET did not give a usable answer; another one may."""
+
+    def __init__(self, why: str, unanswered: bool = False) -> None:
+        super().__init__(why)
+        #: The API server did not answer (transport error, 5xx, 429): worth waiting for.
+        self.unanswered = unanswered
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     result: AckResult
@@ -77,6 +106,8 @@ class Outcome:
     fetch_ms: float | None = None
     #: (kind, name) of the sources written.
     changed: tuple[tuple[str, str], ...] = ()
+    #: The release-record revision the pod runs now (None: the workload has no record).
+    revision: int | None = None
 
 
 def addressed_to(event: RefreshEvent, me: PodIdentity) -> bool:
@@ -126,8 +157,13 @@ class Refresher:
         self.reload_pending = False
         self.ready = False
         self._marker_checked = False
-        #: event id -> (result, config hash) of the events handled successfully.
-        self._done: OrderedDict[str, tuple[AckResult, str | None]] = OrderedDict()
+        #: event id -> the outcome of the events handled successfully.
+        self._done: OrderedDict[str, Outcome] = OrderedDict()
+        me = self.identity
+        #: The workload's release record (None: a bare Pod/ReplicaSet, never versioned).
+        self.record_name = (record_name(me.workload_kind, me.workload_name)
+                            if me.workload_kind in VERSIONED_WORKLOAD_KINDS else None)
+        self._release_forbidden_logged = False
         #: (kind, name) -> when a level-triggered sync wrote the source's current content and
         #: the app reloaded it; an event issued before then was applied by that sync.
         self._caught_up: dict[tuple[str, str], datetime] = {}
@@ -139,7 +175,7 @@ class Refresher:
         wait. Liveness allows this much for one job before it calls the worker stuck."""
         request = 2 * self.api.timeout
         reload = self.settings.reload
-        sources = len(self.settings.sources)
+        sources = len(self.settings.sources) + (self.record_name is not None)
         if event is None:
             return (self.settings.fetch_jitter + sources * request + reload.timeout
                     + reload.health_timeout + HEALTH_POLL_SLACK)
@@ -165,7 +201,7 @@ class Refresher:
             # apply and the ack): repeat it rather than say "unchanged" about our own change.
             log.info("duplicate event: already handled, nothing to do", extra=extra)
             self.metrics.inc("refreshbus_sidecar_duplicate_events_total")
-            outcome = Outcome(*self._done[event.id])
+            outcome = self._done[event.id]
         else:
             outcome = self._apply_event(event, t0)
             if outcome.result is AckResult.UNCHANGED and self._caught_up_since(event):
@@ -174,12 +210,14 @@ class Refresher:
             for key in outcome.changed:
                 self._caught_up.pop(key, None)
             if outcome.result is not AckResult.FAILED:
-                self._remember(event.id, outcome.result, outcome.config_hash)
+                self._remember(event.id, Outcome(outcome.result, outcome.config_hash,
+                                                 revision=outcome.revision))
         self.metrics.inc("refreshbus_sidecar_refreshes_total", result=outcome.result.value)
         level = logging.WARNING if outcome.result is AckResult.FAILED else logging.INFO
         log.log(level, "refresh %s%s", outcome.result.value,
                 f": {outcome.error}" if outcome.error else "",
-                extra={**extra, "config_hash": outcome.config_hash, "fetch_ms": _ms(outcome.fetch_ms),
+                extra={**extra, "config_hash": outcome.config_hash, "revision": outcome.revision,
+                       "fetch_ms": _ms(outcome.fetch_ms),
                        "written_ms": _ms(outcome.written_ms), "reloaded_ms": _ms(outcome.reloaded_ms),
                        "received_at": received_at.isoformat(),
                        # Publish -> received, by the operator's and this node's wall clocks.
@@ -198,6 +236,7 @@ class Refresher:
             config_hash=outcome.config_hash,
             timings=Timings(written_ms=outcome.written_ms, reloaded_ms=outcome.reloaded_ms),
             error=outcome.error,
+            revision=None if outcome.result is AckResult.FAILED else outcome.revision,
         )
 
     def _apply_event(self, event: RefreshEvent, t0: float) -> Outcome:
@@ -214,16 +253,17 @@ class Refresher:
         fetch_started = time.monotonic()
         until = fetch_started + self._fetch_window(event)
         try:
-            payloads = [self._fetch(kind, name, rv, until) for kind, name, rv in refs]
+            revision, payloads = self._resolve(refs, event.release, until)
         except SyncError as exc:
             return Outcome(AckResult.FAILED, self._hash_on_disk(refs), error=str(exc))
         fetch_ms = (time.monotonic() - fetch_started) * 1000
         if (any(s.keys is not None for s in event.sources) and not self.reload_pending
                 and all(self._is_current(p, s.keys) for p, s in zip(payloads, event.sources, strict=True))):
             # Protocol 1.1 sources[].keys: only a change in the named keys counts.
-            return Outcome(AckResult.UNCHANGED, self._hash_on_disk(refs), fetch_ms=fetch_ms)
+            return Outcome(AckResult.UNCHANGED, self._hash_on_disk(refs), fetch_ms=fetch_ms,
+                           revision=revision)
         outcome = self._write_and_reload(payloads, self._action_for(event.action), t0, reload=True)
-        return dataclasses.replace(outcome, fetch_ms=fetch_ms)
+        return dataclasses.replace(outcome, fetch_ms=fetch_ms, revision=revision)
 
     def _is_current(self, payload: Payload, keys: tuple[str, ...] | None) -> bool:
         """Whether what is applied already matches ``payload`` in ``keys`` (None: every key)."""
@@ -241,8 +281,8 @@ class Refresher:
             (at := self._caught_up.get((s.kind.value, s.name))) is not None and at >= event.issued_at
             for s in event.sources)
 
-    def _remember(self, event_id: str, result: AckResult, config_hash: str | None) -> None:
-        self._done[event_id] = (result, config_hash)
+    def _remember(self, event_id: str, outcome: Outcome) -> None:
+        self._done[event_id] = outcome
         while len(self._done) > 1024:
             self._done.popitem(last=False)
 
@@ -263,12 +303,13 @@ class Refresher:
         if not first_time and not self._marker_checked:
             self._check_marker()
         try:
-            payloads = [self._fetch(kind, name, None) for kind, name in self.settings.sources]
+            revision, payloads = self._resolve([(k, n, None) for k, n in self.settings.sources], None, None)
         except SyncError as exc:
             self.metrics.inc("refreshbus_sidecar_sync_errors_total")
             log.warning("sync (%s) failed: %s", why, exc)
             return Outcome(AckResult.FAILED, None, error=str(exc))
         outcome = self._write_and_reload(payloads, self._action_for(None), t0, reload=not first_time)
+        outcome = dataclasses.replace(outcome, revision=revision)
         if outcome.result is not AckResult.FAILED or outcome.written_ms is not None:
             if not self.ready:
                 log.info("initial config written", extra={"config_hash": outcome.config_hash})
@@ -284,19 +325,104 @@ class Refresher:
 
     # -- steps ---------------------------------------------------------------------------
 
+    def _resolve(self, refs: list[tuple[str, str, str | None]], want: ReleaseRef | None, until: float | None
+                 ) -> tuple[int | None, list[Payload]]:
+        """The content to apply for ``refs`` (kind, name, resourceVersion): a source the
+        release record's revision for this pod names comes from the record, any other one
+        from the API. Returns that revision's number (None: no record) and the payloads."""
+        record = self._fetch_release(want, until)
+        if record is None:
+            return None, [self._fetch(kind, name, rv, until) for kind, name, rv in refs]
+        revision = record.release.revision_for(self.identity.pod)
+        files = record.files(revision)
+        payloads = []
+        for kind, name, rv in refs:
+            pinned = files.get(source_key(kind, name))
+            payloads.append(self._fetch(kind, name, rv, until) if pinned is None
+                            else Payload(kind, name, pinned, self.settings.configmap_mode))
+        self.metrics.set("refreshbus_sidecar_release_revision", revision.revision)
+        return revision.revision, payloads
+
+    def _fetch_release(self, want: ReleaseRef | None, until: float | None) -> ReleaseRecord | None:
+        """The workload's release record; None: it has none (the sources are followed live).
+
+        ``want`` (from an event): the record must be at that revision or later, and must be
+        readable; it is retried like a source. Without it a record the sidecar may not read
+        counts as none, with a warning: the operator grants the read with the sidecar's Role,
+        and a missing grant must not stop the pod's config from being refreshed."""
+        name = self.record_name
+        if want is not None and want.name != name:
+            raise SyncError(f"the event names release record {want.name}, but this pod's workload "
+                            f"{self.identity.workload_kind}/{self.identity.workload_name} has "
+                            f"{name or 'none (not a Deployment, StatefulSet or DaemonSet)'}")
+        if name is None:
+            return None
+
+        def attempt() -> ReleaseRecord | None:
+            try:
+                obj = self.api.get("ConfigMap", self.identity.namespace, name)
+            except NotFoundError as exc:
+                if want is None:
+                    self.metrics.set("refreshbus_sidecar_release_revision", 0)
+                    return None
+                raise _Again(f"release record {exc}") from None
+            except ForbiddenError as exc:
+                if want is None:
+                    if not self._release_forbidden_logged:
+                        log.warning("cannot read the release record, following the live sources: %s", exc)
+                        self._release_forbidden_logged = True
+                    return None
+                raise _Again(str(exc)) from None
+            except ApiError as exc:
+                raise _Again(str(exc), unanswered=isinstance(exc, ServerError)) from None
+            self._release_forbidden_logged = False
+            try:
+                record = decode_record(obj)
+            except RecordError as exc:
+                raise SyncError(f"unusable release record, keeping the current config: {exc}") from None
+            if want is not None and record.release.latest_revision < want.revision:
+                raise _Again(f"release record {name}: the API server still has revision "
+                             f"{record.release.latest_revision}, the event expects {want.revision}")
+            return record
+
+        return self._retrying(until, attempt)
+
     def _fetch(self, kind: str, name: str, want_rv: str | None, until: float | None = None) -> Payload:
-        """GET one source. ``until`` (monotonic; None: one attempt, the caller retries later):
-        retry on :data:`FETCH_RETRY_DELAYS`, then, while the API server does not answer,
-        every :data:`RETRY_EVERY` seconds until ``until``."""
+        """GET one source (retried as :meth:`_retrying` says)."""
         mode = self.settings.secret_mode if kind == "Secret" else self.settings.configmap_mode
-        delays = iter(() if until is None else self.retry_delays)
         # An event's version (an etcd revision) lets the API server answer from its cache;
         # a level-triggered sync (no version) reads the truth.
         at_least = want_rv if want_rv is not None and want_rv.isdigit() else None
+
+        def attempt() -> Payload:
+            try:
+                obj = self.api.get(kind, self.identity.namespace, name, not_older_than=at_least)
+            except ApiError as exc:
+                raise _Again(str(exc), unanswered=isinstance(exc, ServerError)) from None
+            got_rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if rv_older(got_rv, want_rv):
+                raise _Again(f"{kind} {name}: API server still has resourceVersion {got_rv}, "
+                             f"the event expects {want_rv}")
+            try:
+                return payload_from_object(obj, kind, mode)
+            except DeliveryError as exc:
+                raise SyncError(str(exc)) from None
+
+        return self._retrying(until, attempt)
+
+    def _retrying(self, until: float | None, attempt: Callable[[], _T]) -> _T:
+        """Run ``attempt`` until it answers. ``until`` (monotonic; None: one attempt, the
+        caller retries later): retry on :data:`FETCH_RETRY_DELAYS`, then, while the API
+        server does not answer, every :data:`RETRY_EVERY` seconds until ``until``.
+
+        Raises:
+            SyncError: the last attempt's reason, or what ``attempt`` raised itself.
+        """
+        delays = iter(() if until is None else self.retry_delays)
         last = ""
         unanswered = False
-        for attempt in itertools.count():
-            if attempt:
+        for n in itertools.count():
+            if n:
                 delay = next(delays, None)
                 if delay is None:
                     if until is None or not unanswered or time.monotonic() + RETRY_EVERY > until:
@@ -304,21 +430,9 @@ class Refresher:
                     delay = RETRY_EVERY
                 self.sleep(delay)
             try:
-                obj = self.api.get(kind, self.identity.namespace, name, not_older_than=at_least)
-            except ApiError as exc:
-                last = str(exc)
-                unanswered = isinstance(exc, ServerError)
-                continue
-            unanswered = False
-            got_rv = (obj.get("metadata") or {}).get("resourceVersion")
-            if rv_older(got_rv, want_rv):
-                last = (f"{kind} {name}: API server still has resourceVersion {got_rv}, "
-                        f"the event expects {want_rv}")
-                continue
-            try:
-                return payload_from_object(obj, kind, mode)
-            except DeliveryError as exc:
-                raise SyncError(str(exc)) from None
+                return attempt()
+            except _Again as again:
+                last, unanswered = str(again), again.unanswered
         raise SyncError(last)
 
     def _write_and_reload(self, payloads: list[Payload], action: reload_mod.ReloadAction, t0: float,

@@ -40,6 +40,8 @@ MAX_RECORD_BYTES: Final = 1024 * 1024
 HISTORY_LIMIT: Final = 10
 #: The only kind of source a record versions: the operator never reads Secret values.
 VERSIONED_KIND: Final = "ConfigMap"
+#: The workloads that can have a record (a bare Pod or ReplicaSet never has one).
+VERSIONED_WORKLOAD_KINDS: Final = ("Deployment", "StatefulSet", "DaemonSet")
 
 LABEL_COMPONENT_VALUE: Final = "release"
 LABEL_WORKLOAD_KIND: Final = "refreshbus.io/workload-kind"

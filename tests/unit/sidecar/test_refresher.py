@@ -10,11 +10,30 @@ import pytest
 from refreshbus_sidecar import reload as reload_mod
 from refreshbus_sidecar.config import Settings, load
 from refreshbus_sidecar.delivery import Store
-from refreshbus_sidecar.kubeapi import NotFoundError, ServerError
+from refreshbus_sidecar.kubeapi import ForbiddenError, NotFoundError, ServerError
 from refreshbus_sidecar.metrics import Metrics
 from refreshbus_sidecar.refresher import Refresher, addressed_to, rv_older
 from refreshbus_wire import pods as podc
-from refreshbus_wire.events import AckResult, RefreshEvent, Scope, Source, SourceKind, Target, now
+from refreshbus_wire.events import (
+    AckResult,
+    RefreshEvent,
+    ReleaseRef,
+    Scope,
+    Source,
+    SourceKind,
+    Target,
+    now,
+)
+from refreshbus_wire.hashing import content_hash
+from refreshbus_wire.release import (
+    RECORD_PREFIX,
+    Candidate,
+    Release,
+    Revision,
+    encode_record,
+    record_name,
+    snapshot,
+)
 from refreshbus_wire.routing import PodIdentity
 
 
@@ -23,8 +42,10 @@ class FakeApi:
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        #: GETs of sources (the release record's are counted apart)
         self.calls = 0
-        #: ``not_older_than`` of every GET
+        self.record_calls = 0
+        #: ``not_older_than`` of every source GET
         self.asked: list[str | None] = []
 
     def put(self, name: str, rv: str, **data: str) -> None:
@@ -32,8 +53,11 @@ class FakeApi:
 
     def get(self, kind: str, namespace: str, name: str, *, not_older_than: str | None = None
             ) -> dict[str, Any]:
-        self.calls += 1
-        self.asked.append(not_older_than)
+        if name.startswith(RECORD_PREFIX):
+            self.record_calls += 1
+        else:
+            self.calls += 1
+            self.asked.append(not_older_than)
         try:
             return self.objects[(kind, name)]
         except KeyError:
@@ -165,12 +189,14 @@ def test_the_worst_case_of_one_job_counts_every_fetch_attempt_the_retry_window_a
 ) -> None:
     refresher = Refresher(settings, FakeApi(), Store(tmp_path), Metrics(), retry_delays=(1, 1, 1),
                           max_fetch_wait=100)
-    a_sync = 2 * 10 + 5 + 10 + 2  # one attempt (tried twice, 10 s each), reload 5 s, health 10 s + 2 s
+    # one attempt for the ConfigMap and one for the release record (each tried twice, 10 s
+    # each), reload 5 s, health 10 s + 2 s
+    a_sync = 2 * 2 * 10 + 5 + 10 + 2
 
     assert refresher.worst_case_seconds(None) == a_sync
-    # 4 attempts x 2 tries x 10 s + 3 s of delays, the retry window (the event's deadline, 1 min
-    # away, comes before the 100 s cap), one more attempt, reload and health wait
-    assert 80 + 3 + 58 + 20 + 17 <= refresher.worst_case_seconds(event("11")) <= 80 + 3 + 60 + 20 + 17
+    # 2 GETs x 4 attempts x 2 tries x 10 s + 2 x 3 s of delays, the retry window (the event's
+    # deadline, 1 min away, comes before the 100 s cap), one more attempt, reload and health wait
+    assert 160 + 6 + 58 + 20 + 17 <= refresher.worst_case_seconds(event("11")) <= 160 + 6 + 60 + 20 + 17
 
 
 class Unreachable(FakeApi):
@@ -489,3 +515,258 @@ def test_an_event_fetch_asks_for_at_least_its_version_and_a_sync_for_the_latest(
     refresher.handle(event("not-a-revision", event_id="e-2"), now(), 0.0)
 
     assert api.asked == [None, "11", None]
+
+
+# -- the release record (protocol 1.3) ------------------------------------------------------
+
+RECORD = record_name("Deployment", "orders")
+
+
+def put_record(api: FakeApi, accepted: dict[str, str], candidate: dict[str, str] | None = None,
+               pods: tuple[str, ...] = (), *, revision: int = 1) -> None:
+    """The record of Deployment orders: ConfigMap cfg at ``accepted`` (revision ``revision``)
+    and, if given, at ``candidate`` (revision + 1) for ``pods``."""
+    contents = {}
+    versions = []
+    for files in (accepted, candidate):
+        if files is not None:
+            raw = {k: v.encode() for k, v in files.items()}
+            contents[content_hash("ConfigMap", "cfg", raw)] = raw
+            versions.append({"ConfigMap/cfg": snapshot("ConfigMap", "cfg", raw)})
+    release = Release("Deployment", "orders", Revision(revision, versions[0]), candidate=(
+        None if candidate is None else Candidate(revision + 1, versions[1], pods=pods)))
+    api.objects[("ConfigMap", RECORD)] = {"metadata": {"name": RECORD, "resourceVersion": "99"},
+                                          **encode_record(release, contents)}
+
+
+def released(rev: str | None = None, revision: int = 1, event_id: str = "e-1") -> RefreshEvent:
+    t = now()
+    return RefreshEvent(id=event_id, origin="test", target=Target(scope=Scope.ALL),
+                        sources=(Source(SourceKind.CONFIGMAP, "cfg", "shop", rev),),
+                        issued_at=t, deadline=t + timedelta(minutes=1), release=ReleaseRef(RECORD, revision))
+
+
+def test_a_record_pins_the_content_whatever_the_configmap_holds(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="bad")
+    put_record(api, accepted={"a": "good"})
+    refresher = make(settings, api, tmp_path)
+
+    outcome = refresher.sync("start-up")
+
+    assert outcome.result is AckResult.OK
+    assert outcome.revision == 1
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "good"
+    assert api.calls == 0  # the source the record names is not fetched
+    assert "refreshbus_sidecar_release_revision 1" in refresher.metrics.render()
+    # a plain event (no release) on a versioned workload: still the record, and acked with its revision
+    ack = refresher.handle(event("10"), now(), 0.0)
+    assert ack.result is AckResult.UNCHANGED
+    assert ack.revision == 1
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "good"
+
+
+def test_a_pod_listed_in_the_candidate_runs_it_and_the_others_the_accepted_one(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="new")
+    put_record(api, accepted={"a": "old"}, candidate={"a": "new"}, pods=("orders-0",))
+    refresher = make(settings, api, tmp_path)  # this pod is orders-1
+    refresher.sync("start-up")
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "old"
+
+    put_record(api, accepted={"a": "old"}, candidate={"a": "new"}, pods=("orders-0", "orders-1"))
+    ack = refresher.handle(released("10", revision=2), now(), 0.0)
+
+    assert ack.result is AckResult.OK
+    assert ack.revision == 2
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "new"
+    assert reloads.calls == 1
+
+
+def test_a_rolled_back_pod_goes_back_to_the_accepted_content(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="new")
+    put_record(api, accepted={"a": "old"}, candidate={"a": "new"}, pods=("orders-1",))
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "new"
+
+    put_record(api, accepted={"a": "old"})  # rejected: the candidate is gone, the ConfigMap still bad
+    ack = refresher.handle(released("10", revision=1), now(), 0.0)
+
+    assert (ack.result, ack.revision) == (AckResult.OK, 1)
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "old"
+    assert refresher.sync("periodic").result is AckResult.UNCHANGED  # and it stays there
+
+
+def test_an_event_ahead_of_the_record_is_retried_then_fails_with_the_reason(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    put_record(api, accepted={"a": "1"})
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    before = api.record_calls
+
+    ack = refresher.handle(released("10", revision=2), now(), 0.0)
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error == f"release record {RECORD}: the API server still has revision 1, the event expects 2"
+    assert ack.revision is None
+    assert api.record_calls - before == 4  # one try and three retries
+
+
+def test_an_event_for_a_record_that_is_not_there_fails(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+
+    ack = refresher.handle(released("10"), now(), 0.0)
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error == f"release record ConfigMap shop/{RECORD} not found"
+
+
+def test_an_event_naming_another_workloads_record_fails(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    t = now()
+    ev = RefreshEvent(id="e-9", origin="test", target=Target(scope=Scope.ALL),
+                      sources=(Source(SourceKind.CONFIGMAP, "cfg", "shop", "10"),), issued_at=t,
+                      deadline=t + timedelta(minutes=1),
+                      release=ReleaseRef("refreshbus-release-deployment-x", 1))
+
+    ack = refresher.handle(ev, now(), 0.0)
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error is not None
+    assert "names release record refreshbus-release-deployment-x" in ack.error
+
+
+def test_an_unusable_record_keeps_the_current_config_and_says_why(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    put_record(api, accepted={"a": "1"})
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+    api.objects[("ConfigMap", RECORD)]["data"]["release.json"] = '{"v": 9}'
+
+    ack = refresher.handle(released("11"), now(), 0.0)
+    synced = refresher.sync("periodic")
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error == (f"unusable release record, keeping the current config: ConfigMap {RECORD}: "
+                         "release.json: format v=9, this build reads v=1 only")
+    assert synced.result is AckResult.FAILED
+    assert synced.error == ack.error
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "1"
+    assert reloads.calls == 0
+
+
+def test_no_record_means_the_live_sources_and_acks_without_revision(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    assert refresher.sync("start-up").revision is None
+    api.put("cfg", "11", a="2")
+
+    ack = refresher.handle(event("11"), now(), 0.0)
+
+    assert (ack.result, ack.revision) == (AckResult.OK, None)
+    assert "revision" not in ack.to_json()
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "2"
+    assert api.record_calls == 2  # looked for at the sync and at the event
+
+
+def test_a_bare_pod_never_looks_for_a_record(settings: Settings, reloads: Reloads, tmp_path: Path) -> None:
+    settings = load({**_env_of(settings), podc.ENV_CONFIGMAPS: "cfg"})  # no workload: kind Pod
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    api.put("cfg", "11", a="2")
+
+    assert refresher.handle(event("11"), now(), 0.0).result is AckResult.OK
+    assert api.record_calls == 0
+
+
+class NoRecordGrant(FakeApi):
+    def get(self, kind: str, namespace: str, name: str, *, not_older_than: str | None = None
+            ) -> dict[str, Any]:
+        if name == RECORD:
+            raise ForbiddenError(f"forbidden: cannot get ConfigMap {namespace}/{name}")
+        return super().get(kind, namespace, name, not_older_than=not_older_than)
+
+
+def test_a_record_the_sidecar_may_not_read_is_followed_live_but_an_event_requiring_it_fails(
+    settings: Settings, reloads: Reloads, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = NoRecordGrant()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    with caplog.at_level("WARNING", logger="refreshbus.sidecar"):
+        assert refresher.sync("start-up").result is AckResult.OK
+        refresher.sync("periodic")
+    assert [r.getMessage() for r in caplog.records].count(
+        f"cannot read the release record, following the live sources: forbidden: cannot get ConfigMap "
+        f"shop/{RECORD}") == 1  # once, not at every sync
+
+    ack = refresher.handle(released("10"), now(), 0.0)
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error == f"forbidden: cannot get ConfigMap shop/{RECORD}"
+
+
+def test_a_managed_source_the_record_does_not_name_is_fetched_live(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    settings = load({**_env_of(settings), podc.ENV_CONFIGMAPS: "cfg,other", podc.ENV_SECRETS: "db",
+                     podc.ENV_WORKLOAD_KIND: "Deployment", podc.ENV_WORKLOAD_NAME: "orders"})
+    api = FakeApi()
+    api.put("cfg", "10", a="live")
+    api.put("other", "10", x="live")
+    api.objects[("Secret", "db")] = {"metadata": {"name": "db"}, "data": {"p": "c2VjcmV0"}}
+    put_record(api, accepted={"a": "pinned"})
+    refresher = make(settings, api, tmp_path)
+
+    assert refresher.sync("start-up").result is AckResult.OK
+
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "pinned"
+    assert (tmp_path / "configmap-other" / "x").read_text() == "live"
+    assert (tmp_path / "secret-db" / "p").read_text() == "secret"
+
+
+def test_a_redelivered_event_repeats_its_revision(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    put_record(api, accepted={"a": "1"})
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    put_record(api, accepted={"a": "2"}, revision=2)
+
+    first = refresher.handle(released("10", revision=2), now(), 0.0)
+    again = refresher.handle(released("10", revision=2), now(), 0.0)
+
+    assert (first.result, first.revision) == (AckResult.OK, 2)
+    assert (again.result, again.revision) == (AckResult.OK, 2)
