@@ -8,6 +8,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from refreshbus_wire.release import Release, encode_record, record_name
+
 from refreshbus_support.pods import Kubectl
 
 
@@ -32,6 +34,20 @@ def put_secret(cluster: Kubectl, namespace: str, name: str, data: Mapping[str, b
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": name, "namespace": namespace},
         "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+    return _apply(cluster, manifest)
+
+
+def put_release_record(
+    cluster: Kubectl, namespace: str, release: Release, contents: Mapping[str, Mapping[str, bytes]],
+) -> str:
+    """Create or replace a workload's release record as the operator writes it (``contents``:
+    source hash -> files, as :func:`refreshbus_wire.release.encode_record` takes them);
+    returns its new resourceVersion."""
+    manifest: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": record_name(release.kind, release.name), "namespace": namespace},
+        **encode_record(release, contents),
     }
     return _apply(cluster, manifest)
 
