@@ -212,6 +212,7 @@ class Refresher:
             if outcome.result is not AckResult.FAILED:
                 self._remember(event.id, Outcome(outcome.result, outcome.config_hash,
                                                  revision=outcome.revision))
+                self._running(outcome.revision)
         self.metrics.inc("refreshbus_sidecar_refreshes_total", result=outcome.result.value)
         level = logging.WARNING if outcome.result is AckResult.FAILED else logging.INFO
         log.log(level, "refresh %s%s", outcome.result.value,
@@ -281,6 +282,9 @@ class Refresher:
             (at := self._caught_up.get((s.kind.value, s.name))) is not None and at >= event.issued_at
             for s in event.sources)
 
+    def _running(self, revision: int | None) -> None:
+        self.metrics.set("refreshbus_sidecar_release_revision", revision or 0)
+
     def _remember(self, event_id: str, outcome: Outcome) -> None:
         self._done[event_id] = outcome
         while len(self._done) > 1024:
@@ -310,6 +314,8 @@ class Refresher:
             return Outcome(AckResult.FAILED, None, error=str(exc))
         outcome = self._write_and_reload(payloads, self._action_for(None), t0, reload=not first_time)
         outcome = dataclasses.replace(outcome, revision=revision)
+        if outcome.result is not AckResult.FAILED:
+            self._running(revision)
         if outcome.result is not AckResult.FAILED or outcome.written_ms is not None:
             if not self.ready:
                 log.info("initial config written", extra={"config_hash": outcome.config_hash})
@@ -340,7 +346,6 @@ class Refresher:
             pinned = files.get(source_key(kind, name))
             payloads.append(self._fetch(kind, name, rv, until) if pinned is None
                             else Payload(kind, name, pinned, self.settings.configmap_mode))
-        self.metrics.set("refreshbus_sidecar_release_revision", revision.revision)
         return revision.revision, payloads
 
     def _fetch_release(self, want: ReleaseRef | None, until: float | None) -> ReleaseRecord | None:
@@ -363,7 +368,6 @@ class Refresher:
                 obj = self.api.get("ConfigMap", self.identity.namespace, name)
             except NotFoundError as exc:
                 if want is None:
-                    self.metrics.set("refreshbus_sidecar_release_revision", 0)
                     return None
                 raise _Again(f"release record {exc}") from None
             except ForbiddenError as exc:
