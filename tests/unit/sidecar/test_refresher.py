@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -539,11 +540,8 @@ def put_record(api: FakeApi, accepted: dict[str, str], candidate: dict[str, str]
                                           **encode_record(release, contents)}
 
 
-def released(rev: str | None = None, revision: int = 1, event_id: str = "e-1") -> RefreshEvent:
-    t = now()
-    return RefreshEvent(id=event_id, origin="test", target=Target(scope=Scope.ALL),
-                        sources=(Source(SourceKind.CONFIGMAP, "cfg", "shop", rev),),
-                        issued_at=t, deadline=t + timedelta(minutes=1), release=ReleaseRef(RECORD, revision))
+def released(rev: str | None = None, revision: int = 1, record: str = RECORD) -> RefreshEvent:
+    return dataclasses.replace(event(rev), release=ReleaseRef(record, revision))
 
 
 def test_a_record_pins_the_content_whatever_the_configmap_holds(
@@ -644,13 +642,8 @@ def test_an_event_naming_another_workloads_record_fails(
     api.put("cfg", "10", a="1")
     refresher = make(settings, api, tmp_path)
     refresher.sync("start-up")
-    t = now()
-    ev = RefreshEvent(id="e-9", origin="test", target=Target(scope=Scope.ALL),
-                      sources=(Source(SourceKind.CONFIGMAP, "cfg", "shop", "10"),), issued_at=t,
-                      deadline=t + timedelta(minutes=1),
-                      release=ReleaseRef("refreshbus-release-deployment-x", 1))
 
-    ack = refresher.handle(ev, now(), 0.0)
+    ack = refresher.handle(released("10", record="refreshbus-release-deployment-x"), now(), 0.0)
 
     assert ack.result is AckResult.FAILED
     assert ack.error is not None
