@@ -165,3 +165,22 @@ def test_an_unusable_record_fails_the_refresh_and_keeps_the_config(
     assert ack.error == (f"unusable release record, keeping the current config: ConfigMap {RECORD}: "
                          "release.json: format v=2, this build reads v=1 only")
     assert (sidecar.target_dir / "configmap-settings" / "config.json").read_bytes() == GOOD["config.json"]
+
+
+def test_an_event_ahead_of_the_record_waits_for_it_then_fails_with_the_reason(
+    cluster: ControlPlane, namespace: str, sidecars: Sidecars, bus: TestBus, tmp_path: Path
+) -> None:
+    configs.put_configmap(cluster, namespace, "settings", BAD)
+    put_record(cluster, namespace, GOOD)
+    pod = create_pod(cluster, namespace, "web-0", owner=Owner.replicaset_of("web"), configmaps=["settings"],
+                     action={podc.ENV_ACTION: "none"})
+    sidecar = sidecars.start(pod)
+    event = dataclasses.replace(make_event(namespace, [("ConfigMap", "settings")]),
+                                release=ReleaseRef(RECORD, 2))
+
+    bus.publish(event)
+    ack = bus.wait_ack(event.id)
+
+    assert ack.result is AckResult.FAILED
+    assert ack.error == f"release record {RECORD}: the API server still has revision 1, the event expects 2"
+    assert (sidecar.target_dir / "configmap-settings" / "config.json").read_bytes() == GOOD["config.json"]
