@@ -17,6 +17,12 @@ for the workload (``generateName``, an owner reference to the workload, labels l
 them); changes within ``auto_refresh_debounce`` of it are gathered into one more at the
 end of that window (a throttle, not a delay: an edit waits for no quiet period).
 
+A workload whose template also carries ``refreshbus.io/rollout`` (versioned: it has a
+release record) gets ConfigRefreshes with ``spec.rollout`` (its steps, and its
+``refreshbus.io/rollout-bake`` as ``bakeSeconds``) for its ConfigMaps; a changed Secret,
+never versioned, gets a plain one of its own. A content the record lists as rejected (its
+rollout was rolled back) is never rolled out again automatically: only a new edit is.
+
 Finished auto-created ConfigRefreshes are garbage-collected: deleted
 ``ttl_seconds_after_finished`` after completion, and beyond ``history_limit`` per
 workload (newest kept), like Jobs' ``ttlSecondsAfterFinished``.
@@ -37,6 +43,7 @@ from typing import Any
 from refreshbus_wire import contract
 
 from refreshbus_operator import API_VERSION, KIND, metrics
+from refreshbus_operator import release as rs
 from refreshbus_operator import status as st
 from refreshbus_operator.broker import backoff
 from refreshbus_operator.kube import ApiError, Kube, cfr_path, q
@@ -70,6 +77,8 @@ class Workload:
     uid: str | None
     configmaps: frozenset[str]
     secrets: frozenset[str]
+    #: ``spec.rollout`` of its ConfigRefreshes (``refreshbus.io/rollout``), None: plain ones.
+    rollout: dict[str, Any] | None = None
 
     def sources(self, namespace: str) -> set[SourceKey]:
         return {(namespace, "ConfigMap", n) for n in self.configmaps} | {
@@ -89,10 +98,16 @@ def opted_in(body: Mapping[str, Any]) -> Workload | None:
         return None
     if not options.auto_refresh:
         return None
+    rollout: dict[str, Any] | None = None
+    if options.rollout is not None:
+        rollout = {"steps": list(options.rollout)}
+        if options.rollout_bake is not None:
+            rollout["bakeSeconds"] = options.rollout_bake
     return Workload(
         uid=(body.get("metadata") or {}).get("uid"),
         configmaps=frozenset(options.configmaps),
         secrets=frozenset(options.secrets),
+        rollout=rollout,
     )
 
 
@@ -125,6 +140,7 @@ def refresh_manifest(
     uid: str | None,
     sources: list[SourceKey],
     hashes: Mapping[SourceKey, str] | None = None,
+    rollout: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     annotations = {SOURCE_ANNOTATION: ",".join(f"{k}/{n}" for _, k, n in sources)}
     recorded = {f"{k}/{n}": h for (_, k, n), h in sorted((hashes or {}).items()) if k == "ConfigMap"}
@@ -144,12 +160,10 @@ def refresh_manifest(
     spec_sources = [
         {"configMap": {"name": n}} if k == "ConfigMap" else {"secret": {"name": n}} for _, k, n in sources
     ]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": meta,
-        "spec": {"sources": spec_sources, "target": {"workload": {"kind": kind, "name": name}}},
-    }
+    spec: dict[str, Any] = {"sources": spec_sources, "target": {"workload": {"kind": kind, "name": name}}}
+    if rollout is not None:
+        spec["rollout"] = dict(rollout)
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": spec}
 
 
 def recorded_hashes(items: Sequence[Mapping[str, Any]]) -> Records:
@@ -560,8 +574,8 @@ class AutoRefresher:
                     hashes = self._hashes(ns, workload)
                     if await self._already_requested(wkey, sources, hashes):
                         continue
-                    body = refresh_manifest(ns, kind, name, workload.uid, sorted(sources), hashes)
-                    created = await self.kube.apost(cfr_path(ns), body)
+                    created = [await self.kube.apost(cfr_path(ns), body)
+                               for body in await self._manifests(wkey, workload, sources, hashes)]
                 except Exception as exc:
                     self.due.setdefault(wkey, set()).update(sources)
                     delay = backoff(attempt, 0.5, 30.0)
@@ -577,11 +591,37 @@ class AutoRefresher:
                     await asyncio.sleep(delay)
                     continue
                 attempt = 0
-                metrics.AUTO_REFRESHES.inc()
-                created_name = created["metadata"]["name"]
-                log.info("auto-refresh: created ConfigRefresh %s/%s for %s %s", ns, created_name, kind, name)
+                for made in created:
+                    metrics.AUTO_REFRESHES.inc()
+                    log.info("auto-refresh: created ConfigRefresh %s/%s for %s %s",
+                             ns, made["metadata"]["name"], kind, name)
         finally:
             self._creating.discard(wkey)
+
+    async def _manifests(
+        self, wkey: WorkloadKey, workload: Workload, sources: set[SourceKey], hashes: Mapping[SourceKey, str]
+    ) -> list[dict[str, Any]]:
+        """The ConfigRefreshes for ``sources``: one, or for a versioned workload a rollout of
+        its ConfigMaps (unless they hold a content that was rolled back) and a plain one for
+        its Secrets."""
+        ns, kind, name = wkey
+        if workload.rollout is None:
+            return [refresh_manifest(ns, kind, name, workload.uid, sorted(sources), hashes)]
+        configmaps = sorted(s for s in sources if s[1] == "ConfigMap")
+        secrets = sorted(s for s in sources if s[1] != "ConfigMap")
+        bodies = [refresh_manifest(ns, kind, name, workload.uid, secrets)] if secrets else []
+        if configmaps:
+            rejected = await rs.rejected_live(self.kube, ns, kind, name, sorted(workload.configmaps))
+            if rejected is None:
+                bodies.insert(0, refresh_manifest(
+                    ns, kind, name, workload.uid, configmaps, hashes, rollout=workload.rollout))
+            else:
+                log.info(
+                    "auto-refresh: %s %s/%s: its ConfigMaps hold the content of revision %d, which was "
+                    "rolled back (%s): not rolling it out again; a new edit will be",
+                    kind, ns, name, rejected.revision, rejected.reason,
+                )
+        return bodies
 
     async def _already_requested(
         self, wkey: WorkloadKey, sources: set[SourceKey], hashes: Mapping[SourceKey, str]

@@ -184,6 +184,19 @@ def _revision(number: int, live: Contents) -> tuple[Revision, dict[str, dict[str
     return Revision(number, sources), contents
 
 
+async def rejected_live(
+    kube: Kube, namespace: str, kind: str, name: str, configmaps: Iterable[str]
+) -> Rejected | None:
+    """The rejected revision whose content ``configmaps`` hold now, if any (auto-refresh never
+    rolls it out again: the edit that made it was rolled back). The ConfigMaps are read only
+    when the record rejected something."""
+    release = await read(kube, namespace, kind, name)
+    if release is None or not release.rejected:
+        return None
+    live, _ = _revision(0, await live_contents(kube, namespace, configmaps))
+    return next((r for r in release.rejected if dict(r.sources) == live.hashes()), None)
+
+
 def versioned_configmaps(workload: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The ConfigMaps a workload's template manages when it carries ``refreshbus.io/rollout``,
     else None (not versioned; also when the webhook would refuse its pods)."""

@@ -7,6 +7,7 @@ Watch connections are counted by the API server itself (``apiserver_longrunning_
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import time
@@ -524,6 +525,71 @@ def test_an_edit_is_refreshed_at_once_and_a_burst_is_gathered(cluster, namespace
                 assert len(auto_refreshes(cluster, namespace)) == 1
                 assert wkey in auto.timers
                 assert not auto.due
+            finally:
+                await auto.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_versioned_workload_gets_rollouts_and_a_rolled_back_content_never_again(cluster, namespace, caplog):
+    """refreshbus.io/rollout: each ConfigMap edit gets a ConfigRefresh with spec.rollout (a
+    Secret edit a plain one: Secrets are not versioned). Once a content was rolled back (the
+    record rejects it), editing the ConfigMap back to it creates nothing; a new edit does.
+    In-process, with no orchestrator running: the rejection is written as it would write it."""
+    from refreshbus_operator import release as rs
+
+    configmap(cluster, namespace, "app-config", {"k": "v0"})
+    cluster.kubectl("-n", namespace, "create", "secret", "generic", "app-secret", "--from-literal=p=0")
+    versioned = {**AUTO, "refreshbus.io/secrets": "app-secret",
+                 "refreshbus.io/rollout": "1,100%", "refreshbus.io/rollout-bake": "10s"}
+    body = json.loads(cluster.kubectl("apply", "-o", "json", "-f", "-", input=json.dumps(
+        workload_manifest(namespace, "orders", versioned))).stdout)
+    caplog.set_level("INFO", logger="refreshbus_operator.autorefresh")
+    base = configmap_watches(cluster)
+
+    def made() -> list[dict[str, Any]]:
+        return sorted(auto_refreshes(cluster, namespace), key=lambda i: i["metadata"]["annotations"].get(
+            "refreshbus.io/recorded-at", i["metadata"]["creationTimestamp"]))
+
+    async def scenario() -> None:
+        async with kube_client(cluster.kubeconfig) as kube:
+            await rs.ensure(kube, body)
+            config = Config(auto_refresh_debounce=0.1, auto_refresh_secrets=True, namespaces=(namespace,))
+            auto = AutoRefresher(config, kube)
+            await auto.start()
+            try:
+                auto.workload_event("Deployment", "ADDED", body)
+                await until(lambda: configmap_watches(cluster) - base == 1, 20, "the watch")
+                edit(cluster, namespace, {"data": {"k": "bad"}})
+                await until(lambda: len(made()) == 1, 20, "the rollout of the edit")
+                rollout = made()[0]
+                # (the CRD fills in its defaults for the rest)
+                assert rollout["spec"]["rollout"] == {
+                    "steps": [1, "100%"], "bakeSeconds": 10,
+                    "maxFailures": 0, "autoRollback": True, "paused": False,
+                }
+                assert rollout["spec"]["sources"] == [{"configMap": {"name": "app-config"}}]
+                # The orchestrator tried it and rolled it back.
+                name = rollout["metadata"]["name"]
+                revision = await rs.propose(kube, namespace, "Deployment", "orders", name)
+                await rs.reject(kube, namespace, "Deployment", "orders", revision, "orders-1: not Ready")
+
+                edit(cluster, namespace, {"data": {"k": "good"}})  # a new edit: a new rollout
+                await until(lambda: len(made()) == 2, 20, "the rollout of the new edit")
+                assert made()[1]["spec"]["rollout"]["steps"] == [1, "100%"]
+
+                edit(cluster, namespace, {"data": {"k": "bad"}})  # back to the rolled-back content
+                await until(lambda: any("not rolling it out again" in r.getMessage() for r in caplog.records),
+                            20, "the rolled-back content to be recognised")
+                assert len(made()) == 2
+
+                secret = {"data": {"p": base64.b64encode(b"1").decode()}}
+                cluster.kubectl("-n", namespace, "patch", "secret", "app-secret", "--type=merge",
+                                "-p", json.dumps(secret))
+                await until(lambda: len(made()) == 3, 20, "the Secret's refresh")
+                plain = made()[2]
+                assert plain["spec"]["sources"] == [{"secret": {"name": "app-secret"}}]
+                assert "rollout" not in plain["spec"]
             finally:
                 await auto.stop()
 

@@ -30,6 +30,25 @@ def test_opt_in_needs_the_annotation_and_some_sources():
     assert w.sources("ns") == {("ns", "ConfigMap", "a"), ("ns", "ConfigMap", "b"), ("ns", "Secret", "s")}
 
 
+def test_a_rollout_annotation_becomes_the_spec_rollout_of_its_refreshes():
+    base = {"refreshbus.io/auto-refresh": "true", "refreshbus.io/configmaps": "a"}
+    rollout = {"refreshbus.io/rollout": "1, 25%,100%", "refreshbus.io/rollout-bake": "2m"}
+    w = ar.opted_in(workload({**base, **rollout}))
+    assert w is not None
+    assert w.rollout == {"steps": [1, "25%", "100%"], "bakeSeconds": 120}
+    w = ar.opted_in(workload({**base, "refreshbus.io/rollout": "100%"}))
+    assert w is not None
+    assert w.rollout == {"steps": ["100%"]}  # the CRD's default bake
+    w = ar.opted_in(workload(base))
+    assert w is not None
+    assert w.rollout is None
+    body = ar.refresh_manifest("ns", "Deployment", "web", "u", [("ns", "ConfigMap", "a")],
+                               rollout={"steps": [1, "100%"], "bakeSeconds": 10})
+    assert body["spec"]["rollout"] == {"steps": [1, "100%"], "bakeSeconds": 10}
+    plain = ar.refresh_manifest("ns", "Deployment", "web", "u", [("ns", "ConfigMap", "a")])
+    assert "rollout" not in plain["spec"]
+
+
 def test_content_hash_ignores_metadata_and_sees_data():
     base = {"metadata": {"resourceVersion": "1", "labels": {}}, "data": {"k": "v"}}
     relabelled = {"metadata": {"resourceVersion": "2", "labels": {"x": "y"}}, "data": {"k": "v"}}
