@@ -31,7 +31,7 @@ from refreshbus_wire import release as wire
 from refreshbus_wire.release import Accepted, Candidate, Rejected, Release, ReleaseRecord, Revision
 
 from refreshbus_operator.kube import ApiError, Kube, q, source_path, workload_path
-from refreshbus_operator.sidecar_rbac import WORKLOAD_KINDS, label_value
+from refreshbus_operator.sidecar_rbac import WORKLOAD_KINDS, label_value, owner_reference
 
 log = logging.getLogger(__name__)
 
@@ -242,16 +242,7 @@ def _body(namespace: str, workload: Mapping[str, Any], data: Mapping[str, Any]) 
                 wire.LABEL_WORKLOAD_KIND: kind,
                 wire.LABEL_WORKLOAD_NAME: label_value(name),
             },
-            # The garbage collector removes the record with its workload.
-            "ownerReferences": [
-                {
-                    "apiVersion": workload.get("apiVersion", "apps/v1"),
-                    "kind": kind,
-                    "name": name,
-                    "uid": meta["uid"],
-                    "blockOwnerDeletion": False,
-                }
-            ],
+            "ownerReferences": [owner_reference(workload)],
         },
         **data,
     }

@@ -68,6 +68,18 @@ def _template(workload: Mapping[str, Any]) -> Mapping[str, Any]:
     return ((workload.get("spec") or {}).get("template")) or {}
 
 
+def owner_reference(workload: Mapping[str, Any]) -> dict[str, Any]:
+    """An ownerReference to the workload: the garbage collector deletes what carries it with
+    the workload, also when the operator is down then. Never blocking the workload's deletion."""
+    return {
+        "apiVersion": workload.get("apiVersion", "apps/v1"),
+        "kind": workload["kind"],
+        "name": workload["metadata"]["name"],
+        "uid": workload["metadata"]["uid"],
+        "blockOwnerDeletion": False,
+    }
+
+
 def opted_in(workload: Mapping[str, Any]) -> bool:
     """The pod template asks for the sidecar, as the injection webhook reads it."""
     meta = _template(workload).get("metadata") or {}
@@ -99,15 +111,7 @@ def desired(workload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
         "name": role_name,
         "namespace": namespace,
         "labels": {**MANAGED_BY, LABEL_KIND: kind, LABEL_NAME: label_value(name)},
-        "ownerReferences": [
-            {
-                "apiVersion": workload.get("apiVersion", "apps/v1"),
-                "kind": kind,
-                "name": name,
-                "uid": meta["uid"],
-                "blockOwnerDeletion": False,
-            }
-        ],
+        "ownerReferences": [owner_reference(workload)],
     }
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",

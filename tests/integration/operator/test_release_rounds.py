@@ -38,9 +38,11 @@ def app_config(value: str) -> dict[str, str]:
     return {"ConfigMap/app-config": content_hash("ConfigMap", "app-config", {"a": value.encode()})}
 
 
-def test_a_plain_refresh_of_a_versioned_workload_accepts_the_live_content_and_names_it(
+def versioned_orders(
     cluster: Any, namespace: str, start_operator: Any, fake_sidecars: Any
-) -> None:
+) -> tuple[Any, Any]:
+    """Deployment ``orders`` carrying refreshbus.io/rollout, two pods with fake sidecars, the
+    operator, and the record it made of app-config ``{"a": "1"}`` (revision 1)."""
     configmap(cluster, namespace, "app-config", {"a": "1"})
     deployment(cluster, namespace, "orders", ORDERS, VERSIONED)
     fakes = orders_pods(cluster, namespace, 2, fake_sidecars)
@@ -48,6 +50,13 @@ def test_a_plain_refresh_of_a_versioned_workload_accepts_the_live_content_and_na
     # The operator records the content before any edit, as soon as it sees the template.
     first = wait_for(lambda: read(cluster, namespace), 30, "the release record")
     assert (first.accepted.revision, first.accepted.hashes()) == (1, app_config("1"))
+    return fakes, op
+
+
+def test_a_plain_refresh_of_a_versioned_workload_accepts_the_live_content_and_names_it(
+    cluster: Any, namespace: str, start_operator: Any, fake_sidecars: Any
+) -> None:
+    fakes, op = versioned_orders(cluster, namespace, start_operator, fake_sidecars)
 
     configmap(cluster, namespace, "app-config", {"a": "2"})
     refresh(cluster, namespace, "plain", SPEC)
@@ -72,11 +81,7 @@ def test_a_plain_refresh_of_a_versioned_workload_accepts_the_live_content_and_na
 def test_a_rollout_step_publishes_the_revision_it_is_given_and_leaves_the_record_alone(
     cluster: Any, namespace: str, start_operator: Any, fake_sidecars: Any
 ) -> None:
-    configmap(cluster, namespace, "app-config", {"a": "1"})
-    deployment(cluster, namespace, "orders", ORDERS, VERSIONED)
-    fakes = orders_pods(cluster, namespace, 2, fake_sidecars)
-    op = start_operator()
-    wait_for(lambda: read(cluster, namespace), 30, "the release record")
+    fakes, op = versioned_orders(cluster, namespace, start_operator, fake_sidecars)
     configmap(cluster, namespace, "app-config", {"a": "2"})
 
     def child(name: str, annotation: str) -> None:
