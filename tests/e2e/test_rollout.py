@@ -66,7 +66,9 @@ def record(cluster: Any, namespace: str) -> wire.Release | None:
 
 
 def start_pods(fleet: Fleet, labels: dict[str, str], names: list[str]) -> list[Member]:
-    """Pods of ``web`` with a 1.3 sidecar that checks the app's health after each reload."""
+    """Pods of ``web`` with a 1.3 sidecar that reloads the app over HTTP and then checks its
+    health. (HTTP, not SIGHUP: the app answers the reload call once it re-read its config, so
+    the health check sees the new config; after a signal it may ask before the app handled it.)"""
     members = []
     for name in names:
         member = fleet.node_pod(
@@ -75,6 +77,7 @@ def start_pods(fleet: Fleet, labels: dict[str, str], names: list[str]) -> list[M
             owner=Owner.replicaset_of("web"),
             journal=True,
             start=False,
+            http_reload=True,
             annotations={podc.ANN_SIDECAR_PROTOCOL: "1.3"},
         )
         member.sidecar_env.update(
@@ -233,6 +236,47 @@ def test_a_good_config_rolls_out_step_by_step_with_each_bake(cluster, namespace,
         assert child["status"]["phase"] == "Succeeded"
         assert child["metadata"]["labels"]["refreshbus.io/rollout-parent"] == "roll"
         assert child["metadata"]["ownerReferences"][0]["name"] == "roll"
+
+
+def test_a_config_failing_the_health_check_stops_at_the_canary_and_stays_rolled_back(
+    cluster, namespace, fleet, start_operator
+):
+    configs.put_configmap(cluster, namespace, "app-config", config(1))
+    op = start_operator()
+    labels = versioned_deployment(cluster, namespace)
+    members = start_pods(fleet, labels, pod_names(4))
+    canary, others = members[0], members[1:]
+    configs.put_configmap(cluster, namespace, "app-config", config(2, healthy=False))
+
+    rollout_refresh(cluster, namespace, "roll", steps=[1, "25%", "100%"], bakeSeconds=2)
+
+    obj = wait_phase(cluster, namespace, "roll", "RolledBack", timeout=90, operator=op)
+    rollout = obj["status"]["rollout"]
+    assert rollout["state"] == "RolledBack"
+    assert [s["verdict"] for s in rollout["stepStatuses"]] == ["Failed"]
+    assert [f["pod"] for f in rollout["failingPods"]] == [canary.name]
+    assert "health" in rollout["failingPods"][0]["reason"]
+    assert rollout["rollbackRefresh"] == "roll-rollback"
+    assert cfr(cluster, namespace, "roll-rollback")["status"]["phase"] == "Succeeded"
+    # The canary loaded the bad config and went back; nobody else ever saw it.
+    assert versions_loaded(canary) == [1, 2, 1]
+    assert served(canary) == 1
+    for other in others:
+        assert versions_loaded(other) == [1], other.name
+    release = record(cluster, namespace)
+    assert release is not None
+    assert release.candidate is None
+    assert [r.revision for r in release.rejected] == [rollout["candidateRevision"]]
+    assert {"StepFailed", "RolledBack"} <= set(reasons(cluster, namespace, "roll"))
+
+    # A sidecar restart applies the record's accepted revision, not the ConfigMap.
+    canary.kill_sidecar()
+    fleet.start_sidecar(canary)
+    assert on_disk(canary) == 1
+    # So does a pod its ReplicaSet made anew in place of the canary.
+    cluster.kubectl("-n", namespace, "delete", "pod", canary.name, "--wait=false")
+    fresh = start_pods(fleet, labels, ["web-5d8f9c7b6-new"])[0]
+    assert versions_loaded(fresh) == [1]
 
 
 def test_a_rollout_survives_an_operator_restart_and_pauses_and_resumes(
