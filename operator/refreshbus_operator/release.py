@@ -86,6 +86,12 @@ class AlreadyRejectedError(ReleaseError):
     reason = "AlreadyRejected"
 
 
+class ConfigMapMissingError(ReleaseError):
+    """A ConfigMap the workload manages does not exist yet: its record waits for it."""
+
+    reason = "ConfigMapNotFound"
+
+
 class ContendedError(ReleaseError):
     """Other writers won every one of :data:`MAX_ATTEMPTS` attempts."""
 
@@ -255,6 +261,9 @@ async def ensure(kube: Kube, workload: Mapping[str, Any]) -> Release | None:
     deleted workload of the same name (another uid) is replaced. None: not versioned.
 
     Raises:
+        ConfigMapMissingError: a managed ConfigMap does not exist yet. The record waits for
+            all of them: one created without it would let that ConfigMap's first edit reach
+            every pod (no revision would name it, so sidecars would read it live).
         RecordTooLargeError: the ConfigMaps are too large to be kept in a record.
     """
     configmaps = versioned_configmaps(workload)
@@ -276,7 +285,13 @@ async def ensure(kube: Kube, workload: Mapping[str, Any]) -> Release | None:
             log.info("release record %s/%s belongs to a deleted %s of that name: replacing it",
                      namespace, existing["metadata"]["name"], kind)
             await _delete(kube, path, existing["metadata"]["uid"])
-        accepted, contents = _revision(1, await live_contents(kube, namespace, configmaps))
+        live = await live_contents(kube, namespace, configmaps)
+        missing = [cm for cm in configmaps if wire.source_key(wire.VERSIONED_KIND, cm) not in live]
+        if missing:
+            raise ConfigMapMissingError(
+                f"the release record of {kind} {name} waits for its ConfigMap(s) {', '.join(missing)}: "
+                "it keeps their content before any edit, so it is made once they all exist")
+        accepted, contents = _revision(1, live)
         release = Release(kind=kind, name=name, accepted=accepted,
                           history=(Accepted(1, accepted.hashes(), _now()),))
         body = _body(namespace, workload, _encode(release, contents))
@@ -287,7 +302,7 @@ async def ensure(kube: Kube, workload: Mapping[str, Any]) -> Release | None:
                 raise
             continue  # another replica created it meanwhile: read theirs
         log.info("release record %s/%s created: revision 1 = %s", namespace, body["metadata"]["name"],
-                 ", ".join(sorted(accepted.sources)) or "no ConfigMap yet")
+                 ", ".join(sorted(accepted.sources)))
         return release
 
 

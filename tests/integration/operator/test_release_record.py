@@ -143,6 +143,25 @@ def test_a_rollout_workload_gets_its_record_with_the_content_before_any_edit(
     assert missing.returncode != 0
 
 
+def test_the_record_waits_for_every_configmap_it_versions(cluster: Any, namespace: str) -> None:
+    """Made without one of them, that ConfigMap's first edit would reach every pod (no
+    revision would name it, so the sidecars would read it live): nothing to roll back to."""
+    configmap(cluster, namespace, {"app.yaml": "v: 1\n"})
+    shop = deployment(cluster, namespace, {**ROLLOUT, pods.ANN_CONFIGMAPS: "web,late"})
+
+    async def test(kube: Kube) -> None:
+        with pytest.raises(rs.ConfigMapMissingError, match=r"waits for its ConfigMap\(s\) late") as info:
+            await rs.ensure(kube, shop)
+        assert info.value.reason == "ConfigMapNotFound"
+        assert await rs.read(kube, namespace, "Deployment", "shop") is None
+        configmap(cluster, namespace, {"x": "1"}, name="late")
+        release = await rs.ensure(kube, shop)
+        assert release is not None
+        assert sorted(release.accepted.sources) == ["ConfigMap/late", "ConfigMap/web"]
+
+    run(cluster, test)
+
+
 def test_a_record_left_by_a_deleted_workload_of_that_name_is_replaced(cluster: Any, namespace: str) -> None:
     configmap(cluster, namespace, {"app.yaml": "old\n"})
     first = deployment(cluster, namespace, ROLLOUT)

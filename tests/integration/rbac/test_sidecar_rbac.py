@@ -254,6 +254,29 @@ def test_a_rollout_workload_gets_its_release_record_at_once_and_its_sidecars_may
              "the record to be removed")
 
 
+def test_a_record_waits_for_its_configmaps_and_says_so_on_the_workload(
+    cluster: Any, workload_ns: str, handlers: None
+) -> None:
+    ns = workload_ns
+    versioned = deployment(ns, "late-config", "", rollout="1,100%")
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(versioned))
+    message = wait_for(lambda: workload_warnings(cluster, ns, "ConfigMapNotFound"), "the Event")
+    assert "the release record of Deployment web waits for its ConfigMap(s) late-config" in message
+    cluster.kubectl("-n", ns, "create", "configmap", "late-config", "--from-literal=k=late")
+    # The workload's next event (here a label; in a cluster its pods, admitted now, update its
+    # status) makes the record, with the content the ConfigMap has before any edit.
+    cluster.kubectl("-n", ns, "label", "deployment", "web", "touched=yes")
+    got = wait_for(lambda: cluster.kubectl("-n", ns, "get", "configmap", RECORD, "-o", "json",
+                                           check=False).stdout, "the record")
+    record = decode_record(json.loads(got))
+    assert record.files(record.release.accepted) == {"ConfigMap/late-config": {"k": b"late"}}
+
+
+def workload_warnings(cluster: Any, ns: str, reason: str) -> str:
+    events = cluster.get_json("-n", ns, "events", "--field-selector", "involvedObject.kind=Deployment")
+    return " ".join(e["message"] for e in events["items"] if e["reason"] == reason)
+
+
 def test_a_record_too_large_is_reported_on_the_workload(
     cluster: Any, workload_ns: str, handlers: None
 ) -> None:
@@ -264,11 +287,7 @@ def test_a_record_too_large_is_reported_on_the_workload(
         cluster.kubectl("create", "-f", "-", input=json.dumps(big))
     cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(ns, "big-1,big-2", "", rollout="1,100%")))
 
-    def warning() -> str:
-        events = cluster.get_json("-n", ns, "events", "--field-selector", "involvedObject.kind=Deployment")
-        return " ".join(e["message"] for e in events["items"] if e["reason"] == "RecordTooLarge")
-
-    message = wait_for(warning, "a RecordTooLarge Event on the Deployment")
+    message = wait_for(lambda: workload_warnings(cluster, ns, "RecordTooLarge"), "a RecordTooLarge Event")
     assert "the release record of Deployment web would be" in message
     assert "nothing was changed" in message
     assert cluster.kubectl("-n", ns, "get", "configmap", RECORD, check=False).returncode != 0
