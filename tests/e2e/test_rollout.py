@@ -316,3 +316,32 @@ def test_a_rollout_survives_an_operator_restart_and_pauses_and_resumes(
     assert [served(m) for m in members] == [2, 2, 2]
     assert all(versions_loaded(m) == [1, 2] for m in members), "pausing re-sent nothing"
     assert {"Paused", "Resumed"} <= set(reasons(cluster, namespace, "roll"))
+
+
+def test_a_configmap_edit_after_a_rollback_starts_a_new_rollout(cluster, namespace, fleet, start_operator):
+    configs.put_configmap(cluster, namespace, "app-config", config(1))
+    start_operator()
+    labels = versioned_deployment(cluster, namespace, auto_refresh=True, steps="1,100%", bake="1s")
+    members = start_pods(fleet, labels, pod_names(3))
+
+    def auto_refreshes() -> list[dict[str, Any]]:
+        items = cluster.get_json("-n", namespace, "cfr", "-l", "refreshbus.io/auto-refresh-for=web")["items"]
+        return sorted(items, key=lambda i: i["metadata"]["creationTimestamp"])
+
+    def final(n: int) -> list[dict[str, Any]] | None:
+        done = [
+            i for i in auto_refreshes() if i.get("status", {}).get("phase") in ("Succeeded", "RolledBack")
+        ]
+        return done if len(done) >= n else None
+
+    configs.put_configmap(cluster, namespace, "app-config", config(2, healthy=False))
+    first = wait_for(lambda: final(1), 60, "the auto-created rollout of the bad edit to finish")[0]
+    assert first["spec"]["rollout"]["steps"] == [1, "100%"]
+    assert first["status"]["phase"] == "RolledBack", first["status"]
+    assert [served(m) for m in members] == [1, 1, 1]
+
+    configs.put_configmap(cluster, namespace, "app-config", config(3))
+    done = wait_for(lambda: final(2), 60, "a new auto-created rollout of the next edit")
+    assert done[-1]["status"]["phase"] == "Succeeded", done[-1]["status"]
+    assert [served(m) for m in members] == [3, 3, 3]
+    assert [v for v in versions_loaded(members[1]) if v == 2] == [], "the bad config never reached the rest"
