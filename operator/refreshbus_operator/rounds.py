@@ -112,6 +112,8 @@ class Round:
         self.releases: dict[tuple[str, str], ReleaseRef] = {}
         #: Target pod -> its workload (kind, name), as resolved (empty when resumed).
         self.pod_workloads: dict[str, tuple[str, str]] = {}
+        #: A rollout's child: the record revision every pod must ack as the one it runs.
+        self.expected_revision: int | None = None
         self.deadline_seconds = int(spec.get("deadlineSeconds") or DEFAULT_DEADLINE)
         self.dirty = asyncio.Event()
         self.answered = asyncio.Event()
@@ -162,11 +164,18 @@ class Round:
             return "duplicate"
         at = now()
         outcome = st.Outcome(ack.result.value)
+        reason = ack.error
+        if outcome.success and self.expected_revision is not None and ack.revision != self.expected_revision:
+            # A rollout gate must never pass on content read from a stale (or no) record, nor
+            # on an old sidecar that applied the live ConfigMaps instead.
+            outcome = st.Outcome.FAILED
+            applied = "no release revision" if ack.revision is None else f"release revision {ack.revision}"
+            reason = f"applied {applied}, expected {self.expected_revision}"
         self.snapshot.results[ack.pod] = st.PodResult(
             pod=ack.pod,
             outcome=outcome,
             at=at,
-            reason=ack.error,
+            reason=reason,
             config_hash=ack.config_hash,
             latency_ms=int((at - self.published_at).total_seconds() * 1000),
         )
@@ -232,6 +241,7 @@ class Round:
                 self._load_sources(self.resumed.get("sources") or [])
                 saved = self.resumed.get("releases") or []
                 self.releases = {(k, n): ReleaseRef(record, revision) for k, n, record, revision in saved}
+                self.expected_revision = self.resumed.get("expectedRevision")
             engine.router.register(self.event_id, self)
             flusher = asyncio.create_task(self._flusher(), name=f"flush {self.ref.name}")
             try:
@@ -398,6 +408,7 @@ class Round:
                     f'the annotation {RELEASE_ANNOTATION} is not {{"name": <record>, "revision": N}}: {exc}'
                 ) from None
             self.releases = {w: ref for w in workloads}
+            self.expected_revision = ref.revision
             return
         if not any(kind == "ConfigMap" for kind, _ in wanted):
             return  # a Secret is never versioned: the records stay as they are
@@ -435,6 +446,8 @@ class Round:
         if self.releases:
             # [kind, name, record, revision]: a resumed round names the same revisions.
             record["releases"] = [[k, n, r.name, r.revision] for (k, n), r in sorted(self.releases.items())]
+        if self.expected_revision is not None:
+            record["expectedRevision"] = self.expected_revision
         if acked:
             record["acked"] = dict(acked)
         return record

@@ -187,6 +187,9 @@ class FakeSidecar:
         self.token = token
         self.identity = routing.PodIdentity(namespace, pod, workload[0], workload[1])
         self.behaviour = behaviour or always("ok")
+        #: The release revision its acks say it runs (protocol 1.3); by default the one the
+        #: event names, as a current sidecar that followed the record reports it.
+        self.runs_revision: Callable[[RefreshEvent], int | None] = lambda e: e.release and e.release.revision
         self.events: list[RefreshEvent] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -243,6 +246,7 @@ class FakeSidecar:
             timings=Timings(written_ms=1.0, reloaded_ms=2.0),
             error=error,
             identity_token=self.token,
+            revision=self.runs_revision(event),
         )
         channel.basic_publish(
             routing.EXCHANGE,

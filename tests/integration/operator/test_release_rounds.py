@@ -84,14 +84,14 @@ def test_a_rollout_step_publishes_the_revision_it_is_given_and_leaves_the_record
     fakes, op = versioned_orders(cluster, namespace, start_operator, fake_sidecars)
     configmap(cluster, namespace, "app-config", {"a": "2"})
 
-    def child(name: str, annotation: str) -> None:
+    def child(name: str, annotation: str, targets: list[str] | None = None) -> None:
         manifest = {
             "apiVersion": "refreshbus.io/v1alpha1",
             "kind": "ConfigRefresh",
             "metadata": {
                 "name": name, "namespace": namespace, "annotations": {RELEASE_ANNOTATION: annotation}
             },
-            "spec": {**SPEC, "target": {"pods": [fakes[0].pod]}},
+            "spec": {**SPEC, "target": {"pods": targets or [fakes[0].pod]}},
         }
         cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
@@ -104,6 +104,16 @@ def test_a_rollout_step_publishes_the_revision_it_is_given_and_leaves_the_record
     assert release is not None
     # Not accepted: the rollout decides what the pods run, through the record's candidate.
     assert (release.accepted.revision, release.accepted.hashes()) == (1, app_config("1"))
+
+    # A pod that acks another revision (a stale record read), or none (an old sidecar that
+    # applied the live ConfigMaps), did not take the step, whatever it answered.
+    fakes[0].runs_revision = lambda _event: 6
+    fakes[1].runs_revision = lambda _event: None
+    child("step-2", json.dumps({"name": RECORD, "revision": 7}), [fakes[0].pod, fakes[1].pod])
+    obj = wait_phase(cluster, namespace, "step-2", "Failed", operator=op)
+    reasons = {r["pod"]: r.get("reason") for r in obj["status"]["results"]}
+    assert reasons == {fakes[0].pod: "applied release revision 6, expected 7",
+                       fakes[1].pod: "applied no release revision, expected 7"}
 
     child("broken", '{"name": "x"}')
     obj = wait_phase(cluster, namespace, "broken", "Failed", operator=op)
