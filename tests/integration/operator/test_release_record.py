@@ -21,6 +21,7 @@ from refreshbus_wire.hashing import content_hash
 pytestmark = pytest.mark.integration
 
 ROLLOUT = {pods.ANN_INJECT: "true", pods.ANN_CONFIGMAPS: "web", pods.ANN_ROLLOUT: "1,25%,100%"}
+UNVERSIONED = {pods.ANN_INJECT: "true", pods.ANN_CONFIGMAPS: "web"}
 
 
 def apply(cluster: Any, body: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def test_a_rollout_workload_gets_its_record_with_the_content_before_any_edit(
     configmap(cluster, namespace, {"app.yaml": "v: 1\n"}, {"logo.png": b"\x89PNG\x00\xff"})
     shop = deployment(cluster, namespace, ROLLOUT)
     plain = deployment(
-        cluster, namespace, {pods.ANN_INJECT: "true", pods.ANN_CONFIGMAPS: "web"}, name="plain"
+        cluster, namespace, UNVERSIONED, name="plain"
     )
 
     async def test(kube: Kube) -> None:
@@ -337,7 +338,7 @@ def test_a_record_over_1_mib_is_refused_and_nothing_changes(cluster: Any, namesp
 
 def test_an_unversioned_workload_is_refused_with_the_way_to_version_it(cluster: Any, namespace: str) -> None:
     configmap(cluster, namespace, {"app.yaml": "v: 1\n"})
-    deployment(cluster, namespace, {pods.ANN_INJECT: "true", pods.ANN_CONFIGMAPS: "web"})
+    deployment(cluster, namespace, UNVERSIONED)
 
     async def test(kube: Kube) -> None:
         with pytest.raises(rs.NotVersionedError, match=r"refreshbus\.io/rollout") as info:
@@ -345,5 +346,35 @@ def test_an_unversioned_workload_is_refused_with_the_way_to_version_it(cluster: 
         assert info.value.reason == "NotVersioned"
         with pytest.raises(rs.NotVersionedError):
             await rs.move(kube, namespace, "Deployment", "shop", 2, ["shop-a"])
+
+    run(cluster, test)
+
+
+def test_the_keeper_follows_the_template_and_costs_nothing_when_nothing_changed(
+    cluster: Any, namespace: str
+) -> None:
+    configmap(cluster, namespace, {"app.yaml": "v: 1\n"})
+    shop = deployment(cluster, namespace, ROLLOUT)
+    plain = deployment(cluster, namespace, UNVERSIONED, name="plain")
+
+    async def test(kube: Kube) -> None:
+        keeper = rs.Keeper(kube)
+        assert await keeper.handle("ADDED", plain) == "absent"
+        assert await keeper.handle("DELETED", plain) == "absent"
+        assert kube.requests == 0  # never versioned: no request at all
+        assert await keeper.handle("ADDED", shop) == "ensured"
+        assert await rs.read(kube, namespace, "Deployment", "shop") is not None
+        before = kube.requests
+        status_only = {**shop, "status": {"replicas": 3}}
+        assert await keeper.handle("MODIFIED", status_only) == "unchanged"
+        assert kube.requests == before  # Deployments change all the time: no request per event
+
+        unversioned = deployment(cluster, namespace, UNVERSIONED)
+        assert await keeper.handle("MODIFIED", unversioned) == "removed"
+        assert await rs.read(kube, namespace, "Deployment", "shop") is None
+        versioned = deployment(cluster, namespace, ROLLOUT)
+        assert await keeper.handle("MODIFIED", versioned) == "ensured"
+        assert await keeper.handle("DELETED", versioned) == "removed"
+        assert await rs.read(kube, namespace, "Deployment", "shop") is None
 
     run(cluster, test)
