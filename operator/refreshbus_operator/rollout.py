@@ -130,8 +130,7 @@ class Rollout:
         self.message = "starting the rollout"
         self.conditions: list[dict[str, Any]] = list((status or {}).get("conditions") or ())
         self.baselines: dict[str, plan.PodState] = {
-            pod: plan.PodState(uid=str(v[0]), ready=True, restarts=int(v[1]))
-            for pod, v in ((state or {}).get("baselines") or {}).items()
+            pod: plan.PodState.from_json(v) for pod, v in ((state or {}).get("baselines") or {}).items()
         }
         #: Pods whose step's child answered ok or unchanged.
         self.reloaded: set[str] = set()
@@ -203,6 +202,10 @@ class Rollout:
         if self.rollback_refresh is not None or any(s.get("verdict") == "Failed" for s in self.step_statuses):
             await self._fail(resumed=True)
             return
+        if self.resumed and self.revision and release.accepted.revision == self.revision:
+            # Promoted just before a restart: only the completion is left to do.
+            await self._complete()
+            return
         if not self.resumed:
             live = {p: state for p, state in (await self._pods()).items() if not state.terminating}
             old = plan.too_old(live)
@@ -258,7 +261,8 @@ class Rollout:
             # Moved pods no step lists: moved just before a restart, never told. They go first.
             listed = {p for s in self.step_statuses for p in s.get("pods") or ()}
             unlisted = [p for p in moved if p not in listed and p in pods and not pods[p].terminating]
-            fresh = unlisted + plan.step_pods(self.steps, index, self._live(pods), moved)
+            ready = [p for p, state in pods.items() if state.ready]
+            fresh = unlisted + plan.step_pods(self.steps, index, self._live(pods), moved, ready)
             old = plan.too_old({p: pods[p] for p in fresh})
             self.failing.update(old)
             fresh = [p for p in fresh if p not in old]
@@ -350,11 +354,11 @@ class Rollout:
 
     async def _complete(self) -> None:
         kube, ns = self.engine.kube, self.ref.namespace
+        moved = set(await self._moved()) | {p for s in self.step_statuses for p in s.get("pods") or ()}
         await self._api(rel.promote(kube, ns, self.kind, self.workload, self.revision))
         self.accepted = self.revision
         # Pods that appeared after the last step started run the accepted revision, which is
         # now this one: tell them (no waiting, no verdict: they are not part of the rollout).
-        moved = set(await self._moved()) | {p for s in self.step_statuses for p in s.get("pods") or ()}
         rest = [p for p in self._live(await self._pods()) if p not in moved]
         if rest:
             await self._create_children(child_name(self.ref.name, "rest"), rest, self.revision)

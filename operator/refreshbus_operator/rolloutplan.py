@@ -50,15 +50,22 @@ def plan(steps: Sequence[Step], total: int) -> list[int]:
     return sizes
 
 
-def step_pods(steps: Sequence[Step], index: int, targets: Iterable[str], moved: Collection[str]) -> list[str]:
+def step_pods(
+    steps: Sequence[Step],
+    index: int,
+    targets: Iterable[str],
+    moved: Collection[str],
+    ready: Collection[str] = (),
+) -> list[str]:
     """The pods step ``index`` (0-based) moves: enough of the ``targets`` not ``moved`` yet to
-    reach its cumulative size over the pods there are now (targets and moved ones), in name
-    order -- deterministic, so a restarted operator picks the same ones."""
+    reach its cumulative size over the pods there are now (targets and moved ones). Ready pods
+    first (a canary that is not Ready yet could not show whether the config breaks it), then
+    by name: deterministic for the same pods."""
     present = set(targets)
     total = len(present | set(moved))
     want = plan(steps, total)[index]
     already = len(present & set(moved))
-    fresh = sorted(present - set(moved))
+    fresh = sorted(present - set(moved), key=lambda pod: (pod not in ready, pod))
     return fresh[: max(0, want - already)]
 
 
@@ -78,7 +85,11 @@ class PodState:
 
     def to_json(self) -> list[Any]:
         """The baseline kept in the parent's rollout annotation (for a restarted operator)."""
-        return [self.uid, self.restarts]
+        return [self.uid, self.restarts, self.ready]
+
+    @classmethod
+    def from_json(cls, data: Sequence[Any]) -> PodState:
+        return cls(uid=str(data[0]), restarts=int(data[1]), ready=bool(data[2]) if len(data) > 2 else True)
 
 
 def pod_state(obj: Mapping[str, Any]) -> PodState:
@@ -132,7 +143,8 @@ def health_failures(
 ) -> tuple[dict[str, str], set[str]]:
     """Compare the moved pods now with when they were moved. Returns (failing pod -> reason,
     pods gone): a pod deleted, terminating or replaced (another uid) is gone, not failing --
-    scaling down or a rolling update is no verdict on the config."""
+    scaling down or a rolling update is no verdict on the config. Not being Ready fails only
+    a pod that was Ready when it was moved (one still starting says nothing about the config)."""
     failing: dict[str, str] = {}
     gone: set[str] = set()
     for pod, before in baseline.items():
@@ -142,7 +154,7 @@ def health_failures(
             continue
         if now.restarts > before.restarts:
             failing[pod] = f"restarted {now.restarts - before.restarts} time(s) since it was moved"
-        elif not now.ready:
+        elif before.ready and not now.ready:
             failing[pod] = "not Ready (its Ready condition is not True) since it was moved"
     return failing, gone
 

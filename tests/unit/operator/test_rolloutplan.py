@@ -56,6 +56,13 @@ def test_step_pods_count_moved_pods_that_left_and_new_pods_that_came() -> None:
     ]
 
 
+def test_step_pods_take_ready_pods_first() -> None:
+    pods = ["web-a", "web-b", "web-c"]
+
+    assert plan.step_pods([1, "100%"], 0, pods, moved=[], ready=["web-b", "web-c"]) == ["web-b"]
+    assert plan.step_pods([1, "100%"], 1, pods, moved=["web-b"], ready=["web-c"]) == ["web-c", "web-a"]
+
+
 def test_step_pods_is_empty_once_every_pod_moved() -> None:
     assert plan.step_pods([1, "25%", "100%"], 1, ["web-a"], moved=["web-a"]) == []
 
@@ -112,6 +119,21 @@ def test_a_pod_not_ready_or_restarted_fails_the_gate(now: dict[str, Any], reason
     assert list(failing) == ["web-a"]
     assert reason in failing["web-a"]
     assert gone == set()
+
+
+def test_a_pod_not_ready_when_moved_is_not_failed_for_not_being_ready() -> None:
+    before = {"web-a": plan.pod_state(pod(ready=False))}
+
+    assert plan.health_failures(before, {"web-a": plan.pod_state(pod(ready=False))}) == ({}, set())
+    failing, _ = plan.health_failures(before, {"web-a": plan.pod_state(pod(ready=False, restarts=(0, 1)))})
+    assert "restarted" in failing["web-a"]
+
+
+def test_a_baseline_survives_the_annotation() -> None:
+    state = plan.pod_state(pod(ready=False, restarts=(1, 2)))
+
+    assert plan.PodState.from_json(state.to_json()) == plan.PodState(uid="u1", ready=False, restarts=3)
+    assert plan.PodState.from_json(["u1", 3]) == plan.PodState(uid="u1", ready=True, restarts=3)
 
 
 @pytest.mark.parametrize(
