@@ -10,7 +10,7 @@ live ConfigMaps, changes the record and writes it back.
 Every change is a read-modify-write with the record's ``resourceVersion``: a writer that
 lost a race (409) reads again and re-applies its change to what the winner wrote, so two
 replicas or two rollouts never lose each other's updates. A record that would pass the
-API server's 1 MiB limit is never written: :class:`RecordTooLarge` says why, and the record
+API server's 1 MiB limit is never written: :class:`RecordTooLargeError` says why, and the record
 is left as it was.
 """
 
@@ -39,7 +39,7 @@ MANAGED_BY: Final = {
     "app.kubernetes.io/managed-by": "refreshbus-operator",
     "app.kubernetes.io/component": wire.LABEL_COMPONENT_VALUE,
 }
-#: Attempts of one change against concurrent writers before :class:`Contended` is raised.
+#: Attempts of one change against concurrent writers before :class:`ContendedError` is raised.
 MAX_ATTEMPTS: Final = 20
 
 #: File contents a record needs: source hash -> {key: bytes}.
