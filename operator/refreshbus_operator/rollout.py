@@ -277,15 +277,21 @@ class Rollout:
             self.step_statuses.append(entry)
             if not plan.within_tolerance(self.failing, self.max_failures):
                 return self._judge(entry, "pods with a sidecar too old to follow the release record")
+            if not fresh:
+                # Fewer pods than steps: nothing to move, nothing to watch for.
+                entry.update(
+                    verdict="Passed",
+                    reason="no pod left to move",
+                    completionTime=st.fmt_time(now(), seconds=True),
+                )
+                await self._write()
+                return True
             for pod in fresh:
                 self.baselines[pod] = pods[pod]
             await self._save_state()
-            if fresh:
-                await self._api(
-                    rel.move(
-                        self.engine.kube, self.ref.namespace, self.kind, self.workload, self.revision, fresh
-                    )
-                )
+            await self._api(
+                rel.move(self.engine.kube, self.ref.namespace, self.kind, self.workload, self.revision, fresh)
+            )
             self.state_name = "Progressing"
             self.message = (
                 f"step {number} of {len(self.steps)}: moving {len(fresh)} pod(s) to revision {self.revision}"

@@ -238,6 +238,23 @@ def test_a_good_config_rolls_out_step_by_step_with_each_bake(cluster, namespace,
         assert child["metadata"]["ownerReferences"][0]["name"] == "roll"
 
 
+def test_steps_beyond_the_pods_there_are_pass_without_a_bake(cluster, namespace, fleet, start_operator):
+    configs.put_configmap(cluster, namespace, "app-config", config(1))
+    op = start_operator()
+    labels = versioned_deployment(cluster, namespace)
+    (only,) = start_pods(fleet, labels, pod_names(1))
+    configs.put_configmap(cluster, namespace, "app-config", config(2))
+
+    rollout_refresh(cluster, namespace, "roll", steps=[1, "25%", "100%"], bakeSeconds=2)
+
+    obj = wait_phase(cluster, namespace, "roll", "Succeeded", timeout=60, operator=op)
+    steps = obj["status"]["rollout"]["stepStatuses"]
+    assert [(s["verdict"], s["podCount"]) for s in steps] == [("Passed", 1), ("Passed", 0), ("Passed", 0)]
+    assert [s.get("reason") for s in steps[1:]] == ["no pod left to move"] * 2
+    assert "bakeStartTime" not in steps[1]
+    assert served(only) == 2
+
+
 def test_a_config_failing_the_health_check_stops_at_the_canary_and_stays_rolled_back(
     cluster, namespace, fleet, start_operator
 ):
