@@ -581,9 +581,12 @@ class Rollout:
         )
 
     def render(self, condition_reason: str | None = None) -> dict[str, Any]:
-        current = len(self.step_statuses) if self.step_statuses else 0
-        failed = min(len(self.failing), self.targets) if self.targets else len(self.failing)
-        succeeded = len(self.reloaded - set(self.failing))
+        current = len(self.step_statuses)
+        failed = len(self.failing)
+        # Moved pods that took the new content: the passed steps' (also known after a
+        # restart) or, when more, those whose child answered ok in this process.
+        passed = sum(int(s.get("podCount") or 0) for s in self.step_statuses if s.get("verdict") == "Passed")
+        succeeded = max(passed, len(self.reloaded - set(self.failing)))
         targets = max(self.targets, succeeded + failed)
         final = self.phase.final
         rollout = {

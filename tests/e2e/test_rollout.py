@@ -207,6 +207,9 @@ def test_a_good_config_rolls_out_step_by_step_with_each_bake(cluster, namespace,
     rollout = obj["status"]["rollout"]
     assert rollout["state"] == "Completed"
     assert rollout["progress"] == "3/3"
+    assert obj["status"]["counts"] == {
+        "targets": 4, "acked": 4, "succeeded": 4, "unchanged": 0, "failed": 0, "pending": 0, "skipped": 0,
+    }
     steps = rollout["stepStatuses"]
     # 1 pod, then 25% of 4 rounded up -- one more than before, so 2 --, then all 4.
     assert [s["podCount"] for s in steps] == [1, 1, 2]
@@ -272,6 +275,7 @@ def test_a_config_failing_the_health_check_stops_at_the_canary_and_stays_rolled_
     assert rollout["state"] == "RolledBack"
     assert [s["verdict"] for s in rollout["stepStatuses"]] == ["Failed"]
     assert [f["pod"] for f in rollout["failingPods"]] == [canary.name]
+    assert (obj["status"]["counts"]["targets"], obj["status"]["counts"]["failed"]) == (4, 1)
     assert "health" in rollout["failingPods"][0]["reason"]
     assert rollout["rollbackRefresh"] == "roll-rollback"
     assert cfr(cluster, namespace, "roll-rollback")["status"]["phase"] == "Succeeded"
