@@ -48,6 +48,7 @@ class Engine:
         self.rounds: dict[tuple[str, str], Round] = {}
         #: Progressive rollouts (ConfigRefreshes with spec.rollout): orchestrators of child rounds.
         self.rollouts: dict[tuple[str, str], Rollout] = {}
+        self._stoppers: set[asyncio.Task[None]] = set()
         self._writes: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self.verifier = AckVerifier(kube.apost, Mode(config.ack_identity), keys=IssuerKeys(
             lambda path: kube.arequest("GET", path, accept=ISSUER_MEDIA_TYPES)))
@@ -92,6 +93,7 @@ class Engine:
         await cancel_and_wait(
             [r.task for r in self.rollouts.values()] + [r.task for r in self.rounds.values()]
         )
+        await asyncio.gather(*list(self._stoppers), return_exceptions=True)
 
     def dead_workers(self) -> list[str]:
         """The worker tasks (publisher, ack consumer, janitor) that died or are stuck."""
@@ -143,14 +145,17 @@ class Engine:
                 rollout.update(generation, spec)
                 return "running"
             log.info("%r superseded (generation %s)", rollout, generation)
-            if rollout.task is not None:
-                rollout.task.cancel()
+            stopping = self._stop(rollout.task)
             self.rollouts.pop(key, None)
+        else:
+            stopping = None
         if meta.get("deletionTimestamp"):
             return "deleting"
         ref = ObjectRef(ns, name, uid)
         if spec.get("rollout") is not None:
-            return self._reconcile_rollout(ref, generation, spec, status, meta.get("annotations") or {})
+            return self._reconcile_rollout(
+                ref, generation, spec, status, meta.get("annotations") or {}, stopping
+            )
         phase = status.get("phase")
         same_generation = status.get("observedGeneration") == generation
         if same_generation and phase in {p.value for p in st.FINAL_PHASES}:
@@ -182,9 +187,12 @@ class Engine:
         spec: Mapping[str, Any],
         status: Mapping[str, Any],
         annotations: Mapping[str, Any],
+        predecessor: asyncio.Task[None] | None,
     ) -> str:
         """Start or resume a rollout. Its identity is the spec without ``rollout.paused`` (kept
-        in its state annotation), not the generation: resuming a paused rollout is no new one."""
+        in its state annotation), not the generation: resuming a paused rollout is no new one.
+        It starts once ``predecessor`` (the superseded rollout being stopped) has ended: two
+        rollouts must never change one release record at once."""
         state = saved_state(annotations)
         same = state is not None and state.get("spec") == spec_key(spec)
         if same and status.get("phase") in {p.value for p in st.FINAL_PHASES}:
@@ -192,7 +200,7 @@ class Engine:
         resumed = same and bool(status.get("rollout"))
         rollout = Rollout(self, ref, generation, spec, status if resumed else None, state if same else None)
         self.rollouts[(ref.namespace, ref.name)] = rollout
-        rollout.task = asyncio.create_task(rollout.run(), name=repr(rollout))
+        rollout.task = asyncio.create_task(rollout.run(after=predecessor), name=repr(rollout))
         log.info("%r %s", rollout, "resumed" if resumed else "started")
         return "resumed" if resumed else "started"
 
@@ -251,9 +259,19 @@ class Engine:
         if round_ is not None and round_.task is not None:
             round_.task.cancel()
         rollout = self.rollouts.pop((namespace, name), None)
-        if rollout is not None and rollout.task is not None:
-            rollout.task.cancel()
+        if rollout is not None:
+            self._stop(rollout.task)
         metrics.IN_FLIGHT.set(len(self.rounds))
+
+    def _stop(self, task: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+        """Stop ``task`` for good in the background (kopf's handlers call us synchronously);
+        returns the task to await for its end."""
+        if task is None:
+            return None
+        stopper = asyncio.create_task(cancel_and_wait([task]), name=f"stop {task.get_name()}")
+        self._stoppers.add(stopper)
+        stopper.add_done_callback(self._stoppers.discard)
+        return stopper
 
     def round_ended(self, round_: Round) -> None:
         key = (round_.ref.namespace, round_.ref.name)

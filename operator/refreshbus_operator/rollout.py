@@ -153,8 +153,10 @@ class Rollout:
 
     # -- the rollout -----------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, after: asyncio.Task[None] | None = None) -> None:
         try:
+            if after is not None:
+                await after
             await self._save_state()
             await self._run_despite_api_trouble()
         except asyncio.CancelledError:

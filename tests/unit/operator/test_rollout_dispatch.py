@@ -54,7 +54,10 @@ def body(
 
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> Engine:
-    async def wait_forever(self: rollout_mod.Rollout) -> None:
+    async def wait_forever(self: rollout_mod.Rollout, after: asyncio.Task[None] | None = None) -> None:
+        if after is not None:
+            await after
+        self.started = True  # type: ignore[attr-defined]
         await asyncio.Event().wait()
 
     monkeypatch.setattr(rollout_mod.Rollout, "run", wait_forever)
@@ -86,12 +89,18 @@ def test_any_other_spec_change_is_a_new_rollout(engine: Engine) -> None:
         assert engine.reconcile(body(1)) == "started"
         first = engine.rollouts[("ns", "roll")]
 
+        await asyncio.sleep(0)
+        assert getattr(first, "started", False)
+
         assert engine.reconcile(body(2, steps=[2, "100%"])) == "started"
 
-        assert engine.rollouts[("ns", "roll")] is not first
-        await asyncio.sleep(0)
+        second = engine.rollouts[("ns", "roll")]
+        assert second is not first
+        assert second.task is not None
         assert first.task is not None
-        assert first.task.cancelled()
+        while not getattr(second, "started", False):
+            await asyncio.sleep(0)
+        assert first.task.cancelled(), "the new rollout starts once the old one has ended"
         await engine.stop_rounds()
 
     asyncio.run(scenario())
