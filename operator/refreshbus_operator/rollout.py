@@ -228,6 +228,13 @@ class Rollout:
             self.step_statuses, self.failing, self.baselines = [], {}, {}
         self.revision = revision
         self.accepted = release.accepted.revision
+        if revision == self.accepted:
+            # The ConfigMaps hold the accepted content (an edit reverted, say): no candidate.
+            self.state_name = "Completed"
+            self.phase = st.Phase.SUCCEEDED
+            self.message = f"nothing to roll out: the ConfigMaps hold revision {revision}, already accepted"
+            await self._finish("Normal", "RolloutCompleted")
+            return
         if not self.resumed:
             await self._event(
                 "Normal",

@@ -241,11 +241,19 @@ def test_a_good_config_rolls_out_step_by_step_with_each_bake(cluster, namespace,
         assert child["metadata"]["ownerReferences"][0]["name"] == "roll"
 
 
-def test_steps_beyond_the_pods_there_are_pass_without_a_bake(cluster, namespace, fleet, start_operator):
+def test_nothing_new_completes_at_once_and_steps_beyond_the_pods_pass_without_a_bake(
+    cluster, namespace, fleet, start_operator
+):
     configs.put_configmap(cluster, namespace, "app-config", config(1))
     op = start_operator()
     labels = versioned_deployment(cluster, namespace)
     (only,) = start_pods(fleet, labels, pod_names(1))
+    # Nothing changed yet: nothing to roll out.
+    rollout_refresh(cluster, namespace, "noop", steps=[1, "100%"])
+    noop = wait_phase(cluster, namespace, "noop", "Succeeded", operator=op)
+    assert "nothing to roll out" in noop["status"]["message"]
+    assert noop["status"]["rollout"]["stepStatuses"] == []
+    assert cfr(cluster, namespace, "noop-step-1") == {}
     configs.put_configmap(cluster, namespace, "app-config", config(2))
 
     rollout_refresh(cluster, namespace, "roll", steps=[1, "25%", "100%"], bakeSeconds=2)
