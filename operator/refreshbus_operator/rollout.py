@@ -218,7 +218,14 @@ class Rollout:
                     f"{len(old)} of {len(live)} pod(s) run a sidecar that does not follow the release record "
                     f"(so they could take the new content at any time: {shown})",
                 )
-        revision = await self._api(rel.propose(kube, ns, self.kind, self.workload, self.ref.name))
+        try:
+            revision = await self._api(rel.propose(kube, ns, self.kind, self.workload, self.ref.name))
+        except RefusalError as exc:
+            if exc.reason != rel.AlreadyRejectedError.reason or not self.step_statuses:
+                raise
+            # Rejected just before a restart, before status said so: finish the rollback.
+            await self._fail(resumed=True)
+            return
         if self.revision and revision != self.revision:
             log.info(
                 "%r: the record's candidate is no longer ours (now revision %d): starting over",

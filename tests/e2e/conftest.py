@@ -22,11 +22,12 @@ def start_operator(cluster: Any, running_broker: Any, namespace: str, tmp_path: 
                    ) -> Iterator[Callable[..., OperatorProc]]:
     procs: list[OperatorProc] = []
 
-    def start(*args: str, name: str = "operator", env: dict[str, str] | None = None) -> OperatorProc:
+    def start(*args: str, name: str = "operator", env: dict[str, str] | None = None,
+              inject: str | None = None) -> OperatorProc:
         proc = OperatorProc(kubeconfig=cluster.kubeconfig,
                             broker_urls=[running_broker.url("refreshbus-operator")],
                             namespaces=(namespace,), workdir=tmp_path, args=args or ("--standalone",),
-                            env=env or {}, name=f"{name}-{len(procs)}")
+                            env=env or {}, name=f"{name}-{len(procs)}", inject=inject)
         procs.append(proc)
         return proc.start()
 

@@ -308,6 +308,45 @@ def test_a_config_failing_the_health_check_stops_at_the_canary_and_stays_rolled_
     assert versions_loaded(fresh) == [1]
 
 
+#: Run in the operator process: it dies right after rejecting a candidate in the record,
+#: before status says so (the narrowest window of a rollback).
+DIE_AFTER_REJECT = """
+import os
+from refreshbus_operator import release
+_reject = release.reject
+async def reject(*args, **kwargs):
+    moved = await _reject(*args, **kwargs)
+    os._exit(17)
+release.reject = reject
+"""
+
+
+def test_an_operator_dying_between_reject_and_rollback_finishes_the_rollback_when_back(
+    cluster, namespace, fleet, start_operator
+):
+    configs.put_configmap(cluster, namespace, "app-config", config(1))
+    op = start_operator(inject=DIE_AFTER_REJECT)
+    labels = versioned_deployment(cluster, namespace)
+    canary, other = start_pods(fleet, labels, pod_names(2))
+    configs.put_configmap(cluster, namespace, "app-config", config(2, healthy=False))
+
+    rollout_refresh(cluster, namespace, "roll", steps=[1, "100%"], bakeSeconds=1)
+    wait_for(lambda: not op.alive, 60, "the operator to die after rejecting the candidate")
+    assert cfr(cluster, namespace, "roll")["status"]["phase"] == "InProgress"
+    release = record(cluster, namespace)
+    assert release is not None
+    assert release.candidate is None
+    assert len(release.rejected) == 1
+    assert served(canary) == 2, "the record says accepted, but nobody told the canary yet"
+
+    op = start_operator()
+
+    obj = wait_phase(cluster, namespace, "roll", "RolledBack", timeout=60, operator=op)
+    assert obj["status"]["rollout"]["rollbackRefresh"] == "roll-rollback"
+    assert served(canary) == 1
+    assert versions_loaded(other) == [1]
+
+
 def test_a_rollout_survives_an_operator_restart_and_pauses_and_resumes(
     cluster, namespace, fleet, start_operator
 ):
