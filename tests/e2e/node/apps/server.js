@@ -1,7 +1,8 @@
 // Demo Node.js app for the end-to-end suite (unmodified by refreshbus): serves the JSON
 // file named by $CONFIG_FILE (default /etc/demo/config/config.json), re-read on SIGHUP or
 // on POST /-/reload (500, old config kept, if the file is not valid JSON).
-// Fault injection for the suite: POST /-/fail-reloads makes every later reload answer 500.
+// Fault injection for the suite: POST /-/fail-reloads makes every later reload answer 500;
+// a config with "healthy": false makes /healthz (the readiness probe) answer 503.
 'use strict';
 const http = require('http');
 const fs = require('fs');
@@ -32,8 +33,9 @@ process.on('SIGTERM', () => process.exit(0));
 
 http.createServer((req, res) => {
   if (req.url === '/healthz') {
-    res.writeHead(200, {'Content-Type': 'text/plain'});
-    res.end('ok\n');
+    const healthy = !(config && config.healthy === false);
+    res.writeHead(healthy ? 200 : 503, {'Content-Type': 'text/plain'});
+    res.end(healthy ? 'ok\n' : 'unhealthy: the config says "healthy": false\n');
   } else if (req.url === '/-/fail-reloads' && req.method === 'POST') {
     failReloads = true;
     res.writeHead(200, {'Content-Type': 'text/plain'});
