@@ -112,6 +112,7 @@ SECTIONS = {
     "operator.podDisruptionBudget": "PodDisruptionBudget of the operator.",
     "operator.serviceAccount": "ServiceAccount of the operator.",
     "rbac": "RBAC of the operator.",
+    "cleanup": "What `helm uninstall` removes beyond the chart's own objects.",
     "webhook": "The sidecar-injection webhook (served by the operator).",
     "webhook.certManager": "cert-manager for the webhook's serving certificate.",
     "sidecar": "The injected sidecar container (passed to the operator's injector).",

@@ -35,6 +35,9 @@ examples:
   refreshbus-operator --standalone --namespace shop --broker-url amqp://user:pw@rabbitmq:5672/%2F
   refreshbus-operator --all-namespaces --peering refreshbus --liveness http://0.0.0.0:8080/healthz
 
+`refreshbus-operator cleanup --help`: remove what the operator made at run time (the
+chart's post-delete hook runs it on `helm uninstall`).
+
 HA: run two or more replicas with --peering NAME (the KopfPeering object from
 crds/kopf-peering.yaml); the one with the highest --priority acts, the others stand by
 and take over when it stops renewing its keep-alive. Without --priority it is derived
@@ -146,6 +149,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["cleanup"]:
+        from refreshbus_operator import uninstall
+
+        return uninstall.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         config = settings.from_env(

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from refreshbus_operator import sidecar_rbac
 from refreshbus_support.nodekit import (
     BROKER,
     CHART,
@@ -47,6 +48,7 @@ from refreshbus_testenv.controlplane import ControlPlane
 pytestmark = pytest.mark.e2e
 
 MANIFESTS = Path(__file__).parent / "manifests"
+OPERATOR = sidecar_rbac.MANAGED_BY["app.kubernetes.io/managed-by"]
 
 
 def _versions(cluster: ControlPlane, ns: str, selector: str) -> dict[str, str]:
@@ -65,21 +67,43 @@ def _labelled(cluster: ControlPlane, selector: str) -> list[str]:
 def test_helm_uninstall_leaves_only_the_documented_objects(cluster: ControlPlane, release: str) -> None:
     """After ``helm uninstall`` of the session's default install nothing of the release is
     left but what the chart README says it keeps: the ConfigRefresh CRD (with every
-    ConfigRefresh the earlier tests made) and the broker's claim."""
+    ConfigRefresh the earlier tests made) and the broker's claim. Nor is anything the operator
+    made at run time (the post-delete hook Job removes it): the broker Secret copy and the
+    sidecar Role/RoleBinding of an injected workload, the webhook TLS Secret. The workload's
+    pods keep running."""
+    ns = _billing_namespace(cluster, "uninstall")
+    made = f"app.kubernetes.io/managed-by={OPERATOR}"
+
+    def made_in_ns() -> list[str]:
+        out = cluster.kubectl("-n", ns, "get", "secret,role,rolebinding", "-l", made, "-o", "name").stdout
+        return sorted(out.split())
+
+    rbac = sidecar_rbac.object_name("Deployment", "billing")
+    wait_for(lambda: made_in_ns() == sorted([f"secret/{RELEASE}-broker-sidecar",
+             f"role.rbac.authorization.k8s.io/{rbac}", f"rolebinding.rbac.authorization.k8s.io/{rbac}"]),
+             30, "the operator's objects for the injected workload")  # fmt: skip
+    assert cluster.kubectl("-n", RELEASE_NS, "get", "secret", f"{RELEASE}-webhook-tls", "-o", "name").stdout
+    running = {p.name for p in pods(cluster, ns, "app=billing")}
     refreshes = cluster.get_json("-A", "configrefresh")["items"]
+    started = time.monotonic()
     helm(cluster, "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout", "120s")
-    wait_for(
-        lambda: not cluster.get_json("-n", RELEASE_NS, "pods")["items"], 120, "the release's pods to go"
-    )
+    took = time.monotonic() - started
+    print(f"\n[e2e-node] helm uninstall (post-delete clean-up Job included) {took:.1f}s")
+    wait_for(lambda: not cluster.get_json("-n", RELEASE_NS, "pods")["items"], 120, "the release's pods to go")
     left = _labelled(cluster, f"app.kubernetes.io/instance={RELEASE}")
     assert left == [
         "customresourcedefinition.apiextensions.k8s.io/configrefreshes.refreshbus.io",
         f"persistentvolumeclaim/data-{RELEASE}-rabbitmq-0",
     ], left
     assert len(cluster.get_json("-A", "configrefresh")["items"]) == len(refreshes)
-    operator_made = _labelled(cluster, "app.kubernetes.io/managed-by=refreshbus-operator")
-    print(f"\n[e2e-node] after uninstall, made by the operator: {operator_made}")
+    # Release records (ConfigMaps owned by their workload, issue 13) are kept, as documented.
+    operator_made = _labelled(cluster, f"{made},app.kubernetes.io/component!=release")
+    assert operator_made == [], operator_made
+    tls = cluster.kubectl("-n", RELEASE_NS, "get", "secret", f"{RELEASE}-webhook-tls", check=False)
+    assert "NotFound" in tls.stderr, tls.stdout + tls.stderr
+    assert {p.name for p in pods(cluster, ns, "app=billing")} == running
     cluster.kubectl("-n", RELEASE_NS, "delete", "pvc", "-l", BROKER, "--wait=true", timeout=120)
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
 def _billing_namespace(cluster: ControlPlane, prefix: str) -> str:
@@ -143,16 +167,6 @@ def test_helm_upgrade_from_the_previous_release_with_a_refresh_in_flight(
     assert wait_cfr(cluster, ns, name, timeout=150)["phase"] == "Succeeded"
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
     uninstall(cluster)
-
-
-def _chart_version() -> str:
-    return str(yaml.safe_load((CHART / "Chart.yaml").read_text())["version"])
-
-
-def _values_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("upgrade") / "values.json"
-    path.write_text(json.dumps(local_images()))
-    return path
 
 
 def _chart_version() -> str:
