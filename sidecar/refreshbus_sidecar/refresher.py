@@ -164,6 +164,9 @@ class Refresher:
         self.record_name = (record_name(me.workload_kind, me.workload_name)
                             if me.workload_kind in VERSIONED_WORKLOAD_KINDS else None)
         self._release_forbidden_logged = False
+        #: The last read of the release record found none (404, or not allowed to read it):
+        #: events without ``release`` then skip it, see :meth:`_fetch_release`.
+        self._record_absent = False
         #: (kind, name) -> when a level-triggered sync wrote the source's current content and
         #: the app reloaded it; an event issued before then was applied by that sync.
         self._caught_up: dict[tuple[str, str], datetime] = {}
@@ -254,7 +257,7 @@ class Refresher:
         fetch_started = time.monotonic()
         until = fetch_started + self._fetch_window(event)
         try:
-            revision, payloads = self._resolve(refs, event.release, until)
+            revision, payloads = self._resolve(refs, event.release, until, sync=False)
         except SyncError as exc:
             return Outcome(AckResult.FAILED, self._hash_on_disk(refs), error=str(exc))
         fetch_ms = (time.monotonic() - fetch_started) * 1000
@@ -307,7 +310,8 @@ class Refresher:
         if not first_time and not self._marker_checked:
             self._check_marker()
         try:
-            revision, payloads = self._resolve([(k, n, None) for k, n in self.settings.sources], None, None)
+            revision, payloads = self._resolve([(k, n, None) for k, n in self.settings.sources], None, None,
+                                               sync=True)
         except SyncError as exc:
             self.metrics.inc("refreshbus_sidecar_sync_errors_total")
             log.warning("sync (%s) failed: %s", why, exc)
@@ -331,12 +335,12 @@ class Refresher:
 
     # -- steps ---------------------------------------------------------------------------
 
-    def _resolve(self, refs: list[tuple[str, str, str | None]], want: ReleaseRef | None, until: float | None
-                 ) -> tuple[int | None, list[Payload]]:
+    def _resolve(self, refs: list[tuple[str, str, str | None]], want: ReleaseRef | None, until: float | None,
+                 *, sync: bool) -> tuple[int | None, list[Payload]]:
         """The content to apply for ``refs`` (kind, name, resourceVersion): a source the
         release record's revision for this pod names comes from the record, any other one
         from the API. Returns that revision's number (None: no record) and the payloads."""
-        record = self._fetch_release(want, until)
+        record = self._fetch_release(want, until, sync=sync)
         if record is None:
             return None, [self._fetch(kind, name, rv, until) for kind, name, rv in refs]
         revision = record.release.revision_for(self.identity.pod)
@@ -348,29 +352,39 @@ class Refresher:
                             else Payload(kind, name, pinned, self.settings.configmap_mode))
         return revision.revision, payloads
 
-    def _fetch_release(self, want: ReleaseRef | None, until: float | None) -> ReleaseRecord | None:
+    def _fetch_release(self, want: ReleaseRef | None, until: float | None, *, sync: bool
+                       ) -> ReleaseRecord | None:
         """The workload's release record; None: it has none (the sources are followed live).
 
         ``want`` (from an event): the record must be at that revision or later, and must be
         readable; it is retried like a source. Without it a record the sidecar may not read
         counts as none, with a warning: the operator grants the read with the sidecar's Role,
-        and a missing grant must not stop the pod's config from being refreshed."""
+        and a missing grant must not stop the pod's config from being refreshed.
+
+        A sync always reads the record; an event without ``want`` only when the last read
+        found one, so an unversioned pod's refresh costs no GET beyond its sources'. That
+        misses no record: the operator names the release in every event bringing a versioned
+        workload ConfigMaps (rollout steps and rollbacks; plain rounds, after accept_live), and
+        a workload becomes versioned by a change of its pod template -- new pods, whose
+        start-up sync reads the record."""
         name = self.record_name
         if want is not None and want.name != name:
             raise SyncError(f"the event names release record {want.name}, but this pod's workload "
                             f"{self.identity.workload_kind}/{self.identity.workload_name} has "
                             f"{name or 'none (not a Deployment, StatefulSet or DaemonSet)'}")
-        if name is None:
+        if name is None or (want is None and not sync and self._record_absent):
             return None
 
         def attempt() -> ReleaseRecord | None:
             try:
                 obj = self.api.get("ConfigMap", self.identity.namespace, name)
             except NotFoundError as exc:
+                self._record_absent = True
                 if want is None:
                     return None
                 raise _Again(f"release record {exc}") from None
             except ForbiddenError as exc:
+                self._record_absent = True
                 if want is None:
                     if not self._release_forbidden_logged:
                         log.warning("cannot read the release record, following the live sources: %s", exc)
@@ -380,6 +394,7 @@ class Refresher:
             except ApiError as exc:
                 raise _Again(str(exc), unanswered=isinstance(exc, ServerError)) from None
             self._release_forbidden_logged = False
+            self._record_absent = False
             try:
                 record = decode_record(obj)
             except RecordError as exc:

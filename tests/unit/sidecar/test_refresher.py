@@ -687,7 +687,31 @@ def test_no_record_means_the_live_sources_and_acks_without_revision(
     assert (ack.result, ack.revision) == (AckResult.OK, None)
     assert "revision" not in ack.to_json()
     assert (tmp_path / "configmap-cfg" / "a").read_text() == "2"
-    assert api.record_calls == 2  # looked for at the sync and at the event
+    assert api.record_calls == 1  # looked for at the sync; the event skips a record that was not there
+
+
+def test_an_unversioned_pods_event_costs_one_get_per_source_and_a_record_a_sync_found_is_followed(
+    settings: Settings, reloads: Reloads, tmp_path: Path
+) -> None:
+    api = FakeApi()
+    api.put("cfg", "10", a="1")
+    refresher = make(settings, api, tmp_path)
+    refresher.sync("start-up")
+    assert (api.calls, api.record_calls) == (1, 1)
+
+    api.put("cfg", "11", a="2")
+    assert refresher.handle(event("11"), now(), 0.0).result is AckResult.OK
+    assert (api.calls, api.record_calls) == (2, 1)  # one GET, of the source
+
+    put_record(api, accepted={"a": "2"})
+    assert refresher.sync("periodic").revision == 1  # a sync always looks for the record
+    assert api.record_calls == 2
+    api.put("cfg", "12", a="not accepted")
+    ack = refresher.handle(event("12", event_id="e-2"), now(), 0.0)  # no release
+
+    assert (ack.result, ack.revision) == (AckResult.UNCHANGED, 1)
+    assert api.record_calls == 3
+    assert (tmp_path / "configmap-cfg" / "a").read_text() == "2"
 
 
 def test_a_bare_pod_never_looks_for_a_record(settings: Settings, reloads: Reloads, tmp_path: Path) -> None:
