@@ -113,7 +113,7 @@ def node_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker | N
 def release(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The chart with its DEFAULT values -- only the images are the local ones -- so the
     broker is its embedded RabbitMQ in a pod (session-wide). test_release_lifecycle.py,
-    which runs last, uninstalls it."""
+    which runs after every test that uses it, uninstalls it."""
     started = time.monotonic()
     install(node_cluster.plane, None, tmp_path_factory.mktemp("helm"))
     node_cluster.timings["helm-install"] = time.monotonic() - started
@@ -122,10 +122,13 @@ def release(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory)
         uninstall(node_cluster.plane)
 
 
+#: Files that replace the session's release, run after every test that uses it, in this order:
+#: the life cycle (uninstall, upgrade, the existing-broker mode), then a three-node broker.
+LAST = {"test_release_lifecycle.py": 1, "test_broker_cluster_node.py": 2}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """test_release_lifecycle.py replaces the session's release (upgrade, uninstall, the
-    existing-broker mode): it runs after every test that uses that release."""
-    items.sort(key=lambda item: item.path.name == "test_release_lifecycle.py")
+    items.sort(key=lambda item: LAST.get(item.path.name, 0))
 
 
 @pytest.fixture

@@ -46,11 +46,13 @@ def install(
     workdir: Path,
     operator_env: dict[str, str] | None = None,
     timeout: float = 180,
+    values: dict[str, Any] | None = None,
 ) -> None:
     """``helm upgrade --install`` the chart into :data:`RELEASE_NS` and wait for it.
-    ``operator_env``: extra operator environment (documented operator knobs)."""
+    ``operator_env``: extra operator environment (documented operator knobs); ``values``:
+    chart values over the local images' (e.g. ``{"rabbitmq": {"replicas": 3}}``)."""
     plane.kubectl("create", "namespace", RELEASE_NS, check=False)
-    values: dict[str, Any] = json.loads(json.dumps(LOCAL_IMAGES))
+    values = _merged(json.loads(json.dumps(LOCAL_IMAGES)), values or {})
     if operator_env:
         values["operator"]["extraEnv"] = [{"name": k, "value": v} for k, v in operator_env.items()]
     if broker is not None:
@@ -82,6 +84,15 @@ def install(
         if time.monotonic() > deadline:
             raise InfraError("the operator did not register its injection webhook's CA within 60 s")
         time.sleep(0.3)
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merged(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def _webhook_ready(plane: ControlPlane) -> bool:
