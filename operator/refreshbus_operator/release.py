@@ -17,8 +17,6 @@ is left as it was.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +26,7 @@ from typing import Any, Final
 
 from refreshbus_wire import contract
 from refreshbus_wire import release as wire
+from refreshbus_wire.hashing import UndecodableError, object_files
 from refreshbus_wire.release import Accepted, Candidate, Rejected, Release, ReleaseRecord, Revision
 
 from refreshbus_operator.kube import ApiError, Kube, q, source_path, workload_path
@@ -128,21 +127,6 @@ def _encode(release: Release, contents: Contents) -> dict[str, dict[str, str]]:
         ) from None
 
 
-def configmap_files(configmap: Mapping[str, Any]) -> dict[str, bytes]:
-    """A ConfigMap's keys as the sidecar writes them: ``data`` as UTF-8, ``binaryData`` decoded.
-
-    Raises:
-        ReleaseError: a ``binaryData`` value that is not base64 (the API server never returns one).
-    """
-    files = {key: str(value).encode() for key, value in (configmap.get("data") or {}).items()}
-    for key, value in (configmap.get("binaryData") or {}).items():
-        try:
-            files[key] = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ReleaseError(f"ConfigMap key {key!r}: binaryData is not base64") from None
-    return files
-
-
 # -- reading -------------------------------------------------------------------------------
 
 
@@ -175,7 +159,11 @@ async def live_contents(kube: Kube, namespace: str, configmaps: Iterable[str]) -
                 log.info("ConfigMap %s/%s does not exist: not versioned until it does", namespace, cm)
                 continue
             raise
-        found[wire.source_key(wire.VERSIONED_KIND, cm)] = configmap_files(configmap)
+        try:  # decoded as the sidecar decodes it, or the hashes would differ
+            files = object_files(configmap, wire.VERSIONED_KIND)
+        except UndecodableError as exc:
+            raise ReleaseError(f"ConfigMap key {exc.key!r}: binaryData is not base64") from None
+        found[wire.source_key(wire.VERSIONED_KIND, cm)] = files
     return found
 
 

@@ -31,8 +31,6 @@ are undone. A key that disappears from the source keeps its last content in the 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
 import os
@@ -45,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from refreshbus_wire import contract
-from refreshbus_wire.hashing import content_hash
+from refreshbus_wire.hashing import UndecodableError, content_hash, object_files
 from refreshbus_wire.pods import INPLACE_DIR, source_dir_name
 
 DATA_DIR = "..data"
@@ -83,20 +81,10 @@ def payload_from_object(obj: Mapping[str, Any], kind: str, mode: int) -> Payload
     """
     meta = obj.get("metadata") or {}
     name = str(meta.get("name", ""))
-    files: dict[str, bytes] = {}
     try:
-        if kind == "Secret":
-            for key, value in (obj.get("data") or {}).items():
-                files[key] = base64.b64decode(value, validate=True)
-            for key, value in (obj.get("stringData") or {}).items():  # never returned by GET; harmless
-                files[key] = str(value).encode()
-        else:
-            for key, value in (obj.get("data") or {}).items():
-                files[key] = str(value).encode()
-            for key, value in (obj.get("binaryData") or {}).items():
-                files[key] = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise DeliveryError(f"{kind} {name}: undecodable value: {exc}") from None
+        files = object_files(obj, kind)
+    except UndecodableError as exc:
+        raise DeliveryError(f"{kind} {name}: undecodable value: {exc.why}") from None
     for key in files:
         if not contract.is_key(key):
             raise DeliveryError(f"{kind} {name}: key {key!r} cannot be a file name")

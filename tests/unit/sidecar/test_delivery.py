@@ -139,3 +139,8 @@ def test_configmap_binary_data_and_secret_values_are_decoded() -> None:
 def test_keys_that_are_not_file_names_are_refused(key: str) -> None:
     with pytest.raises(DeliveryError, match="cannot be a file name"):
         payload_from_object({"metadata": {"name": "c"}, "data": {key: "x"}}, "ConfigMap", 0o644)
+
+
+def test_a_value_that_is_not_base64_is_refused_with_the_source_and_why() -> None:
+    with pytest.raises(DeliveryError, match=r"^Secret s: undecodable value: .+"):
+        payload_from_object({"metadata": {"name": "s"}, "data": {"pw": "!!"}}, "Secret", 0o440)
