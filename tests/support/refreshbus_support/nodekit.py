@@ -4,6 +4,7 @@ suite sees them (HTTP to pod IPs from the host), ConfigMap edits and ConfigRefre
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tarfile
 import time
@@ -140,10 +141,12 @@ def wait_cfr(cluster: Cluster, ns: str, name: str, timeout: float = 60) -> dict[
 
 
 def get_cfr_table(cluster: Cluster, ns: str, name: str) -> dict[str, str]:
-    """``kubectl get cfr NAME`` as the user sees it: header -> value."""
-    out = cluster.kubectl("-n", ns, "get", "cfr", name).stdout.splitlines()
-    header, row = out[0].split(), out[1].split()
-    return dict(zip(header, row, strict=False))
+    """``kubectl get cfr NAME`` as the user sees it: header -> value. Cut at the header's
+    column starts, not at blanks: a column may be empty (STEP, outside a rollout)."""
+    header, row = cluster.kubectl("-n", ns, "get", "cfr", name).stdout.splitlines()[:2]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], len(row)]
+    return {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, ends, strict=True)}
 
 
 def helm(cluster: Cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
