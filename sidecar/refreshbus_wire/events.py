@@ -538,15 +538,26 @@ def _enum(cls: type[_E], value: Any, where: str) -> _E:
         raise ProtocolError(f"{where} must be one of: {allowed}; got {value!r}") from None
 
 
-def _time(obj: dict[str, Any], key: str) -> datetime:
-    raw = _req_str(obj, key)
+def parse_timestamp(raw: str) -> datetime:
+    """An RFC 3339 timestamp with its timezone (the wire's and the release record's).
+
+    Raises:
+        ValueError: with the reason, for the caller to name the field.
+    """
     try:
         parsed = datetime.fromisoformat(raw)
     except ValueError:
-        raise ProtocolError(f"{key} is not an RFC 3339 timestamp: {raw!r}") from None
+        raise ValueError(f"is not an RFC 3339 timestamp: {raw!r}") from None
     if parsed.tzinfo is None:
-        raise ProtocolError(f"{key} must carry a timezone: {raw!r}")
+        raise ValueError(f"must carry a timezone: {raw!r}")
     return parsed
+
+
+def _time(obj: dict[str, Any], key: str) -> datetime:
+    try:
+        return parse_timestamp(_req_str(obj, key))
+    except ValueError as exc:
+        raise ProtocolError(f"{key} {exc}") from None
 
 
 def _fmt_time(value: datetime) -> str:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from refreshbus_wire.contract import is_key, is_name
+from refreshbus_wire.events import parse_timestamp
 from refreshbus_wire.hashing import content_hash
 
 #: The ``v`` this build reads and writes; a record with another one is refused.
@@ -440,14 +441,10 @@ def _accepted(data: Any, index: int) -> Accepted:
 
 
 def _time(obj: dict[str, Any], key: str, where: str) -> datetime:
-    raw = _str(obj, key, where)
     try:
-        parsed = datetime.fromisoformat(raw)
-    except ValueError:
-        raise RecordError(f"{where}.{key} is not an RFC 3339 timestamp: {raw!r}") from None
-    if parsed.tzinfo is None:
-        raise RecordError(f"{where}.{key} must carry a timezone: {raw!r}")
-    return parsed
+        return parse_timestamp(_str(obj, key, where))
+    except ValueError as exc:
+        raise RecordError(f"{where}.{key} {exc}") from None
 
 
 def _fmt_time(value: datetime) -> str:
